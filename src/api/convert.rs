@@ -1,0 +1,200 @@
+//! Proto ↔ domain. Requests are parsed into domain values here, so a bad field becomes
+//! INVALID_ARGUMENT naming it before anything else runs.
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::pb;
+use crate::{
+    authority::{Issued, NewSession, Refusal},
+    domain::{Device, Metadata, RevokeReason, Session, SessionId, UserId},
+    error::Error,
+    token::{RefreshToken, TokenRejection},
+};
+
+/// Page size when the request asks for 0.
+pub const DEFAULT_PAGE_SIZE: u16 = 50;
+/// Largest page size a request may ask for.
+pub const MAX_PAGE_SIZE: u16 = 500;
+
+pub fn user_id(field: &'static str, value: String) -> Result<UserId, Error> {
+    UserId::try_from(value).map_err(|d| Error::invalid(field, d))
+}
+
+pub fn session_id(field: &'static str, value: &str) -> Result<SessionId, Error> {
+    value.parse().map_err(|d| Error::invalid(field, d))
+}
+
+/// An optional session id: empty means "none".
+pub fn optional_session_id(field: &'static str, value: &str) -> Result<Option<SessionId>, Error> {
+    (!value.is_empty())
+        .then(|| session_id(field, value))
+        .transpose()
+}
+
+pub fn reason(field: &'static str, value: String) -> Result<RevokeReason, Error> {
+    RevokeReason::try_from(value).map_err(|d| Error::invalid(field, d))
+}
+
+pub fn refresh_token(value: String) -> Result<RefreshToken, Error> {
+    RefreshToken::try_from(value).map_err(|d| Error::invalid("refresh_token", d))
+}
+
+pub fn new_session(request: pb::CreateSessionRequest) -> Result<NewSession, Error> {
+    let device = request.device.unwrap_or_default();
+    let lifetime = request
+        .lifetime
+        .map(|lifetime| match std::time::Duration::try_from(lifetime) {
+            Ok(lifetime) if !lifetime.is_zero() => Ok(lifetime),
+            _ => Err(Error::invalid("lifetime", "must be positive")),
+        })
+        .transpose()?;
+    Ok(NewSession {
+        user_id: user_id("user_id", request.user_id)?,
+        device: Device::parse(
+            device.device_id,
+            device.name,
+            device.user_agent,
+            &device.ip_address,
+        )?,
+        metadata: Metadata::try_from(request.metadata)
+            .map_err(|d| Error::invalid("metadata", d))?,
+        lifetime,
+    })
+}
+
+/// The page size the request asks for.
+pub fn page_size(value: i32) -> Result<u16, Error> {
+    match u16::try_from(value) {
+        Ok(0) => Ok(DEFAULT_PAGE_SIZE),
+        Ok(size) if size <= MAX_PAGE_SIZE => Ok(size),
+        _ => Err(Error::invalid(
+            "page_size",
+            format!("must be between 0 and {MAX_PAGE_SIZE}"),
+        )),
+    }
+}
+
+/// A page token is the last session id of the page before, opaque to callers.
+pub fn encode_page_token(after: SessionId) -> String {
+    URL_SAFE_NO_PAD.encode(after.as_uuid().as_bytes())
+}
+
+pub fn decode_page_token(token: &str) -> Result<Option<SessionId>, Error> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let bytes = URL_SAFE_NO_PAD
+        .decode(token)
+        .ok()
+        .and_then(|bytes| Uuid::from_slice(&bytes).ok())
+        .ok_or_else(|| {
+            Error::invalid(
+                "page_token",
+                "must be a next_page_token from ListUserSessions",
+            )
+        })?;
+    Ok(Some(bytes.into()))
+}
+
+pub fn timestamp(time: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: time.timestamp(),
+        // Always below 10^9 by chrono's contract, so the cast cannot wrap.
+        nanos: time.timestamp_subsec_nanos() as i32,
+    }
+}
+
+impl From<Session> for pb::Session {
+    fn from(session: Session) -> Self {
+        Self {
+            session_id: session.id.to_string(),
+            user_id: session.user_id.into(),
+            device: Some(pb::Device {
+                device_id: session.device.device_id.unwrap_or_default(),
+                name: session.device.name,
+                user_agent: session.device.user_agent,
+                ip_address: session
+                    .device
+                    .ip_address
+                    .map(|ip| ip.to_string())
+                    .unwrap_or_default(),
+            }),
+            metadata: session.metadata.entries().clone().into_iter().collect(),
+            created_at: Some(timestamp(session.created_at)),
+            last_seen_at: Some(timestamp(session.last_seen_at)),
+            expires_at: Some(timestamp(session.expires_at)),
+            idle_expires_at: Some(timestamp(session.idle_expires_at)),
+            revoked_at: session.revoked_at.map(timestamp),
+            revoke_reason: session.revoke_reason.unwrap_or_default(),
+        }
+    }
+}
+
+/// The session and tokens, as CreateSession and Refresh answer them.
+pub fn issued(issued: Issued) -> (Option<pb::Session>, Option<pb::TokenPair>) {
+    let tokens = pb::TokenPair {
+        access_token: issued.access_token,
+        access_token_expires_at: Some(timestamp(issued.access_token_expires_at)),
+        refresh_token: issued.refresh_token.expose().to_owned(),
+        refresh_token_expires_at: Some(timestamp(issued.refresh_token_expires_at)),
+    };
+    (Some(issued.session.into()), Some(tokens))
+}
+
+pub fn token_status(refusal: Refusal) -> pb::TokenStatus {
+    match refusal {
+        Refusal::Token(TokenRejection::Malformed) => pb::TokenStatus::Malformed,
+        Refusal::Token(TokenRejection::BadSignature) => pb::TokenStatus::BadSignature,
+        Refusal::Token(TokenRejection::Expired) => pb::TokenStatus::TokenExpired,
+        Refusal::Token(TokenRejection::WrongIssuerOrAudience) => {
+            pb::TokenStatus::WrongIssuerOrAudience
+        }
+        Refusal::SessionRevoked => pb::TokenStatus::SessionRevoked,
+        Refusal::SessionExpired => pb::TokenStatus::SessionExpired,
+        Refusal::SessionNotFound => pb::TokenStatus::SessionNotFound,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_page_token_round_trips() {
+        let id = SessionId::generate();
+        assert_eq!(
+            decode_page_token(&encode_page_token(id)).ok().flatten(),
+            Some(id)
+        );
+        assert!(decode_page_token("").is_ok_and(|after| after.is_none()));
+        assert!(decode_page_token("garbage!").is_err());
+    }
+
+    #[test]
+    fn page_sizes_outside_the_range_are_refused() {
+        assert_eq!(page_size(0).ok(), Some(DEFAULT_PAGE_SIZE));
+        assert_eq!(page_size(500).ok(), Some(500));
+        assert!(page_size(501).is_err());
+        assert!(page_size(-1).is_err());
+    }
+
+    #[test]
+    fn a_non_positive_lifetime_is_refused() {
+        for seconds in [0, -5] {
+            let request = pb::CreateSessionRequest {
+                user_id: "u".into(),
+                lifetime: Some(prost_types::Duration { seconds, nanos: 0 }),
+                ..Default::default()
+            };
+            assert!(matches!(
+                new_session(request),
+                Err(Error::InvalidArgument {
+                    field: "lifetime",
+                    ..
+                })
+            ));
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! The gRPC adapter: `sessiond.v1.SessionService`. Handlers only translate: they parse requests
+//! into domain values (`convert`), call the authority, and map errors in one place (`status`).
+
+mod convert;
+pub mod pb;
+mod status;
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use crate::authority::{Authority, Verdict};
+use pb::session_service_server::SessionService;
+
+/// The `SessionService` implementation.
+pub struct SessionApi {
+    authority: Arc<Authority>,
+}
+
+impl SessionApi {
+    /// Serves requests with `authority`.
+    pub fn new(authority: Arc<Authority>) -> Self {
+        Self { authority }
+    }
+}
+
+#[tonic::async_trait]
+impl SessionService for SessionApi {
+    #[tracing::instrument(name = "rpc.CreateSession", skip_all)]
+    async fn create_session(
+        &self,
+        request: Request<pb::CreateSessionRequest>,
+    ) -> Result<Response<pb::CreateSessionResponse>, Status> {
+        let new = convert::new_session(request.into_inner())?;
+        let (session, tokens) = convert::issued(self.authority.create_session(new).await?);
+        Ok(Response::new(pb::CreateSessionResponse { session, tokens }))
+    }
+
+    #[tracing::instrument(name = "rpc.Validate", skip_all)]
+    async fn validate(
+        &self,
+        request: Request<pb::ValidateRequest>,
+    ) -> Result<Response<pb::ValidateResponse>, Status> {
+        let response = match self
+            .authority
+            .validate(&request.into_inner().access_token)
+            .await?
+        {
+            Verdict::Valid(session) => pb::ValidateResponse {
+                valid: true,
+                status: pb::TokenStatus::Valid.into(),
+                session: Some(session.into()),
+            },
+            Verdict::Refused(refusal) => pb::ValidateResponse {
+                valid: false,
+                status: convert::token_status(refusal).into(),
+                session: None,
+            },
+        };
+        Ok(Response::new(response))
+    }
+
+    #[tracing::instrument(name = "rpc.Refresh", skip_all)]
+    async fn refresh(
+        &self,
+        request: Request<pb::RefreshRequest>,
+    ) -> Result<Response<pb::RefreshResponse>, Status> {
+        let token = convert::refresh_token(request.into_inner().refresh_token)?;
+        let (session, tokens) = convert::issued(self.authority.refresh(token).await?);
+        Ok(Response::new(pb::RefreshResponse { session, tokens }))
+    }
+
+    #[tracing::instrument(name = "rpc.RevokeSession", skip_all)]
+    async fn revoke_session(
+        &self,
+        request: Request<pb::RevokeSessionRequest>,
+    ) -> Result<Response<pb::RevokeSessionResponse>, Status> {
+        let request = request.into_inner();
+        let id = convert::session_id("session_id", &request.session_id)?;
+        let reason = convert::reason("reason", request.reason)?;
+        let revoked = self.authority.revoke_session(id, reason).await?;
+        Ok(Response::new(pb::RevokeSessionResponse { revoked }))
+    }
+
+    #[tracing::instrument(name = "rpc.RevokeUserSessions", skip_all)]
+    async fn revoke_user_sessions(
+        &self,
+        request: Request<pb::RevokeUserSessionsRequest>,
+    ) -> Result<Response<pb::RevokeUserSessionsResponse>, Status> {
+        let request = request.into_inner();
+        let user_id = convert::user_id("user_id", request.user_id)?;
+        let except = convert::optional_session_id("except_session_id", &request.except_session_id)?;
+        let reason = convert::reason("reason", request.reason)?;
+        let count = self
+            .authority
+            .revoke_user_sessions(&user_id, except, reason)
+            .await?;
+        Ok(Response::new(pb::RevokeUserSessionsResponse {
+            revoked_count: u32::try_from(count).unwrap_or(u32::MAX),
+        }))
+    }
+
+    #[tracing::instrument(name = "rpc.ListUserSessions", skip_all)]
+    async fn list_user_sessions(
+        &self,
+        request: Request<pb::ListUserSessionsRequest>,
+    ) -> Result<Response<pb::ListUserSessionsResponse>, Status> {
+        let request = request.into_inner();
+        let user_id = convert::user_id("user_id", request.user_id)?;
+        let page_size = convert::page_size(request.page_size)?;
+        let after = convert::decode_page_token(&request.page_token)?;
+        let page = self
+            .authority
+            .list_user_sessions(&user_id, request.include_revoked, page_size, after)
+            .await?;
+        Ok(Response::new(pb::ListUserSessionsResponse {
+            sessions: page.sessions.into_iter().map(Into::into).collect(),
+            next_page_token: page
+                .next
+                .map(convert::encode_page_token)
+                .unwrap_or_default(),
+        }))
+    }
+
+    #[tracing::instrument(name = "rpc.GetSession", skip_all)]
+    async fn get_session(
+        &self,
+        request: Request<pb::GetSessionRequest>,
+    ) -> Result<Response<pb::Session>, Status> {
+        let id = convert::session_id("session_id", &request.into_inner().session_id)?;
+        Ok(Response::new(self.authority.get_session(id).await?.into()))
+    }
+}

@@ -1,0 +1,98 @@
+//! The one place a domain error becomes a gRPC `Status`. Internal causes are logged here with
+//! their whole chain and never sent: the caller sees only the stable code and a safe message.
+
+use std::collections::HashMap;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::error::Error;
+
+/// The `ErrorInfo.domain` of every error sessiond sends.
+const ERROR_DOMAIN: &str = "sessiond";
+
+impl From<Error> for Status {
+    fn from(error: Error) -> Self {
+        let code = match &error {
+            Error::InvalidArgument { .. } => Code::InvalidArgument,
+            Error::SessionNotFound => Code::NotFound,
+            Error::RefreshRefused(_) => Code::Unauthenticated,
+            Error::SessionLimitReached { .. } => Code::ResourceExhausted,
+            Error::StoreUnavailable(_) => Code::Unavailable,
+            Error::Internal(_) => Code::Internal,
+        };
+        if matches!(code, Code::Unavailable | Code::Internal) {
+            tracing::error!(error.code = error.code(), error.cause_chain = %error_chain(&error), "request failed");
+        }
+        let mut details = ErrorDetails::with_error_info(error.code(), ERROR_DOMAIN, HashMap::new());
+        if let Error::InvalidArgument { field, description } = &error {
+            details.add_bad_request_violation(*field, description.clone());
+        }
+        Status::with_error_details(code, error.to_string(), details)
+    }
+}
+
+/// The error with its sources, for the log.
+fn error_chain(error: &Error) -> String {
+    let mut chain = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        chain.push_str(": ");
+        chain.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    chain
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::RefreshRefusal;
+
+    #[test]
+    fn an_invalid_argument_names_its_field() {
+        let status = Status::from(Error::invalid("user_id", "must not be empty"));
+        assert_eq!(status.code(), Code::InvalidArgument);
+        let violations = status
+            .get_details_bad_request()
+            .expect("bad request detail")
+            .field_violations;
+        assert_eq!(violations[0].field, "user_id");
+        assert_eq!(
+            status.get_details_error_info().expect("error info").reason,
+            "INVALID_ARGUMENT"
+        );
+    }
+
+    #[test]
+    fn an_internal_error_does_not_leak_its_cause() {
+        let status = Status::from(Error::Internal(anyhow::anyhow!(
+            "password=hunter2 at db.internal"
+        )));
+        assert_eq!(status.code(), Code::Internal);
+        assert!(!status.message().contains("hunter2"));
+        assert_eq!(status.message(), "internal error");
+    }
+
+    #[test]
+    fn each_error_has_its_code() {
+        let cases = [
+            (Error::SessionNotFound, Code::NotFound),
+            (
+                Error::RefreshRefused(RefreshRefusal::Reused),
+                Code::Unauthenticated,
+            ),
+            (
+                Error::SessionLimitReached { limit: 3 },
+                Code::ResourceExhausted,
+            ),
+            (
+                Error::StoreUnavailable(sqlx::Error::PoolTimedOut),
+                Code::Unavailable,
+            ),
+        ];
+        for (error, code) in cases {
+            assert_eq!(Status::from(error).code(), code);
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! The one typed settings struct, read from flags and `SESSIOND_*` environment variables.
+//!
+//! Durations are written as in `10s`, `15m` or `30d`. Secrets are never read from here directly:
+//! only the paths of files that hold them, so nothing secret reaches `--help`, `Debug` or the logs.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Parser, ValueEnum};
+
+/// Everything sessiond can be told at start.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "sessiond", version, about)]
+pub struct Settings {
+    /// Address the gRPC server listens on.
+    #[arg(long, env = "SESSIOND_LISTEN_ADDR", default_value = "[::]:50051")]
+    pub listen_addr: SocketAddr,
+
+    /// Postgres URL; the source of truth for sessions.
+    #[arg(
+        long,
+        env = "SESSIOND_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres",
+        hide_env_values = true
+    )]
+    pub database_url: String,
+
+    /// Most connections the Postgres pool opens.
+    #[arg(long, env = "SESSIOND_DATABASE_MAX_CONNECTIONS", default_value_t = 16)]
+    pub database_max_connections: u32,
+
+    /// How long a request waits for Postgres (a pooled connection, or one statement) before it
+    /// fails with UNAVAILABLE.
+    #[arg(long, env = "SESSIOND_DATABASE_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
+    pub database_timeout: Duration,
+
+    /// Redis URL for the shared cache (`redis://`, `rediss://`, `redis-cluster://`, `redis-sentinel://`).
+    #[arg(
+        long,
+        env = "SESSIOND_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        hide_env_values = true
+    )]
+    pub redis_url: String,
+
+    /// Prefix of every Redis key, so several deployments can share one Redis. No braces.
+    #[arg(long, env = "SESSIOND_REDIS_KEY_PREFIX", default_value = "sessiond:")]
+    pub redis_key_prefix: String,
+
+    /// How long one Redis command may take before the request falls back to Postgres.
+    #[arg(long, env = "SESSIOND_REDIS_TIMEOUT", default_value = "100ms", value_parser = parse_duration)]
+    pub redis_timeout: Duration,
+
+    /// How long a session stays in Redis after it was last written there (capped by its expiry).
+    #[arg(long, env = "SESSIOND_CACHE_TTL", default_value = "10m", value_parser = parse_duration)]
+    pub cache_ttl: Duration,
+
+    /// Lifetime of an access token.
+    #[arg(long, env = "SESSIOND_ACCESS_TOKEN_TTL", default_value = "15m", value_parser = parse_duration)]
+    pub access_token_ttl: Duration,
+
+    /// Absolute lifetime of a session; activity does not extend it. Also caps a requested lifetime.
+    #[arg(long, env = "SESSIOND_SESSION_LIFETIME", default_value = "30d", value_parser = parse_duration)]
+    pub session_lifetime: Duration,
+
+    /// A session with no refresh or validate for this long ends.
+    #[arg(long, env = "SESSIOND_IDLE_TIMEOUT", default_value = "7d", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// How long a retired refresh token may be presented again and get the same answer.
+    #[arg(long, env = "SESSIOND_REFRESH_REUSE_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub refresh_reuse_grace: Duration,
+
+    /// Most live sessions one user may hold; 0 means unlimited.
+    #[arg(long, env = "SESSIOND_MAX_SESSIONS_PER_USER", default_value_t = 0)]
+    pub max_sessions_per_user: u32,
+
+    /// What a new session does when the user is at the limit.
+    #[arg(long, env = "SESSIOND_SESSION_LIMIT_POLICY", value_enum, default_value_t = LimitPolicy::EvictOldest)]
+    pub session_limit_policy: LimitPolicy,
+
+    /// Ed25519 private key (PKCS#8 PEM) that signs access tokens. Without it, a random key is made at
+    /// start: tokens then die with the process and replicas refuse each other's tokens.
+    #[arg(long, env = "SESSIOND_SIGNING_KEY_FILE")]
+    pub signing_key_file: Option<PathBuf>,
+
+    /// File holding at least 32 random bytes, the HMAC key that derives each next refresh token.
+    /// Without it, a random key is made at start, and a retried refresh after a restart is refused.
+    #[arg(long, env = "SESSIOND_REFRESH_KEY_FILE")]
+    pub refresh_key_file: Option<PathBuf>,
+
+    /// The `iss` claim of issued access tokens, and the only one accepted.
+    #[arg(long, env = "SESSIOND_ISSUER", default_value = "sessiond")]
+    pub issuer: String,
+
+    /// The `aud` claim of issued access tokens, and the only one accepted.
+    #[arg(long, env = "SESSIOND_AUDIENCE", default_value = "sessiond")]
+    pub audience: String,
+
+    /// Log format: `text` for people, `json` for collectors. The level comes from `RUST_LOG`.
+    #[arg(long, env = "SESSIOND_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// What CreateSession does for a user who already holds the maximum number of live sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LimitPolicy {
+    /// Revoke the user's oldest live sessions (reason "session_limit") to make room.
+    EvictOldest,
+    /// Refuse the new session with RESOURCE_EXHAUSTED.
+    Deny,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Settings {
+    /// Checks what clap's types cannot: the message names the setting.
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("SESSIOND_DATABASE_TIMEOUT", self.database_timeout),
+            ("SESSIOND_REDIS_TIMEOUT", self.redis_timeout),
+            ("SESSIOND_CACHE_TTL", self.cache_ttl),
+            ("SESSIOND_ACCESS_TOKEN_TTL", self.access_token_ttl),
+            ("SESSIOND_SESSION_LIFETIME", self.session_lifetime),
+            ("SESSIOND_IDLE_TIMEOUT", self.idle_timeout),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, value)| value.is_zero()) {
+            return Err(format!("{name} must be longer than zero"));
+        }
+        if self.database_max_connections == 0 {
+            return Err("SESSIOND_DATABASE_MAX_CONNECTIONS must be at least 1".into());
+        }
+        if self.redis_key_prefix.contains(['{', '}']) {
+            return Err("SESSIOND_REDIS_KEY_PREFIX must not contain braces: they pick the Redis Cluster slot".into());
+        }
+        if self.issuer.is_empty() {
+            return Err("SESSIOND_ISSUER must not be empty".into());
+        }
+        if self.audience.is_empty() {
+            return Err("SESSIOND_AUDIENCE must not be empty".into());
+        }
+        Ok(())
+    }
+}
+
+fn parse_duration(text: &str) -> Result<Duration, humantime::DurationError> {
+    humantime::parse_duration(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Settings, clap::Error> {
+        Settings::try_parse_from(std::iter::once("sessiond").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_match_the_documented_policy() {
+        let settings = parse(&[]).expect("defaults parse");
+        assert_eq!(settings.access_token_ttl, Duration::from_secs(15 * 60));
+        assert_eq!(settings.session_lifetime, Duration::from_secs(30 * 86_400));
+        assert_eq!(settings.idle_timeout, Duration::from_secs(7 * 86_400));
+        assert_eq!(settings.refresh_reuse_grace, Duration::from_secs(10));
+        assert_eq!(settings.max_sessions_per_user, 0);
+        assert_eq!(settings.session_limit_policy, LimitPolicy::EvictOldest);
+        assert!(settings.validate().is_ok());
+    }
+
+    #[test]
+    fn durations_are_read_in_human_units() {
+        let settings =
+            parse(&["--idle-timeout", "36h", "--access-token-ttl", "90s"]).expect("parses");
+        assert_eq!(settings.idle_timeout, Duration::from_secs(36 * 3600));
+        assert_eq!(settings.access_token_ttl, Duration::from_secs(90));
+    }
+
+    #[test]
+    fn a_bad_duration_names_the_setting() {
+        let error = parse(&["--session-lifetime", "forever"]).expect_err("must fail");
+        assert!(error.to_string().contains("--session-lifetime"), "{error}");
+    }
+
+    #[test]
+    fn a_zero_duration_names_the_setting() {
+        let settings = parse(&["--access-token-ttl", "0s"]).expect("parses");
+        let error = settings.validate().expect_err("must fail");
+        assert!(error.contains("SESSIOND_ACCESS_TOKEN_TTL"), "{error}");
+    }
+
+    #[test]
+    fn a_prefix_with_braces_is_refused() {
+        let settings = parse(&["--redis-key-prefix", "a{b}"]).expect("parses");
+        assert!(settings.validate().is_err());
+    }
+}

@@ -1,0 +1,16 @@
+//! sessiond: a session authority. Backend services call it over gRPC to start a user's session on
+//! a device, check access tokens, rotate refresh tokens and sign users out.
+//!
+//! Requests flow `api` → `authority` → (`token`, `cache`, `store`); see the README for the map.
+
+pub mod api;
+pub mod authority;
+pub mod cache;
+pub mod clock;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod startup;
+pub mod store;
+pub mod telemetry;
+pub mod token;

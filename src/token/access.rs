@@ -1,0 +1,255 @@
+//! Access tokens: short-lived EdDSA JWTs. `verify` judges signature, algorithm, key id, issuer,
+//! audience and expiry, and says which one failed; whether the session is live is the authority's
+//! question.
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use chrono::{DateTime, Duration, Utc};
+use jsonwebtoken::{Algorithm, Header, Validation, errors::ErrorKind};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::SigningKey;
+use crate::{
+    domain::{Session, SessionId, UserId},
+    error::Error,
+};
+
+/// Why an access token was refused before its session was looked at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenRejection {
+    /// Not a JWT, or one without the claims sessiond issues.
+    Malformed,
+    /// The signature does not verify, the key id is unknown, or the algorithm is not EdDSA.
+    BadSignature,
+    /// `exp` has passed.
+    Expired,
+    /// `iss` or `aud` is not ours.
+    WrongIssuerOrAudience,
+}
+
+/// What a verified token says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedAccessToken {
+    pub user_id: UserId,
+    pub session_id: SessionId,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A freshly signed token.
+#[derive(Debug, Clone)]
+pub struct IssuedAccessToken {
+    pub token: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    iss: String,
+    aud: String,
+    sub: String,
+    sid: String,
+    iat: i64,
+    exp: i64,
+    jti: String,
+}
+
+/// Only the header fields sessiond judges, read before any signature work.
+#[derive(Deserialize)]
+struct HeaderFields {
+    alg: String,
+    kid: Option<String>,
+}
+
+/// Signs and verifies with one key, named by `kid` in every token's header.
+#[derive(Debug)]
+pub struct AccessTokens {
+    signing: SigningKey,
+    issuer: String,
+    audience: String,
+    validation: Validation,
+}
+
+impl AccessTokens {
+    /// Tokens signed by `signing` for `issuer` and `audience`.
+    pub fn new(signing: SigningKey, issuer: String, audience: String) -> Self {
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.set_issuer(&[&issuer]);
+        validation.set_audience(&[&audience]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        // Expiry is judged against the injected clock in `verify`, not the library's wall clock.
+        validation.validate_exp = false;
+        validation.leeway = 0;
+        Self {
+            signing,
+            issuer,
+            audience,
+            validation,
+        }
+    }
+
+    /// The key tokens are signed with.
+    pub fn signing_key(&self) -> &SigningKey {
+        &self.signing
+    }
+
+    /// Signs a token for `session`, valid for `ttl` but never past the session's own expiry.
+    pub fn issue(
+        &self,
+        session: &Session,
+        now: DateTime<Utc>,
+        ttl: Duration,
+    ) -> Result<IssuedAccessToken, Error> {
+        let expires_at = (now + ttl).min(session.expires_at);
+        let claims = Claims {
+            iss: self.issuer.clone(),
+            aud: self.audience.clone(),
+            sub: session.user_id.to_string(),
+            sid: session.id.to_string(),
+            iat: now.timestamp(),
+            exp: expires_at.timestamp(),
+            jti: Uuid::now_v7().to_string(),
+        };
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(self.signing.kid().to_owned());
+        let token = jsonwebtoken::encode(&header, &claims, self.signing.encoding())
+            .map_err(|e| Error::Internal(anyhow::anyhow!("signing an access token failed: {e}")))?;
+        // `exp` has whole seconds; report what the token itself says.
+        let expires_at = DateTime::from_timestamp(claims.exp, 0).unwrap_or(expires_at);
+        Ok(IssuedAccessToken { token, expires_at })
+    }
+
+    /// Verifies `token` at `now`.
+    pub fn verify(
+        &self,
+        token: &str,
+        now: DateTime<Utc>,
+    ) -> Result<VerifiedAccessToken, TokenRejection> {
+        let header = read_header(token).ok_or(TokenRejection::Malformed)?;
+        // Refuse `none`, HS256-with-the-public-key and every other algorithm before any key is used.
+        if header.alg != "EdDSA" {
+            return Err(TokenRejection::BadSignature);
+        }
+        let key = header
+            .kid
+            .as_deref()
+            .filter(|kid| *kid == self.signing.kid())
+            .map(|_| &self.signing)
+            .ok_or(TokenRejection::BadSignature)?;
+        let claims = jsonwebtoken::decode::<Claims>(token, key.decoding(), &self.validation)
+            .map_err(|e| rejection(e.kind()))?
+            .claims;
+        let expires_at =
+            DateTime::from_timestamp(claims.exp, 0).ok_or(TokenRejection::Malformed)?;
+        if now >= expires_at {
+            return Err(TokenRejection::Expired);
+        }
+        Ok(VerifiedAccessToken {
+            user_id: UserId::try_from(claims.sub).map_err(|_| TokenRejection::Malformed)?,
+            session_id: claims.sid.parse().map_err(|_| TokenRejection::Malformed)?,
+            expires_at,
+        })
+    }
+}
+
+fn read_header(token: &str) -> Option<HeaderFields> {
+    let (encoded, _) = token.split_once('.')?;
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(encoded).ok()?).ok()
+}
+
+fn rejection(kind: &ErrorKind) -> TokenRejection {
+    match kind {
+        ErrorKind::InvalidSignature
+        | ErrorKind::InvalidAlgorithm
+        | ErrorKind::InvalidAlgorithmName
+        | ErrorKind::UnsupportedAlgorithm
+        | ErrorKind::InvalidEddsaKey
+        | ErrorKind::InvalidKeyFormat => TokenRejection::BadSignature,
+        ErrorKind::ExpiredSignature => TokenRejection::Expired,
+        ErrorKind::InvalidIssuer | ErrorKind::InvalidAudience => {
+            TokenRejection::WrongIssuerOrAudience
+        }
+        _ => TokenRejection::Malformed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Device, Metadata};
+
+    fn tokens() -> AccessTokens {
+        AccessTokens::new(
+            SigningKey::generate().expect("key"),
+            "iss".into(),
+            "aud".into(),
+        )
+    }
+
+    fn session(now: DateTime<Utc>) -> Session {
+        Session {
+            id: SessionId::generate(),
+            user_id: UserId::try_from("alice".to_owned()).expect("valid"),
+            device: Device::default(),
+            metadata: Metadata::default(),
+            created_at: now,
+            last_seen_at: now,
+            expires_at: now + Duration::days(1),
+            idle_expires_at: now + Duration::days(1),
+            revoked_at: None,
+            revoke_reason: None,
+        }
+    }
+
+    #[test]
+    fn an_issued_token_verifies_until_it_expires() {
+        let tokens = tokens();
+        let now = Utc::now();
+        let session = session(now);
+        let issued = tokens
+            .issue(&session, now, Duration::minutes(15))
+            .expect("signs");
+        let verified = tokens.verify(&issued.token, now).expect("verifies");
+        assert_eq!(verified.session_id, session.id);
+        assert_eq!(verified.user_id, session.user_id);
+        assert_eq!(
+            tokens.verify(&issued.token, issued.expires_at),
+            Err(TokenRejection::Expired)
+        );
+    }
+
+    #[test]
+    fn a_token_never_outlives_its_session() {
+        let tokens = tokens();
+        let now = Utc::now();
+        let mut session = session(now);
+        session.expires_at = now + Duration::minutes(1);
+        let issued = tokens
+            .issue(&session, now, Duration::minutes(15))
+            .expect("signs");
+        assert!(issued.expires_at <= session.expires_at);
+    }
+
+    #[test]
+    fn a_token_from_another_key_has_a_bad_signature() {
+        let now = Utc::now();
+        let issued = tokens()
+            .issue(&session(now), now, Duration::minutes(15))
+            .expect("signs");
+        assert_eq!(
+            tokens().verify(&issued.token, now),
+            Err(TokenRejection::BadSignature)
+        );
+    }
+
+    #[test]
+    fn garbage_is_malformed() {
+        let tokens = tokens();
+        for garbage in ["", "abc", "a.b.c", "not a token"] {
+            assert_eq!(
+                tokens.verify(garbage, Utc::now()),
+                Err(TokenRejection::Malformed),
+                "{garbage}"
+            );
+        }
+    }
+}

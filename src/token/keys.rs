@@ -1,0 +1,150 @@
+//! Key material: the Ed25519 key that signs access tokens and the HMAC key that derives refresh
+//! tokens. Neither ever reaches a log: their `Debug` shows only the public part.
+
+use std::{fmt, path::Path};
+
+use anyhow::Context;
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
+use jsonwebtoken::{DecodingKey, EncodingKey};
+use secrecy::{ExposeSecret, SecretBox};
+use sha2::{Digest, Sha256};
+
+/// An Ed25519 key pair and its key id, the RFC 7638 JWK thumbprint of the public key.
+pub struct SigningKey {
+    kid: String,
+    public_key: [u8; 32],
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+}
+
+impl SigningKey {
+    /// Reads a PKCS#8 PEM private key (as written by `openssl genpkey -algorithm ed25519`).
+    pub fn from_pem_file(path: &Path) -> anyhow::Result<Self> {
+        let pem = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let key = ed25519_dalek::SigningKey::from_pkcs8_pem(&pem).map_err(|_| {
+            anyhow::anyhow!(
+                "{} is not an Ed25519 private key in PKCS#8 PEM",
+                path.display()
+            )
+        })?;
+        Self::from_dalek(&key)
+    }
+
+    /// A random key that lives as long as the process.
+    pub fn generate() -> anyhow::Result<Self> {
+        let seed = super::random_bytes::<32>()?;
+        Self::from_dalek(&ed25519_dalek::SigningKey::from_bytes(&seed))
+    }
+
+    fn from_dalek(key: &ed25519_dalek::SigningKey) -> anyhow::Result<Self> {
+        let der = key
+            .to_pkcs8_der()
+            .context("cannot encode the signing key")?;
+        let public_key = key.verifying_key().to_bytes();
+        Ok(Self {
+            kid: jwk_thumbprint(&public_key),
+            public_key,
+            encoding: EncodingKey::from_ed_der(der.as_bytes()),
+            decoding: DecodingKey::from_ed_der(&public_key),
+        })
+    }
+
+    /// The key id, carried in every token's header.
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// The raw 32-byte public key.
+    pub fn public_key(&self) -> &[u8; 32] {
+        &self.public_key
+    }
+
+    pub(super) fn encoding(&self) -> &EncodingKey {
+        &self.encoding
+    }
+
+    pub(super) fn decoding(&self) -> &DecodingKey {
+        &self.decoding
+    }
+}
+
+impl fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SigningKey")
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
+    }
+}
+
+/// RFC 7638: SHA-256 over the JWK's required members in lexicographic order, base64url.
+fn jwk_thumbprint(public_key: &[u8; 32]) -> String {
+    let jwk = format!(
+        r#"{{"crv":"Ed25519","kty":"OKP","x":"{}"}}"#,
+        URL_SAFE_NO_PAD.encode(public_key)
+    );
+    URL_SAFE_NO_PAD.encode(Sha256::digest(jwk.as_bytes()))
+}
+
+/// The HMAC-SHA256 key that derives each refresh token from the one before it, so a retried
+/// refresh can recompute its answer while only hashes are stored.
+pub struct RefreshKey(SecretBox<[u8; 32]>);
+
+impl RefreshKey {
+    /// Reads a key file: its first 32 bytes or more of content are hashed into the key.
+    pub fn from_file(path: &Path) -> anyhow::Result<Self> {
+        let content =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        anyhow::ensure!(
+            content.len() >= 32,
+            "{} must hold at least 32 bytes of random data",
+            path.display()
+        );
+        // Hashing lets any format (raw bytes, hex, base64) serve, and fixes the key's length.
+        Ok(Self(SecretBox::new(Box::new(
+            Sha256::digest(&content).into(),
+        ))))
+    }
+
+    /// A random key that lives as long as the process.
+    pub fn generate() -> anyhow::Result<Self> {
+        Ok(Self(SecretBox::new(Box::new(super::random_bytes::<32>()?))))
+    }
+
+    pub(super) fn bytes(&self) -> &[u8; 32] {
+        self.0.expose_secret()
+    }
+}
+
+impl fmt::Debug for RefreshKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RefreshKey([redacted])")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kid_is_the_rfc_7638_thumbprint() {
+        // RFC 8037, appendix A.3: the thumbprint of the example Ed25519 public key.
+        let x = URL_SAFE_NO_PAD
+            .decode("11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo")
+            .expect("valid base64");
+        let public_key: [u8; 32] = x.try_into().expect("32 bytes");
+        assert_eq!(
+            jwk_thumbprint(&public_key),
+            "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k"
+        );
+    }
+
+    #[test]
+    fn debug_output_shows_no_key_material() {
+        let key = SigningKey::generate().expect("key");
+        let shown = format!("{key:?} {:?}", RefreshKey::generate().expect("key"));
+        assert!(shown.contains(key.kid()));
+        assert!(shown.contains("RefreshKey([redacted])"));
+    }
+}
