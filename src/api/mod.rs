@@ -49,7 +49,7 @@ impl SessionService for SessionApi {
             Verdict::Valid(session) => pb::ValidateResponse {
                 valid: true,
                 status: pb::TokenStatus::Valid.into(),
-                session: Some(session.into()),
+                session: Some((*session).into()),
             },
             Verdict::Refused(refusal) => pb::ValidateResponse {
                 valid: false,

@@ -59,7 +59,7 @@ pub enum Refusal {
 /// The answer of `Validate`.
 #[derive(Debug)]
 pub enum Verdict {
-    Valid(Session),
+    Valid(Box<Session>),
     Refused(Refusal),
 }
 
@@ -209,7 +209,9 @@ impl Authority {
         Ok(match session.state(now) {
             SessionState::Revoked => Verdict::Refused(Refusal::SessionRevoked),
             SessionState::Expired => Verdict::Refused(Refusal::SessionExpired),
-            SessionState::Live => Verdict::Valid(self.record_activity(session, now).await),
+            SessionState::Live => {
+                Verdict::Valid(Box::new(self.record_activity(session, now).await))
+            }
         })
     }
 

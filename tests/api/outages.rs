@@ -1,0 +1,91 @@
+use std::time::{Duration, Instant};
+
+use sessiond::api::pb::{self, TokenStatus};
+use tonic::Code;
+
+use crate::helpers::{fresh_database, spawn, test_settings, tokens};
+
+/// A loopback address where nothing listens: bind a port, then let it go.
+fn dead_address() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    format!("127.0.0.1:{port}")
+}
+
+#[tokio::test]
+async fn every_rpc_works_from_postgres_when_redis_is_unreachable() {
+    let (url, pool) = fresh_database().await;
+    let mut settings = test_settings(&url);
+    settings.redis_url = format!("redis://{}", dead_address());
+    let app = spawn(settings, Some(pool)).await;
+    let mut client = app.client.clone();
+
+    let created = app.create("ada", "phone").await;
+    let other = app.create("ada", "laptop").await;
+    let id = created.session.clone().expect("session").session_id;
+    let (access, refresh) = tokens(&created.tokens);
+    assert!(app.validate(&access).await.valid);
+    let refreshed = app.refresh(&refresh).await.expect("refresh works");
+    assert!(app.validate(&tokens(&refreshed.tokens).0).await.valid);
+    assert_eq!(app.get(&id).await.expect("get works").session_id, id);
+    let listed = client
+        .list_user_sessions(pb::ListUserSessionsRequest {
+            user_id: "ada".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("list works");
+    assert_eq!(listed.into_inner().sessions.len(), 2);
+    let revoked = client
+        .revoke_session(pb::RevokeSessionRequest {
+            session_id: id,
+            reason: String::new(),
+        })
+        .await
+        .expect("revoke works");
+    assert!(revoked.into_inner().revoked);
+    assert_eq!(app.status_of(&access).await, TokenStatus::SessionRevoked);
+    let count = client
+        .revoke_user_sessions(pb::RevokeUserSessionsRequest {
+            user_id: "ada".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("revoke-user works");
+    assert_eq!(count.into_inner().revoked_count, 1);
+    assert_eq!(
+        app.status_of(&tokens(&other.tokens).0).await,
+        TokenStatus::SessionRevoked
+    );
+}
+
+#[tokio::test]
+async fn requests_fail_with_unavailable_within_the_timeout_when_postgres_is_unreachable() {
+    let mut settings = test_settings(&format!("postgres://postgres@{}/postgres", dead_address()));
+    settings.database_timeout = Duration::from_millis(500);
+    let app = spawn(settings, None).await;
+
+    let started = Instant::now();
+    let status = app
+        .client
+        .clone()
+        .create_session(pb::CreateSessionRequest {
+            user_id: "bea".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("no store");
+
+    assert_eq!(status.code(), Code::Unavailable);
+    assert!(
+        !status.message().contains("127.0.0.1"),
+        "no internal detail leaks: {}",
+        status.message()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+}

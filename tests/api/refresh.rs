@@ -1,0 +1,165 @@
+use std::{collections::HashSet, time::Duration};
+
+use futures::future::join_all;
+use sessiond::api::pb::TokenStatus;
+use tonic::Code;
+use tonic_types::StatusExt;
+
+use crate::helpers::{DAY, MINUTE, assert_invalid_field, spawn_app, spawn_app_with, tokens};
+
+const SECOND: Duration = Duration::from_secs(1);
+
+fn reason_of(status: &tonic::Status) -> String {
+    status.get_details_error_info().expect("error info").reason
+}
+
+#[tokio::test]
+async fn refresh_rotates_the_refresh_token_and_issues_a_new_access_token() {
+    let app = spawn_app().await;
+    let created = app.create("leo", "d").await;
+    let (access, refresh) = tokens(&created.tokens);
+    app.advance(MINUTE);
+
+    let refreshed = app.refresh(&refresh).await.expect("refreshed");
+
+    let (new_access, new_refresh) = tokens(&refreshed.tokens);
+    assert_ne!(new_refresh, refresh);
+    assert_ne!(new_access, access);
+    assert!(new_refresh.starts_with("sdrt_"));
+    assert!(app.validate(&new_access).await.valid);
+    let session = refreshed.session.expect("session");
+    assert_eq!(
+        Some(session.session_id.clone()),
+        created.session.map(|s| s.session_id)
+    );
+    // The new token works in turn.
+    app.advance(MINUTE);
+    assert!(app.refresh(&new_refresh).await.is_ok());
+}
+
+#[tokio::test]
+async fn a_retry_within_the_grace_window_returns_the_same_refresh_token() {
+    let app = spawn_app().await;
+    let (_, refresh) = tokens(&app.create("mia", "d").await.tokens);
+    let first = app.refresh(&refresh).await.expect("refreshed");
+
+    app.advance(9 * SECOND);
+    let retry = app.refresh(&refresh).await.expect("a retry within grace");
+
+    assert_eq!(tokens(&retry.tokens).1, tokens(&first.tokens).1);
+    assert!(app.validate(&tokens(&retry.tokens).0).await.valid);
+}
+
+#[tokio::test]
+async fn reuse_after_the_grace_window_revokes_the_session() {
+    let app = spawn_app().await;
+    let created = app.create("nina", "d").await;
+    let (_, stolen) = tokens(&created.tokens);
+    let rotated = app.refresh(&stolen).await.expect("refreshed");
+    let (access, current) = tokens(&rotated.tokens);
+
+    app.advance(11 * SECOND);
+    let status = app.refresh(&stolen).await.expect_err("reuse is refused");
+
+    assert_eq!(status.code(), Code::Unauthenticated);
+    assert_eq!(reason_of(&status), "REFRESH_TOKEN_REUSED");
+    let session = app
+        .get(&created.session.expect("session").session_id)
+        .await
+        .expect("readable");
+    assert_eq!(session.revoke_reason, "refresh_token_reuse");
+    assert_eq!(app.status_of(&access).await, TokenStatus::SessionRevoked);
+    let status = app
+        .refresh(&current)
+        .await
+        .expect_err("the thief's victim is signed out too");
+    assert_eq!(reason_of(&status), "SESSION_REVOKED");
+}
+
+#[tokio::test]
+async fn reuse_of_an_older_generation_is_detected_too() {
+    let app = spawn_app().await;
+    let created = app.create("oscar", "d").await;
+    let (_, generation_0) = tokens(&created.tokens);
+    let generation_1 = tokens(&app.refresh(&generation_0).await.expect("rotated").tokens).1;
+    app.advance(MINUTE);
+    app.refresh(&generation_1).await.expect("rotated again");
+    app.advance(MINUTE);
+
+    let status = app.refresh(&generation_0).await.expect_err("reuse");
+
+    assert_eq!(reason_of(&status), "REFRESH_TOKEN_REUSED");
+}
+
+#[tokio::test]
+async fn sixteen_racing_refreshes_of_one_token_yield_exactly_one_new_token() {
+    let app = spawn_app().await;
+    let (_, refresh) = tokens(&app.create("pat", "d").await.tokens);
+
+    let results = join_all((0..16).map(|_| app.refresh(&refresh))).await;
+
+    let new_tokens: HashSet<String> = results
+        .into_iter()
+        .map(|result| tokens(&result.expect("every racer succeeds").tokens).1)
+        .collect();
+    assert_eq!(new_tokens.len(), 1, "{new_tokens:?}");
+    assert!(!new_tokens.contains(&refresh));
+    // And the one new token is the session's current token.
+    let only = new_tokens.into_iter().next().unwrap();
+    assert!(app.refresh(&only).await.is_ok());
+}
+
+#[tokio::test]
+async fn refresh_pushes_the_idle_deadline() {
+    let app = spawn_app().await;
+    let (_, refresh) = tokens(&app.create("quinn", "d").await.tokens);
+    app.advance(6 * DAY);
+    let refreshed = app.refresh(&refresh).await.expect("refreshed");
+    app.advance(6 * DAY);
+    assert!(
+        app.refresh(&tokens(&refreshed.tokens).1).await.is_ok(),
+        "day 12 is within day 6 + 7"
+    );
+}
+
+#[tokio::test]
+async fn refresh_of_an_expired_session_is_refused() {
+    let app = spawn_app_with(|settings| settings.session_lifetime = DAY).await;
+    let (_, refresh) = tokens(&app.create("rita", "d").await.tokens);
+    app.advance(DAY);
+    let status = app.refresh(&refresh).await.expect_err("expired");
+    assert_eq!(status.code(), Code::Unauthenticated);
+    assert_eq!(reason_of(&status), "SESSION_EXPIRED");
+}
+
+#[tokio::test]
+async fn refresh_of_a_revoked_session_is_refused() {
+    let app = spawn_app().await;
+    let created = app.create("sam", "d").await;
+    let (_, refresh) = tokens(&created.tokens);
+    app.client
+        .clone()
+        .revoke_session(sessiond::api::pb::RevokeSessionRequest {
+            session_id: created.session.expect("session").session_id,
+            reason: String::new(),
+        })
+        .await
+        .expect("revoked");
+    let status = app.refresh(&refresh).await.expect_err("revoked");
+    assert_eq!(status.code(), Code::Unauthenticated);
+    assert_eq!(reason_of(&status), "SESSION_REVOKED");
+}
+
+#[tokio::test]
+async fn an_unknown_refresh_token_is_unauthenticated_and_a_malformed_one_invalid() {
+    let app = spawn_app().await;
+    let unknown = format!("sdrt_{}", "A".repeat(43));
+    let status = app.refresh(&unknown).await.expect_err("unknown");
+    assert_eq!(status.code(), Code::Unauthenticated);
+    assert_eq!(reason_of(&status), "REFRESH_TOKEN_UNKNOWN");
+
+    for malformed in ["", "not-a-refresh-token", "sdrt_short"] {
+        let status = app.refresh(malformed).await.expect_err("malformed");
+        assert_invalid_field(&status, "refresh_token");
+    }
+}

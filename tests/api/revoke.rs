@@ -1,0 +1,137 @@
+use sessiond::api::pb::{self, TokenStatus};
+use tonic::Code;
+
+use crate::helpers::{TestApp, assert_invalid_field, spawn_app, tokens};
+
+async fn revoke(app: &TestApp, session_id: &str, reason: &str) -> Result<bool, tonic::Status> {
+    app.client
+        .clone()
+        .revoke_session(pb::RevokeSessionRequest {
+            session_id: session_id.into(),
+            reason: reason.into(),
+        })
+        .await
+        .map(|response| response.into_inner().revoked)
+}
+
+async fn revoke_user(app: &TestApp, user_id: &str, except: &str) -> Result<u32, tonic::Status> {
+    app.client
+        .clone()
+        .revoke_user_sessions(pb::RevokeUserSessionsRequest {
+            user_id: user_id.into(),
+            except_session_id: except.into(),
+            reason: "password changed".into(),
+        })
+        .await
+        .map(|response| response.into_inner().revoked_count)
+}
+
+#[tokio::test]
+async fn revoking_a_session_refuses_its_tokens_and_says_so_once() {
+    let app = spawn_app().await;
+    let created = app.create("tara", "d").await;
+    let (access, _) = tokens(&created.tokens);
+    let id = created.session.expect("session").session_id;
+    assert!(app.validate(&access).await.valid, "cached as live first");
+
+    assert!(revoke(&app, &id, "user signed out").await.expect("revoked"));
+    assert!(
+        !revoke(&app, &id, "again").await.expect("answered"),
+        "already revoked"
+    );
+
+    assert_eq!(app.status_of(&access).await, TokenStatus::SessionRevoked);
+    let session = app.get(&id).await.expect("still readable");
+    assert_eq!(session.revoke_reason, "user signed out");
+    assert!(session.revoked_at.is_some());
+}
+
+#[tokio::test]
+async fn revoking_an_unknown_session_is_not_found_and_a_bad_id_invalid() {
+    let app = spawn_app().await;
+    let status = revoke(&app, &uuid::Uuid::now_v7().to_string(), "")
+        .await
+        .expect_err("unknown");
+    assert_eq!(status.code(), Code::NotFound);
+    assert_invalid_field(
+        &revoke(&app, "not-a-uuid", "").await.expect_err("bad id"),
+        "session_id",
+    );
+    assert_invalid_field(
+        &revoke(&app, "", "").await.expect_err("empty id"),
+        "session_id",
+    );
+    let overlong = "r".repeat(129);
+    let id = app
+        .create("uma", "d")
+        .await
+        .session
+        .expect("session")
+        .session_id;
+    assert_invalid_field(
+        &revoke(&app, &id, &overlong).await.expect_err("long reason"),
+        "reason",
+    );
+}
+
+#[tokio::test]
+async fn get_session_reads_a_session_and_refuses_unknown_ids() {
+    let app = spawn_app().await;
+    let created = app.create("vera", "d").await.session.expect("session");
+    assert_eq!(app.get(&created.session_id).await.expect("found"), created);
+    let status = app
+        .get(&uuid::Uuid::now_v7().to_string())
+        .await
+        .expect_err("unknown");
+    assert_eq!(status.code(), Code::NotFound);
+    assert_invalid_field(&app.get("nope").await.expect_err("bad id"), "session_id");
+}
+
+#[tokio::test]
+async fn signing_out_everywhere_revokes_every_session_of_the_user_only() {
+    let app = spawn_app().await;
+    let phone = tokens(&app.create("walt", "phone").await.tokens).0;
+    let laptop = tokens(&app.create("walt", "laptop").await.tokens).0;
+    let someone_else = tokens(&app.create("xena", "phone").await.tokens).0;
+
+    assert_eq!(revoke_user(&app, "walt", "").await.expect("revoked"), 2);
+
+    assert_eq!(app.status_of(&phone).await, TokenStatus::SessionRevoked);
+    assert_eq!(app.status_of(&laptop).await, TokenStatus::SessionRevoked);
+    assert!(app.validate(&someone_else).await.valid);
+    assert_eq!(revoke_user(&app, "walt", "").await.expect("answered"), 0);
+}
+
+#[tokio::test]
+async fn signing_out_other_devices_keeps_the_current_one() {
+    let app = spawn_app().await;
+    let current = app.create("yuri", "phone").await;
+    let others = [
+        app.create("yuri", "laptop").await,
+        app.create("yuri", "tablet").await,
+    ];
+    let current_id = current.session.expect("session").session_id;
+
+    assert_eq!(
+        revoke_user(&app, "yuri", &current_id)
+            .await
+            .expect("revoked"),
+        2
+    );
+
+    assert!(app.validate(&tokens(&current.tokens).0).await.valid);
+    for other in others {
+        assert_eq!(
+            app.status_of(&tokens(&other.tokens).0).await,
+            TokenStatus::SessionRevoked
+        );
+    }
+    assert_invalid_field(
+        &revoke_user(&app, "yuri", "junk").await.expect_err("bad id"),
+        "except_session_id",
+    );
+    assert_invalid_field(
+        &revoke_user(&app, "", "").await.expect_err("no user"),
+        "user_id",
+    );
+}

@@ -1,0 +1,108 @@
+use std::time::Duration;
+
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+use tonic_reflection::pb::{v1, v1alpha};
+
+use crate::helpers::{channel, spawn_app};
+
+#[tokio::test]
+async fn health_reports_serving_for_the_server_and_the_service() {
+    let app = spawn_app().await;
+    let mut health = HealthClient::new(channel(app.addr).await);
+    for service in ["", "sessiond.v1.SessionService"] {
+        let mut status = ServingStatus::Unknown;
+        // SERVING follows the migrations, which run in the background at start.
+        for _ in 0..50 {
+            let request = HealthCheckRequest {
+                service: service.into(),
+            };
+            status = health
+                .check(request)
+                .await
+                .expect("known service")
+                .into_inner()
+                .status();
+            if status == ServingStatus::Serving {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(status, ServingStatus::Serving, "service {service:?}");
+    }
+}
+
+#[tokio::test]
+async fn reflection_v1_lists_the_services() {
+    let app = spawn_app().await;
+    let mut client =
+        v1::server_reflection_client::ServerReflectionClient::new(channel(app.addr).await);
+    let request = v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(
+            String::new(),
+        )),
+    };
+    let mut responses = client
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .expect("reflection answers")
+        .into_inner();
+    let response = responses
+        .message()
+        .await
+        .expect("a message")
+        .expect("not empty");
+    let Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        response.message_response
+    else {
+        panic!("expected a service list, got {response:?}");
+    };
+    let names: Vec<_> = list
+        .service
+        .into_iter()
+        .map(|service| service.name)
+        .collect();
+    assert!(
+        names.contains(&"sessiond.v1.SessionService".to_owned()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"grpc.health.v1.Health".to_owned()),
+        "{names:?}"
+    );
+}
+
+#[tokio::test]
+async fn reflection_v1alpha_describes_the_session_service() {
+    let app = spawn_app().await;
+    let mut client =
+        v1alpha::server_reflection_client::ServerReflectionClient::new(channel(app.addr).await);
+    let request = v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            v1alpha::server_reflection_request::MessageRequest::FileContainingSymbol(
+                "sessiond.v1.SessionService".into(),
+            ),
+        ),
+    };
+    let mut responses = client
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .expect("reflection answers")
+        .into_inner();
+    let response = responses
+        .message()
+        .await
+        .expect("a message")
+        .expect("not empty");
+    assert!(
+        matches!(
+            response.message_response,
+            Some(v1alpha::server_reflection_response::MessageResponse::FileDescriptorResponse(ref files))
+                if !files.file_descriptor_proto.is_empty()
+        ),
+        "{response:?}"
+    );
+}

@@ -1,0 +1,260 @@
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use ed25519_dalek::{
+    Signer,
+    pkcs8::{EncodePublicKey, spki::der::pem::LineEnding},
+};
+use hmac::{Hmac, Mac};
+use serde_json::{Value, json};
+use sessiond::api::pb::TokenStatus;
+use sha2::Sha256;
+
+use crate::helpers::{DAY, MINUTE, TestApp, spawn_app, spawn_app_with, tokens};
+
+fn encode(value: &Value) -> String {
+    URL_SAFE_NO_PAD.encode(serde_json::to_vec(value).unwrap())
+}
+
+fn decode(part: &str) -> Value {
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
+}
+
+/// Header and claims of a real token, to tamper with.
+fn parts(token: &str) -> (Value, Value) {
+    let mut parts = token.split('.');
+    (decode(parts.next().unwrap()), decode(parts.next().unwrap()))
+}
+
+/// A token with this header and these claims, signed by `key`.
+fn sign(header: &Value, claims: &Value, key: &ed25519_dalek::SigningKey) -> String {
+    let input = format!("{}.{}", encode(header), encode(claims));
+    let signature = key.sign(input.as_bytes());
+    format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature.to_bytes()))
+}
+
+async fn fresh_access_token(app: &TestApp) -> String {
+    tokens(&app.create("mallory-target", "device").await.tokens).0
+}
+
+#[tokio::test]
+async fn a_fresh_token_is_valid_and_carries_its_session() {
+    let app = spawn_app().await;
+    let created = app.create("ivan", "d").await;
+    let (access, _) = tokens(&created.tokens);
+
+    let response = app.validate(&access).await;
+
+    assert!(response.valid);
+    assert_eq!(response.status(), TokenStatus::Valid);
+    assert_eq!(response.session, created.session);
+}
+
+#[tokio::test]
+async fn the_token_carries_the_standard_claims_and_a_kid() {
+    let app = spawn_app().await;
+    let (header, claims) = parts(&fresh_access_token(&app).await);
+    assert_eq!(header["alg"], "EdDSA");
+    assert!(header["kid"].as_str().is_some_and(|kid| kid.len() == 43));
+    for claim in ["iss", "aud", "sub", "sid", "iat", "exp", "jti"] {
+        assert!(claims.get(claim).is_some(), "missing {claim}");
+    }
+}
+
+#[tokio::test]
+async fn an_expired_token_is_refused() {
+    let app = spawn_app().await;
+    let access = fresh_access_token(&app).await;
+    app.advance(15 * MINUTE);
+    assert_eq!(app.status_of(&access).await, TokenStatus::TokenExpired);
+}
+
+#[tokio::test]
+async fn alg_none_is_refused() {
+    let app = spawn_app().await;
+    let (_, claims) = parts(&fresh_access_token(&app).await);
+    let unsigned = format!(
+        "{}.{}.",
+        encode(&json!({"alg": "none", "typ": "JWT"})),
+        encode(&claims)
+    );
+    assert_eq!(app.status_of(&unsigned).await, TokenStatus::BadSignature);
+}
+
+#[tokio::test]
+async fn hs256_signed_with_the_public_key_is_refused() {
+    let app = spawn_app().await;
+    let (mut header, claims) = parts(&fresh_access_token(&app).await);
+    header["alg"] = json!("HS256");
+    let public = app.signing_key.verifying_key();
+    let secrets = [
+        public.to_bytes().to_vec(),
+        public
+            .to_public_key_pem(LineEnding::LF)
+            .unwrap()
+            .into_bytes(),
+    ];
+    for secret in secrets {
+        let input = format!("{}.{}", encode(&header), encode(&claims));
+        let mut mac = Hmac::<Sha256>::new_from_slice(&secret).unwrap();
+        mac.update(input.as_bytes());
+        let forged = format!(
+            "{input}.{}",
+            URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+        );
+        assert_eq!(app.status_of(&forged).await, TokenStatus::BadSignature);
+    }
+}
+
+#[tokio::test]
+async fn an_unknown_kid_or_a_foreign_key_is_refused() {
+    let app = spawn_app().await;
+    let (mut header, claims) = parts(&fresh_access_token(&app).await);
+    let stranger = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    // Our kid, someone else's signature.
+    assert_eq!(
+        app.status_of(&sign(&header, &claims, &stranger)).await,
+        TokenStatus::BadSignature
+    );
+    // An unknown kid, even with our signature.
+    header["kid"] = json!("someone-elses-key");
+    assert_eq!(
+        app.status_of(&sign(&header, &claims, &app.signing_key))
+            .await,
+        TokenStatus::BadSignature
+    );
+    // No kid at all.
+    header.as_object_mut().unwrap().remove("kid");
+    assert_eq!(
+        app.status_of(&sign(&header, &claims, &app.signing_key))
+            .await,
+        TokenStatus::BadSignature
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_issuer_or_audience_is_refused() {
+    let app = spawn_app().await;
+    let (header, claims) = parts(&fresh_access_token(&app).await);
+    for (claim, value) in [("iss", "evil-issuer"), ("aud", "another-service")] {
+        let mut tampered = claims.clone();
+        tampered[claim] = json!(value);
+        let token = sign(&header, &tampered, &app.signing_key);
+        assert_eq!(
+            app.status_of(&token).await,
+            TokenStatus::WrongIssuerOrAudience,
+            "{claim}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_altered_signature_or_payload_is_refused() {
+    let app = spawn_app().await;
+    let token = fresh_access_token(&app).await;
+    let (head, signature) = token.rsplit_once('.').unwrap();
+    let mut bytes = URL_SAFE_NO_PAD.decode(signature).unwrap();
+    bytes[10] ^= 0x01;
+    let altered_signature = format!("{head}.{}", URL_SAFE_NO_PAD.encode(&bytes));
+    assert_eq!(
+        app.status_of(&altered_signature).await,
+        TokenStatus::BadSignature
+    );
+
+    let (header, mut claims) = parts(&token);
+    claims["sub"] = json!("someone-else");
+    let altered_payload = format!("{}.{}.{signature}", encode(&header), encode(&claims));
+    assert_eq!(
+        app.status_of(&altered_payload).await,
+        TokenStatus::BadSignature
+    );
+}
+
+#[tokio::test]
+async fn garbage_is_malformed() {
+    let app = spawn_app().await;
+    for garbage in ["", "hello", "a.b.c", "🦀.🦀.🦀"] {
+        assert_eq!(
+            app.status_of(garbage).await,
+            TokenStatus::Malformed,
+            "{garbage}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_token_for_a_session_that_does_not_exist_is_refused() {
+    let app = spawn_app().await;
+    let (header, mut claims) = parts(&fresh_access_token(&app).await);
+    claims["sid"] = json!(uuid::Uuid::now_v7().to_string());
+    let token = sign(&header, &claims, &app.signing_key);
+    assert_eq!(app.status_of(&token).await, TokenStatus::SessionNotFound);
+}
+
+#[tokio::test]
+async fn a_session_of_another_user_is_not_found() {
+    let app = spawn_app().await;
+    let (header, mut claims) = parts(&fresh_access_token(&app).await);
+    claims["sub"] = json!("not-the-owner");
+    let token = sign(&header, &claims, &app.signing_key);
+    assert_eq!(app.status_of(&token).await, TokenStatus::SessionNotFound);
+}
+
+#[tokio::test]
+async fn an_idle_session_expires_and_activity_pushes_the_deadline() {
+    // Long-lived access tokens, so that the session's state is what decides.
+    let app = spawn_app_with(|settings| settings.access_token_ttl = 30 * DAY).await;
+    let active = fresh_access_token(&app).await;
+    let idle = tokens(&app.create("idler", "d").await.tokens).0;
+
+    app.advance(6 * DAY);
+    assert!(app.validate(&active).await.valid);
+    app.advance(DAY + MINUTE);
+
+    assert_eq!(app.status_of(&idle).await, TokenStatus::SessionExpired);
+    assert!(
+        app.validate(&active).await.valid,
+        "activity at day 6 moved the deadline to day 13"
+    );
+    app.advance(7 * DAY);
+    assert_eq!(app.status_of(&active).await, TokenStatus::SessionExpired);
+}
+
+#[tokio::test]
+async fn validate_writes_activity_at_most_once_a_minute() {
+    let app = spawn_app().await;
+    let created = app.create("judy", "d").await;
+    let (access, _) = tokens(&created.tokens);
+    let created_at = created.session.unwrap().last_seen_at.unwrap().seconds;
+
+    app.advance(30 * std::time::Duration::from_secs(1));
+    let early = app.validate(&access).await.session.unwrap();
+    assert_eq!(
+        early.last_seen_at.unwrap().seconds,
+        created_at,
+        "within a minute: no write"
+    );
+
+    app.advance(MINUTE);
+    let later = app.validate(&access).await.session.unwrap();
+    assert_eq!(later.last_seen_at.unwrap().seconds, created_at + 90);
+    let stored = app.get(&later.session_id).await.unwrap();
+    assert_eq!(
+        stored.last_seen_at, later.last_seen_at,
+        "written to postgres"
+    );
+}
+
+#[tokio::test]
+async fn a_cached_session_is_served_from_redis() {
+    let app = spawn_app().await;
+    let created = app.create("kim", "d").await;
+    let (access, _) = tokens(&created.tokens);
+    assert!(app.validate(&access).await.valid);
+
+    // Remove the row behind the cache's back: only Redis can still answer.
+    sqlx::query("DELETE FROM session WHERE user_id = 'kim'")
+        .execute(app.pool.as_ref().unwrap())
+        .await
+        .unwrap();
+
+    assert!(app.validate(&access).await.valid);
+}
