@@ -105,6 +105,7 @@ pub struct Settings {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LimitPolicy {
     /// Revoke the user's oldest live sessions (reason "session_limit") to make room.
+    #[value(name = "evict_oldest", alias = "evict-oldest")]
     EvictOldest,
     /// Refuse the new session with RESOURCE_EXHAUSTED.
     Deny,

@@ -1,14 +1,26 @@
 //! The sessiond binary: read settings, start logging, build, serve until SIGTERM or Ctrl-C.
 
+use std::process::ExitCode;
+
 use clap::Parser;
 use sessiond::{config::Settings, startup::Application, telemetry};
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     let settings = Settings::parse();
     telemetry::init(settings.log_format);
-    let application = Application::build(settings).await?;
-    application.run_until_stopped(shutdown_signal()).await
+    let served = match Application::build(settings).await {
+        Ok(application) => application.run_until_stopped(shutdown_signal()).await,
+        Err(error) => Err(error),
+    };
+    match served {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // `{:#}` prints the whole chain on one line, e.g. "SESSIOND_SIGNING_KEY_FILE: cannot read ...".
+            tracing::error!("sessiond stopped: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Resolves on SIGTERM (Kubernetes) or Ctrl-C.
