@@ -5,7 +5,7 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use clap::{Parser, ValueEnum};
+use clap::{ArgAction, Parser, ValueEnum, builder::BoolishValueParser};
 
 /// Everything sessiond can be told at start.
 #[derive(Debug, Clone, Parser)]
@@ -15,14 +15,14 @@ pub struct Settings {
     #[arg(long, env = "SESSIOND_LISTEN_ADDR", default_value = "[::]:50051")]
     pub listen_addr: SocketAddr,
 
-    /// Postgres URL; the source of truth for sessions.
-    #[arg(
-        long,
-        env = "SESSIOND_DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/postgres",
-        hide_env_values = true
-    )]
-    pub database_url: String,
+    /// Postgres URL, the shared source of truth. Unset: the embedded single-node store (SQLite)
+    /// in `SESSIOND_DATA_DIR`.
+    #[arg(long, env = "SESSIOND_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// Folder of the embedded store's file, when `SESSIOND_DATABASE_URL` is unset.
+    #[arg(long, env = "SESSIOND_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
 
     /// Most connections the Postgres pool opens.
     #[arg(long, env = "SESSIOND_DATABASE_MAX_CONNECTIONS", default_value_t = 16)]
@@ -33,14 +33,10 @@ pub struct Settings {
     #[arg(long, env = "SESSIOND_DATABASE_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
     pub database_timeout: Duration,
 
-    /// Redis URL for the shared cache (`redis://`, `rediss://`, `redis-cluster://`, `redis-sentinel://`).
-    #[arg(
-        long,
-        env = "SESSIOND_REDIS_URL",
-        default_value = "redis://127.0.0.1:6379",
-        hide_env_values = true
-    )]
-    pub redis_url: String,
+    /// Redis URL for the shared cache (`redis://`, `rediss://`, `redis-cluster://`,
+    /// `redis-sentinel://`). Unset: no shared cache, only the in-process tier.
+    #[arg(long, env = "SESSIOND_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
 
     /// Prefix of every Redis key, so several deployments can share one Redis. No braces.
     #[arg(long, env = "SESSIOND_REDIS_KEY_PREFIX", default_value = "sessiond:")]
@@ -53,6 +49,27 @@ pub struct Settings {
     /// How long a session stays in Redis after it was last written there (capped by its expiry).
     #[arg(long, env = "SESSIOND_CACHE_TTL", default_value = "10m", value_parser = parse_duration)]
     pub cache_ttl: Duration,
+
+    /// Whether the in-process tier (sessions and verified tokens in this process) is on.
+    #[arg(long, env = "SESSIOND_LOCAL_CACHE", default_value = "on", value_parser = BoolishValueParser::new(), action = ArgAction::Set)]
+    pub local_cache: bool,
+
+    /// Longest this replica acts on an in-process copy without hearing from the store; bounds
+    /// how late a revocation made on another replica is seen (usually far sooner, by pub/sub).
+    #[arg(long, env = "SESSIOND_LOCAL_CACHE_MAX_STALENESS", default_value = "1s", value_parser = parse_duration)]
+    pub local_cache_max_staleness: Duration,
+
+    /// Most sessions (and, separately, verified tokens) the in-process tier holds.
+    #[arg(
+        long,
+        env = "SESSIOND_LOCAL_CACHE_MAX_ENTRIES",
+        default_value_t = 100_000
+    )]
+    pub local_cache_max_entries: u64,
+
+    /// Most bytes the in-process tier holds for sessions (and, separately, for tokens), estimated.
+    #[arg(long, env = "SESSIOND_LOCAL_CACHE_MAX_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub local_cache_max_bytes: u64,
 
     /// Lifetime of an access token.
     #[arg(long, env = "SESSIOND_ACCESS_TOKEN_TTL", default_value = "15m", value_parser = parse_duration)]
@@ -125,12 +142,21 @@ impl Settings {
             ("SESSIOND_DATABASE_TIMEOUT", self.database_timeout),
             ("SESSIOND_REDIS_TIMEOUT", self.redis_timeout),
             ("SESSIOND_CACHE_TTL", self.cache_ttl),
+            (
+                "SESSIOND_LOCAL_CACHE_MAX_STALENESS",
+                self.local_cache_max_staleness,
+            ),
             ("SESSIOND_ACCESS_TOKEN_TTL", self.access_token_ttl),
             ("SESSIOND_SESSION_LIFETIME", self.session_lifetime),
             ("SESSIOND_IDLE_TIMEOUT", self.idle_timeout),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, value)| value.is_zero()) {
             return Err(format!("{name} must be longer than zero"));
+        }
+        if self.local_cache_max_entries == 0 || self.local_cache_max_bytes == 0 {
+            return Err("SESSIOND_LOCAL_CACHE_MAX_ENTRIES and SESSIOND_LOCAL_CACHE_MAX_BYTES must be above zero; \
+                        set SESSIOND_LOCAL_CACHE=off to turn the tier off"
+                .into());
         }
         if self.database_max_connections == 0 {
             return Err("SESSIOND_DATABASE_MAX_CONNECTIONS must be at least 1".into());
@@ -169,6 +195,9 @@ mod tests {
         assert_eq!(settings.refresh_reuse_grace, Duration::from_secs(10));
         assert_eq!(settings.max_sessions_per_user, 0);
         assert_eq!(settings.session_limit_policy, LimitPolicy::EvictOldest);
+        assert_eq!(settings.database_url, None, "the embedded store by default");
+        assert_eq!(settings.redis_url, None);
+        assert!(settings.local_cache);
         assert!(settings.validate().is_ok());
     }
 
@@ -191,6 +220,16 @@ mod tests {
         let settings = parse(&["--access-token-ttl", "0s"]).expect("parses");
         let error = settings.validate().expect_err("must fail");
         assert!(error.contains("SESSIOND_ACCESS_TOKEN_TTL"), "{error}");
+    }
+
+    #[test]
+    fn the_local_tier_can_be_switched_off() {
+        assert!(
+            !parse(&["--local-cache", "off"])
+                .expect("parses")
+                .local_cache
+        );
+        assert!(parse(&["--local-cache", "on"]).expect("parses").local_cache);
     }
 
     #[test]

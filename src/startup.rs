@@ -3,7 +3,6 @@
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
-use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
@@ -12,10 +11,10 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 use crate::{
     api::{SessionApi, pb, pb::session_service_server::SessionServiceServer},
     authority::{Authority, Policy},
-    cache::{CacheSettings, SessionCache},
+    cache::{LocalSettings, LocalTier, RedisSettings, RedisTier, SessionCache},
     clock::{Clock, SystemClock},
     config::Settings,
-    store,
+    store::{PostgresStore, SessionStore, SqliteStore},
     token::{AccessTokens, RefreshKey, SigningKey},
 };
 
@@ -27,7 +26,9 @@ pub struct Application {
     listener: TcpListener,
     local_addr: SocketAddr,
     api: SessionApi,
-    pool: PgPool,
+    store: Arc<dyn SessionStore>,
+    /// Whether the store answered and is migrated.
+    store_ready: bool,
 }
 
 impl Application {
@@ -63,18 +64,7 @@ impl Application {
                 RefreshKey::generate()?
             }
         };
-        let pool = store::connect_lazy(
-            &settings.database_url,
-            settings.database_max_connections,
-            settings.database_timeout,
-        )
-        .context("SESSIOND_DATABASE_URL")?;
-        let cache = SessionCache::connect(&CacheSettings {
-            url: settings.redis_url.clone(),
-            key_prefix: settings.redis_key_prefix.clone(),
-            timeout: settings.redis_timeout,
-            ttl: settings.cache_ttl,
-        })?;
+        let (store, cache) = build_storage(&settings)?;
         let access_tokens = AccessTokens::new(
             signing_key,
             settings.issuer.clone(),
@@ -85,7 +75,7 @@ impl Application {
             "signing access tokens"
         );
         let authority = Authority::new(
-            pool.clone(),
+            store.clone(),
             cache,
             access_tokens,
             refresh_key,
@@ -106,7 +96,8 @@ impl Application {
             listener,
             local_addr,
             api: SessionApi::new(Arc::new(authority)),
-            pool,
+            store_ready: migrate(store.as_ref()).await,
+            store,
         })
     }
 
@@ -121,8 +112,12 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send,
     ) -> anyhow::Result<()> {
         let (health, health_service) = tonic_health::server::health_reporter();
-        set_health(&health, ServingStatus::NotServing).await;
-        tokio::spawn(prepare_store(self.pool.clone(), health));
+        if self.store_ready {
+            set_health(&health, ServingStatus::Serving).await;
+        } else {
+            set_health(&health, ServingStatus::NotServing).await;
+            tokio::spawn(prepare_store(self.store.clone(), health));
+        }
 
         tracing::info!(addr = %self.local_addr, "serving sessiond.v1.SessionService");
         Server::builder()
@@ -136,19 +131,72 @@ impl Application {
     }
 }
 
-/// Applies migrations as soon as Postgres answers, then reports SERVING. Until then requests that
-/// need Postgres fail with UNAVAILABLE and probes keep the replica out of the Service.
-async fn prepare_store(pool: PgPool, health: HealthReporter) {
-    loop {
-        match store::migrate(&pool).await {
-            Ok(()) => break,
-            Err(error) => {
-                tracing::warn!(error = %error, "postgres is not ready; retrying");
-                tokio::time::sleep(STORE_RETRY_INTERVAL).await;
-            }
+/// The store the settings name, and the cache tiers that go with it.
+///
+/// Without `SESSIOND_DATABASE_URL` this is one node on the embedded store: every write passes
+/// through this process, so its in-process copies stay true for the whole cache TTL. With
+/// Postgres, other replicas write too, so in-process copies are trusted only briefly.
+fn build_storage(settings: &Settings) -> anyhow::Result<(Arc<dyn SessionStore>, SessionCache)> {
+    let (store, local_ttl): (Arc<dyn SessionStore>, _) = match &settings.database_url {
+        Some(url) => {
+            let store = PostgresStore::connect_lazy(
+                url,
+                settings.database_max_connections,
+                settings.database_timeout,
+            )
+            .context("SESSIOND_DATABASE_URL")?;
+            (Arc::new(store), settings.local_cache_max_staleness)
+        }
+        None => {
+            tracing::warn!(
+                data_dir = %settings.data_dir.display(),
+                "SESSIOND_DATABASE_URL is not set: single-node mode on the embedded store. Run exactly one \
+                 replica on this data; set SESSIOND_DATABASE_URL (Postgres) to scale out."
+            );
+            let store = SqliteStore::open(&settings.data_dir, settings.database_timeout)?;
+            (Arc::new(store), settings.cache_ttl)
+        }
+    };
+    let local = settings.local_cache.then(|| {
+        LocalTier::new(&LocalSettings {
+            ttl: local_ttl,
+            max_entries: settings.local_cache_max_entries,
+            max_bytes: settings.local_cache_max_bytes,
+        })
+    });
+    let redis = settings
+        .redis_url
+        .as_ref()
+        .map(|url| {
+            RedisTier::connect(&RedisSettings {
+                url: url.clone(),
+                key_prefix: settings.redis_key_prefix.clone(),
+                timeout: settings.redis_timeout,
+                ttl: settings.cache_ttl,
+            })
+        })
+        .transpose()?;
+    Ok((store, SessionCache::new(local, redis)))
+}
+
+/// Applies the store's migrations; false (and a warning) if the store cannot be reached.
+async fn migrate(store: &dyn SessionStore) -> bool {
+    match store.migrate().await {
+        Ok(()) => true,
+        Err(error) => {
+            tracing::warn!(error = %error, "the store is not ready");
+            false
         }
     }
-    tracing::info!("postgres is ready; serving");
+}
+
+/// Retries the migrations until the store answers, then reports SERVING. Until then requests that
+/// need the store fail with UNAVAILABLE, and probes keep the replica out of the Service.
+async fn prepare_store(store: Arc<dyn SessionStore>, health: HealthReporter) {
+    while !migrate(store.as_ref()).await {
+        tokio::time::sleep(STORE_RETRY_INTERVAL).await;
+    }
+    tracing::info!("the store is ready; serving");
     set_health(&health, ServingStatus::Serving).await;
 }
 

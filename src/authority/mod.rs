@@ -1,30 +1,25 @@
 //! The session rules: create, validate, refresh (rotation and reuse detection), revoke, list.
 //!
-//! Writes commit in Postgres first, then the cache is told; a cache failure never fails a request.
-//! Reads try the cache, then Postgres, and write what Postgres said back into the cache.
+//! Writes commit in the store first, then the cache is told; a cache failure never fails a
+//! request. Reads try the cache, then the store, and write what the store said back into the cache.
 
 mod policy;
+mod rules;
 
 use std::sync::Arc;
 
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
-use sqlx::PgPool;
 
 pub use policy::Policy;
 
 use crate::{
     cache::SessionCache,
     clock::Clock,
-    config::LimitPolicy,
     domain::{Device, Metadata, RevokeReason, Session, SessionId, SessionState, UserId},
     error::{Error, RefreshRefusal, Result},
-    store::{refresh_tokens, sessions},
-    token::{AccessTokens, RefreshKey, RefreshToken, TokenRejection},
+    store::{RefreshOutcome, RefreshState, Revocation, SessionStore},
+    token::{AccessTokens, RefreshKey, RefreshToken, TokenRejection, VerifiedAccessToken},
 };
-
-/// How many generations of retired refresh tokens are kept, so that reuse of any of them is
-/// recognised as theft. Older ones are forgotten and are then merely unknown.
-const KEPT_REFRESH_GENERATIONS: i32 = 16;
 
 /// What CreateSession needs.
 #[derive(Debug)]
@@ -73,7 +68,7 @@ pub struct Page {
 
 /// The session authority.
 pub struct Authority {
-    pool: PgPool,
+    store: Arc<dyn SessionStore>,
     cache: SessionCache,
     access_tokens: AccessTokens,
     refresh_key: RefreshKey,
@@ -84,7 +79,7 @@ pub struct Authority {
 impl Authority {
     /// An authority over these stores, keys and rules.
     pub fn new(
-        pool: PgPool,
+        store: Arc<dyn SessionStore>,
         cache: SessionCache,
         access_tokens: AccessTokens,
         refresh_key: RefreshKey,
@@ -92,7 +87,7 @@ impl Authority {
         clock: Arc<dyn Clock>,
     ) -> Self {
         Self {
-            pool,
+            store,
             cache,
             access_tokens,
             refresh_key,
@@ -134,43 +129,11 @@ impl Authority {
         };
         let refresh_token = RefreshToken::generate()?;
 
-        let mut tx = self.pool.begin().await?;
-        sessions::lock_user(&mut tx, &session.user_id).await?;
-        let mut changed = Vec::new();
-        if let Some(device_id) = &session.device.device_id {
-            let reason = RevokeReason::internal(RevokeReason::DEVICE_REPLACED);
-            changed.extend(
-                sessions::revoke_device(&mut tx, &session.user_id, device_id, now, &reason).await?,
-            );
-        }
-        let limit = self.policy.max_sessions_per_user;
-        if limit > 0 {
-            let excess =
-                sessions::count_live(&mut tx, &session.user_id, now).await? + 1 - i64::from(limit);
-            if excess > 0 {
-                match self.policy.limit_policy {
-                    // Dropping the transaction rolls back the device replacement too.
-                    LimitPolicy::Deny => return Err(Error::SessionLimitReached { limit }),
-                    LimitPolicy::EvictOldest => {
-                        let reason = RevokeReason::internal(RevokeReason::SESSION_LIMIT);
-                        changed.extend(
-                            sessions::revoke_oldest_live(
-                                &mut tx,
-                                &session.user_id,
-                                excess,
-                                now,
-                                &reason,
-                            )
-                            .await?,
-                        );
-                    }
-                }
-            }
-        }
-        sessions::insert(&mut tx, &session).await?;
-        refresh_tokens::insert(&mut tx, &refresh_token.hash(), session.id, 0, now).await?;
-        tx.commit().await?;
-
+        let admit = |live| rules::admission(&self.policy, live);
+        let mut changed = self
+            .store
+            .create(&session, &refresh_token.hash(), &admit, now)
+            .await?;
         changed.push(session.clone());
         self.cache.put(&changed, now).await;
         tracing::info!(session_id = %session.id, revoked = changed.len() - 1, "session created");
@@ -181,7 +144,7 @@ impl Authority {
     #[tracing::instrument(name = "authority.validate", skip_all)]
     pub async fn validate(&self, access_token: &str) -> Result<Verdict> {
         let now = self.now();
-        let claims = match self.access_tokens.verify(access_token, now) {
+        let claims = match self.verify(access_token, now).await {
             Ok(claims) => claims,
             Err(rejection) => return Ok(Verdict::Refused(Refusal::Token(rejection))),
         };
@@ -195,8 +158,7 @@ impl Authority {
         let session = match cached {
             Some(session) => session,
             None => {
-                let stored =
-                    sessions::find(&mut *self.pool.acquire().await?, claims.session_id).await?;
+                let stored = self.store.find(claims.session_id).await?;
                 match stored.filter(|session| session.user_id == claims.user_id) {
                     Some(session) => {
                         self.cache.put(std::slice::from_ref(&session), now).await;
@@ -215,6 +177,25 @@ impl Authority {
         })
     }
 
+    /// Verifies an access token, or recalls that its exact bytes verified before; either way,
+    /// judges its expiry at `now`.
+    async fn verify(
+        &self,
+        access_token: &str,
+        now: DateTime<Utc>,
+    ) -> Result<VerifiedAccessToken, TokenRejection> {
+        if let Some(verified) = self.cache.verified_token(access_token).await {
+            return if now < verified.expires_at {
+                Ok(VerifiedAccessToken::clone(&verified))
+            } else {
+                Err(TokenRejection::Expired)
+            };
+        }
+        let verified = self.access_tokens.verify(access_token, now)?;
+        self.cache.remember_token(access_token, &verified).await;
+        Ok(verified)
+    }
+
     /// Pushes the idle deadline forward, writing at most once per activity interval. A failed
     /// write is logged and does not fail the validation: the session is live either way.
     async fn record_activity(&self, session: Session, now: DateTime<Utc>) -> Session {
@@ -223,23 +204,11 @@ impl Authority {
             return session;
         }
         let idle_expires_at = (now + self.policy.idle_timeout).min(session.expires_at);
-        let written = async {
-            let mut conn = self.pool.acquire().await?;
-            match sessions::record_activity(
-                &mut conn,
-                session.id,
-                now,
-                idle_expires_at,
-                stale_before,
-            )
-            .await?
-            {
-                Some(updated) => Ok(Some(updated)),
-                // Another replica wrote it already and our copy is stale: refresh the copy.
-                None => sessions::find(&mut conn, session.id).await,
-            }
-        };
-        match written.await {
+        let written = self
+            .store
+            .record_activity(session.id, now, idle_expires_at, stale_before)
+            .await;
+        match written {
             Ok(Some(updated)) => {
                 self.cache.put(std::slice::from_ref(&updated), now).await;
                 updated
@@ -252,96 +221,43 @@ impl Authority {
         }
     }
 
-    /// Exchanges a refresh token for a new pair; see the module docs of `token::refresh`.
+    /// Exchanges a refresh token for its successor; see `rules::refresh` for the rotation rules.
     #[tracing::instrument(name = "authority.refresh", skip_all)]
     pub async fn refresh(&self, presented: RefreshToken) -> Result<Issued> {
         let now = self.now();
-        let hash = presented.hash();
-        let unknown = Error::RefreshRefused(RefreshRefusal::Unknown);
-
-        let mut tx = self.pool.begin().await?;
-        let Some(found) = refresh_tokens::find(&mut tx, &hash).await? else {
-            return Err(unknown);
-        };
-        // Concurrent refreshes of one session take turns here; re-read the token under the lock,
-        // since the one before us may have rotated it.
-        let Some(session) = sessions::find_for_update(&mut tx, found.session_id).await? else {
-            return Err(unknown);
-        };
-        let found = refresh_tokens::find(&mut tx, &hash).await?.ok_or(unknown)?;
         let successor = presented.successor(&self.refresh_key);
-
-        let Some(retired_at) = found.retired_at else {
-            ensure_live(&session, now)?;
-            let generation = found.generation + 1;
-            refresh_tokens::retire_current(&mut tx, session.id, now).await?;
-            refresh_tokens::insert(&mut tx, &successor.hash(), session.id, generation, now).await?;
-            refresh_tokens::forget_before(
-                &mut tx,
-                session.id,
-                generation - KEPT_REFRESH_GENERATIONS,
-            )
-            .await?;
-            let idle_expires_at = (now + self.policy.idle_timeout).min(session.expires_at);
-            let session = sessions::record_activity(
-                &mut tx,
-                session.id,
-                now,
-                idle_expires_at,
-                DateTime::<Utc>::MAX_UTC,
-            )
-            .await?
-            .ok_or_else(|| Error::Internal(anyhow::anyhow!("a locked live session vanished")))?;
-            tx.commit().await?;
-            self.cache.put(std::slice::from_ref(&session), now).await;
-            return self.issue(session, successor, now);
-        };
-
-        if now - retired_at <= self.policy.refresh_reuse_grace {
-            // A retry (a lost response, two tabs at once): answer with the same successor, if it is
-            // still the current token. It is, exactly when its hash is the stored current one.
-            let current = refresh_tokens::current(&mut tx, session.id).await?;
-            let answered = current.is_some_and(|(generation, current_hash)| {
-                generation == found.generation + 1 && current_hash == successor.hash()
-            });
-            if !answered {
-                return Err(Error::RefreshRefused(RefreshRefusal::Superseded));
+        let successor_hash = successor.hash();
+        let decide =
+            |state: RefreshState<'_>| rules::refresh(&self.policy, &state, &successor_hash, now);
+        match self.store.refresh(&presented.hash(), now, &decide).await? {
+            RefreshOutcome::Rotated(session) => {
+                self.cache.put(std::slice::from_ref(&session), now).await;
+                self.issue(session, successor, now)
             }
-            ensure_live(&session, now)?;
-            tx.commit().await?;
-            return self.issue(session, successor, now);
+            RefreshOutcome::Repeated(session) => self.issue(session, successor, now),
+            RefreshOutcome::Revoked(session) => {
+                tracing::warn!(
+                    session_id = %session.id,
+                    user_id = %session.user_id,
+                    "refresh token reused after rotation; session revoked"
+                );
+                self.cache.put(std::slice::from_ref(&session), now).await;
+                Err(Error::RefreshRefused(RefreshRefusal::Reused))
+            }
         }
-
-        // A retired token after the grace window: whoever holds it stole it, or the client who was
-        // robbed is now trying. Either way the session can no longer be trusted.
-        ensure_live(&session, now)?;
-        let reason = RevokeReason::internal(RevokeReason::REFRESH_TOKEN_REUSE);
-        let revoked = sessions::revoke(&mut tx, session.id, now, &reason).await?;
-        tx.commit().await?;
-        tracing::warn!(
-            session_id = %session.id,
-            user_id = %session.user_id,
-            generation = found.generation,
-            "refresh token reused after rotation; session revoked"
-        );
-        if let Some(revoked) = revoked {
-            self.cache.put(&[revoked], now).await;
-        }
-        Err(Error::RefreshRefused(RefreshRefusal::Reused))
     }
 
     /// Revokes one session. `Ok(false)` when it already was revoked.
     #[tracing::instrument(name = "authority.revoke", skip_all, fields(session_id = %id))]
     pub async fn revoke_session(&self, id: SessionId, reason: RevokeReason) -> Result<bool> {
         let now = self.now();
-        let mut conn = self.pool.acquire().await?;
-        match sessions::revoke(&mut conn, id, now, &reason).await? {
-            Some(revoked) => {
+        match self.store.revoke(id, now, &reason).await? {
+            Revocation::Revoked(revoked) => {
                 self.cache.put(&[revoked], now).await;
                 Ok(true)
             }
-            None if sessions::find(&mut conn, id).await?.is_some() => Ok(false),
-            None => Err(Error::SessionNotFound),
+            Revocation::AlreadyRevoked => Ok(false),
+            Revocation::NotFound => Err(Error::SessionNotFound),
         }
     }
 
@@ -354,14 +270,10 @@ impl Authority {
         reason: RevokeReason,
     ) -> Result<usize> {
         let now = self.now();
-        let revoked = sessions::revoke_user(
-            &mut *self.pool.acquire().await?,
-            user_id,
-            except,
-            now,
-            &reason,
-        )
-        .await?;
+        let revoked = self
+            .store
+            .revoke_user(user_id, except, now, &reason)
+            .await?;
         self.cache.put(&revoked, now).await;
         Ok(revoked.len())
     }
@@ -376,17 +288,17 @@ impl Authority {
         after: Option<SessionId>,
     ) -> Result<Page> {
         let now = self.now();
-        let mut conn = self.pool.acquire().await?;
         // One row more than asked tells whether another page follows.
-        let mut sessions = sessions::list_for_user(
-            &mut conn,
-            user_id,
-            include_revoked,
-            now,
-            after,
-            i64::from(page_size) + 1,
-        )
-        .await?;
+        let mut sessions = self
+            .store
+            .list(
+                user_id,
+                include_revoked,
+                now,
+                after,
+                i64::from(page_size) + 1,
+            )
+            .await?;
         let next = (sessions.len() > usize::from(page_size)).then(|| {
             sessions.truncate(usize::from(page_size));
             sessions.last().map(|last| last.id)
@@ -400,9 +312,7 @@ impl Authority {
     /// Reads one session, live or not.
     #[tracing::instrument(name = "authority.get", skip_all, fields(session_id = %id))]
     pub async fn get_session(&self, id: SessionId) -> Result<Session> {
-        sessions::find(&mut *self.pool.acquire().await?, id)
-            .await?
-            .ok_or(Error::SessionNotFound)
+        self.store.find(id).await?.ok_or(Error::SessionNotFound)
     }
 
     fn issue(
@@ -421,14 +331,5 @@ impl Authority {
             refresh_token,
             session,
         })
-    }
-}
-
-/// Refuses a refresh of a session that is not live.
-fn ensure_live(session: &Session, now: DateTime<Utc>) -> Result<()> {
-    match session.state(now) {
-        SessionState::Live => Ok(()),
-        SessionState::Revoked => Err(Error::RefreshRefused(RefreshRefusal::SessionRevoked)),
-        SessionState::Expired => Err(Error::RefreshRefused(RefreshRefusal::SessionExpired)),
     }
 }

@@ -1,16 +1,14 @@
-//! The shared hot tier: sessions copied into Redis (through fred), so `Validate` rarely reaches
+//! The shared tier: sessions copied into Redis (through fred), so `Validate` rarely reaches
 //! Postgres.
 //!
-//! The cache never fails a request. Every call has a short timeout and fails fast while Redis is
+//! This tier never fails a request. Every call has a short timeout and fails fast while Redis is
 //! disconnected; errors are logged and read as a miss.
 //!
 //! Layout: `<prefix>{u:<user_id>}:s:<session_id>` is a hash with `data` (the session as JSON) and
 //! `rank`. All keys of one user share the hash tag, so they live in one Redis Cluster slot.
 //!
-//! Writers race: a validator may read a live row from Postgres just before a revocation commits,
-//! and write it back just after the revocation updated Redis. So every write goes through a script
-//! that keeps the higher `rank`: a session's rank only grows (with `last_seen_at`), and revoked is
-//! the highest. A stale copy can therefore never replace a newer one, nor resurrect a revoked one.
+//! Writers race (see the parent module), so every write goes through a script that keeps the
+//! copy with the higher [`rank`].
 
 use std::time::Duration;
 
@@ -22,6 +20,7 @@ use fred::{
     types::{config::Options, scripts::Script},
 };
 
+use super::rank;
 use crate::domain::{Session, SessionId, UserId};
 
 /// Keeps the copy with the higher rank. ARGV holds (rank, data, ttl in ms) per key.
@@ -37,13 +36,9 @@ end
 return 0
 "#;
 
-/// The rank of a revoked session: above any `last_seen_at` in microseconds, and exact in Lua's
-/// doubles (2^53 - 1).
-const REVOKED_RANK: i64 = 9_007_199_254_740_991;
-
 /// Settings of the Redis tier.
 #[derive(Debug, Clone)]
-pub struct CacheSettings {
+pub struct RedisSettings {
     pub url: String,
     pub key_prefix: String,
     /// How long one command may take.
@@ -54,7 +49,7 @@ pub struct CacheSettings {
 
 /// Sessions in Redis.
 #[derive(Clone)]
-pub struct SessionCache {
+pub struct RedisTier {
     client: Client,
     options: Options,
     merge: Script,
@@ -62,10 +57,10 @@ pub struct SessionCache {
     ttl: Duration,
 }
 
-impl SessionCache {
+impl RedisTier {
     /// Starts connecting in the background and returns at once: a Redis that is down at start, or
     /// later, only costs cache misses. Fails only on a malformed URL.
-    pub fn connect(settings: &CacheSettings) -> anyhow::Result<Self> {
+    pub fn connect(settings: &RedisSettings) -> anyhow::Result<Self> {
         let mut config = Config::from_url(&settings.url).map_err(|e| {
             anyhow::anyhow!(
                 "SESSIOND_REDIS_URL is not a valid Redis URL: {}",
@@ -106,7 +101,7 @@ impl SessionCache {
     }
 
     /// The cached copy of a session, or `None` on a miss or any Redis trouble.
-    #[tracing::instrument(name = "cache.get", skip_all)]
+    #[tracing::instrument(name = "cache.redis.get", skip_all)]
     pub async fn get(&self, user_id: &UserId, session_id: SessionId) -> Option<Session> {
         let key = self.key(user_id, session_id);
         let data: Option<String> = match self
@@ -134,7 +129,7 @@ impl SessionCache {
 
     /// Merges these sessions, all of one user, into the cache. A copy that Redis already holds in a
     /// newer state is left alone. Errors are logged and dropped.
-    #[tracing::instrument(name = "cache.put", skip_all, fields(count = sessions.len()))]
+    #[tracing::instrument(name = "cache.redis.put", skip_all, fields(count = sessions.len()))]
     pub async fn put(&self, sessions: &[Session], now: DateTime<Utc>) {
         let mut keys = Vec::with_capacity(sessions.len());
         let mut args = Vec::with_capacity(sessions.len() * 3);
@@ -145,10 +140,7 @@ impl SessionCache {
             let Ok(data) = serde_json::to_string(session) else {
                 continue;
             };
-            let rank = match session.revoked_at {
-                Some(_) => REVOKED_RANK,
-                None => session.last_seen_at.timestamp_micros(),
-            };
+            let rank = rank(session);
             keys.push(self.key(&session.user_id, session.id));
             args.extend([rank.to_string(), data, ttl.as_millis().to_string()]);
         }

@@ -1,36 +1,274 @@
-//! The durable truth: Postgres through sqlx. Every write commits here before any cache is told.
+//! The durable truth. Every write commits here before any cache is told.
 //!
-//! Functions take a `&mut PgConnection` so the authority can group them in one transaction and
-//! decide when to commit; they hold SQL only, no session rules.
+//! Two stores implement [`SessionStore`]: Postgres (the production store, shared by replicas) and
+//! SQLite (the embedded store for a single node). The session suite in `tests/` runs against both.
+//!
+//! A store runs each operation in one transaction and knows no session rules: where a rule must
+//! decide inside the transaction (the per-user limit, refresh rotation), the authority passes the
+//! decision in as a function of what the store read.
+//!
+//! Both stores share one implementation, [`SqlStore`], which writes each operation once in terms
+//! of [`Statements`]; each database provides those statements in its own SQL dialect.
 
-pub mod refresh_tokens;
-pub mod sessions;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 
-use std::{str::FromStr, time::Duration};
-
-use sqlx::{
-    PgPool,
-    postgres::{PgConnectOptions, PgPoolOptions},
+use crate::{
+    domain::{RevokeReason, Session, SessionId, UserId},
+    error::Result,
+    token::TokenHash,
 };
 
-/// Opens a pool to `url`. `timeout` bounds both waiting for a connection and each statement, so a
-/// stuck Postgres turns into UNAVAILABLE instead of a hung request. Connects lazily: a Postgres
-/// that is down at start is retried by each request, not fatal.
-pub fn connect_lazy(
-    url: &str,
-    max_connections: u32,
-    timeout: Duration,
-) -> Result<PgPool, sqlx::Error> {
-    let options = PgConnectOptions::from_str(url)?
-        .application_name("sessiond")
-        .options([("statement_timeout", timeout.as_millis().to_string())]);
-    Ok(PgPoolOptions::new()
-        .max_connections(max_connections)
-        .acquire_timeout(timeout)
-        .connect_lazy_with(options))
+pub use sql_store::{Backend, SqlStore, Statements};
+
+/// Sessions in Postgres, shared by every replica.
+pub type PostgresStore = SqlStore<sqlx::Postgres>;
+/// Sessions in an embedded SQLite file, for a single node.
+pub type SqliteStore = SqlStore<sqlx::Sqlite>;
+
+/// Decides a refresh from what the store read under the session's lock.
+pub type RefreshRule<'a> = &'a (dyn for<'s> Fn(RefreshState<'s>) -> RefreshDecision + Send + Sync);
+
+/// Decides, from the number of live sessions the user holds, how many of the oldest to revoke
+/// before a new one is added; an error refuses the new session.
+pub type Admission<'a> = &'a (dyn Fn(i64) -> Result<i64> + Send + Sync);
+
+/// A stored refresh token.
+#[derive(Debug, Clone)]
+pub struct StoredRefreshToken {
+    pub session_id: SessionId,
+    /// 0 for the token CreateSession issued, +1 per rotation.
+    pub generation: i32,
+    /// `None` while it is the session's current token.
+    pub retired_at: Option<DateTime<Utc>>,
 }
 
-/// Applies the migrations in `migrations/` that this database has not seen yet.
-pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
-    sqlx::migrate!("./migrations").run(pool).await
+/// What a refresh decision sees, read under the session's lock.
+#[derive(Debug)]
+pub struct RefreshState<'a> {
+    pub session: &'a Session,
+    /// The presented token, as stored.
+    pub presented: &'a StoredRefreshToken,
+    /// The session's current token: its generation and hash.
+    pub current: Option<(i32, TokenHash)>,
 }
+
+/// What to do with a refresh, decided from a [`RefreshState`].
+#[derive(Debug)]
+pub enum RefreshDecision {
+    /// Retire the presented (current) token and make `successor` current, recording activity.
+    Rotate {
+        successor: TokenHash,
+        idle_expires_at: DateTime<Utc>,
+        /// Forget retired tokens of generations below this.
+        forget_before: i32,
+    },
+    /// Change nothing: the presented token's successor is already current (a retry).
+    Repeat,
+    /// Revoke the session.
+    Revoke(RevokeReason),
+    /// Refuse, changing nothing.
+    Refuse(crate::error::Error),
+}
+
+/// What a refresh did.
+#[derive(Debug)]
+pub enum RefreshOutcome {
+    Rotated(Session),
+    Repeated(Session),
+    Revoked(Session),
+}
+
+/// What revoking one session did.
+#[derive(Debug)]
+pub enum Revocation {
+    Revoked(Session),
+    AlreadyRevoked,
+    NotFound,
+}
+
+/// Where sessions live.
+#[async_trait]
+pub trait SessionStore: Send + Sync + 'static {
+    /// Applies the migrations this store has not seen yet.
+    async fn migrate(&self) -> Result<()>;
+
+    /// Inserts `session` with its first refresh token. First revokes the user's unrevoked session
+    /// on the same device (reason `device_replaced`), then lets `admit` decide on the limit.
+    /// Returns the sessions it revoked.
+    async fn create(
+        &self,
+        session: &Session,
+        refresh_token: &TokenHash,
+        admit: Admission<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Session>>;
+
+    /// Reads a session.
+    async fn find(&self, id: SessionId) -> Result<Option<Session>>;
+
+    /// Moves `last_seen_at` to `now` and `idle_expires_at` forward, only for a live session last
+    /// seen before `stale_before`. Returns the session as it now stands (written or not), or
+    /// `None` if it does not exist.
+    async fn record_activity(
+        &self,
+        id: SessionId,
+        now: DateTime<Utc>,
+        idle_expires_at: DateTime<Utc>,
+        stale_before: DateTime<Utc>,
+    ) -> Result<Option<Session>>;
+
+    /// Looks up the refresh token `presented`, locks its session, and carries out what `decide`
+    /// says. An unknown token is `RefreshRefused(Unknown)`.
+    async fn refresh(
+        &self,
+        presented: &TokenHash,
+        now: DateTime<Utc>,
+        decide: RefreshRule<'_>,
+    ) -> Result<RefreshOutcome>;
+
+    /// Revokes one session.
+    async fn revoke(
+        &self,
+        id: SessionId,
+        now: DateTime<Utc>,
+        reason: &RevokeReason,
+    ) -> Result<Revocation>;
+
+    /// Revokes every unrevoked session of the user but `except`; returns them.
+    async fn revoke_user(
+        &self,
+        user_id: &UserId,
+        except: Option<SessionId>,
+        now: DateTime<Utc>,
+        reason: &RevokeReason,
+    ) -> Result<Vec<Session>>;
+
+    /// One page of the user's sessions, newest first, after `after`. Without `include_revoked`,
+    /// only sessions live at `now`.
+    async fn list(
+        &self,
+        user_id: &UserId,
+        include_revoked: bool,
+        now: DateTime<Utc>,
+        after: Option<SessionId>,
+        limit: i64,
+    ) -> Result<Vec<Session>>;
+}
+
+/// A stored 32-byte hash column as a [`TokenHash`].
+fn token_hash(bytes: Vec<u8>) -> Result<TokenHash> {
+    let bytes: [u8; 32] = bytes.try_into().map_err(|_| {
+        crate::error::Error::Internal(anyhow::anyhow!("refresh_token.token_hash is not 32 bytes"))
+    })?;
+    Ok(TokenHash(bytes))
+}
+
+/// A time as a store keeps it: Postgres as `timestamptz`, SQLite as microseconds.
+trait StoredTime {
+    fn into_time(self) -> Result<DateTime<Utc>>;
+}
+
+impl StoredTime for DateTime<Utc> {
+    fn into_time(self) -> Result<DateTime<Utc>> {
+        Ok(self)
+    }
+}
+
+impl StoredTime for i64 {
+    fn into_time(self) -> Result<DateTime<Utc>> {
+        DateTime::from_timestamp_micros(self).ok_or_else(|| {
+            crate::error::Error::Internal(anyhow::anyhow!("a stored time is out of range: {self}"))
+        })
+    }
+}
+
+/// Every column of `session`, in `SessionRow`'s order. A macro, so that queries stay
+/// `&'static str` literals.
+macro_rules! columns {
+    () => {
+        "session_id, user_id, device_id, device_name, user_agent, ip_address, metadata, \
+         created_at, last_seen_at, expires_at, idle_expires_at, revoked_at, revoke_reason"
+    };
+}
+
+/// "Live" in SQL: neither revoked nor past either expiry at the placeholder `$now`. Keep in step
+/// with `Session::state`.
+macro_rules! live_at {
+    ($now:literal) => {
+        concat!(
+            "revoked_at IS NULL AND expires_at > ",
+            $now,
+            " AND idle_expires_at > ",
+            $now
+        )
+    };
+}
+
+/// A `session` row as either store reads it, with times of type `T`.
+#[derive(sqlx::FromRow)]
+struct SessionRow<T> {
+    session_id: uuid::Uuid,
+    user_id: String,
+    device_id: Option<String>,
+    device_name: String,
+    user_agent: String,
+    ip_address: Option<String>,
+    metadata: sqlx::types::Json<crate::domain::Metadata>,
+    created_at: T,
+    last_seen_at: T,
+    expires_at: T,
+    idle_expires_at: T,
+    revoked_at: Option<T>,
+    revoke_reason: Option<String>,
+}
+
+impl<T: StoredTime> TryFrom<SessionRow<T>> for Session {
+    type Error = crate::error::Error;
+
+    /// A column that does not parse is a corrupt row: INTERNAL, never a panic.
+    fn try_from(row: SessionRow<T>) -> Result<Self> {
+        use crate::error::Error;
+        let ip_address = row
+            .ip_address
+            .map(|ip| ip.parse())
+            .transpose()
+            .map_err(|_| {
+                Error::Internal(anyhow::anyhow!("session.ip_address holds a bad address"))
+            })?;
+        Ok(Self {
+            id: row.session_id.into(),
+            user_id: UserId::try_from(row.user_id).map_err(|e| {
+                Error::Internal(anyhow::anyhow!("session.user_id holds a bad id: {e}"))
+            })?,
+            device: crate::domain::Device {
+                device_id: row.device_id,
+                name: row.device_name,
+                user_agent: row.user_agent,
+                ip_address,
+            },
+            metadata: row.metadata.0,
+            created_at: row.created_at.into_time()?,
+            last_seen_at: row.last_seen_at.into_time()?,
+            expires_at: row.expires_at.into_time()?,
+            idle_expires_at: row.idle_expires_at.into_time()?,
+            revoked_at: row.revoked_at.map(StoredTime::into_time).transpose()?,
+            revoke_reason: row.revoke_reason,
+        })
+    }
+}
+
+/// At most one row, as a session.
+fn one<T: StoredTime>(row: Option<SessionRow<T>>) -> Result<Option<Session>> {
+    row.map(Session::try_from).transpose()
+}
+
+/// Rows, as sessions.
+fn all<T: StoredTime>(rows: Vec<SessionRow<T>>) -> Result<Vec<Session>> {
+    rows.into_iter().map(Session::try_from).collect()
+}
+
+// Declared after the macros above, which they use.
+mod postgres;
+mod sql_store;
+mod sqlite;

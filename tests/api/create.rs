@@ -1,10 +1,9 @@
 use sessiond::api::pb;
 
-use crate::helpers::{DAY, assert_invalid_field, spawn_app, spawn_app_with};
+use crate::helpers::{DAY, Store, assert_invalid_field, spawn_app, spawn_app_with};
 
-#[tokio::test]
-async fn create_session_returns_a_live_session_and_a_token_pair() {
-    let app = spawn_app().await;
+async fn create_session_returns_a_live_session_and_a_token_pair(store: Store) {
+    let app = spawn_app(store).await;
 
     let response = app.create("alice", "phone-1").await;
 
@@ -37,9 +36,8 @@ async fn create_session_returns_a_live_session_and_a_token_pair() {
     assert!(app.validate(&tokens.access_token).await.valid);
 }
 
-#[tokio::test]
-async fn a_new_session_on_the_same_device_revokes_the_previous_one() {
-    let app = spawn_app().await;
+async fn a_new_session_on_the_same_device_revokes_the_previous_one(store: Store) {
+    let app = spawn_app(store).await;
     let first = app.create("bob", "laptop").await;
     let other_device = app.create("bob", "phone").await;
 
@@ -66,9 +64,8 @@ async fn a_new_session_on_the_same_device_revokes_the_previous_one() {
     );
 }
 
-#[tokio::test]
-async fn sessions_without_a_device_id_never_replace_each_other() {
-    let app = spawn_app().await;
+async fn sessions_without_a_device_id_never_replace_each_other(store: Store) {
+    let app = spawn_app(store).await;
     let first = app.create("carol", "").await;
     let second = app.create("carol", "").await;
     assert!(
@@ -83,9 +80,8 @@ async fn sessions_without_a_device_id_never_replace_each_other() {
     );
 }
 
-#[tokio::test]
-async fn a_requested_lifetime_is_kept_when_shorter_and_capped_when_longer() {
-    let app = spawn_app_with(|settings| settings.session_lifetime = 2 * DAY).await;
+async fn a_requested_lifetime_is_kept_when_shorter_and_capped_when_longer(store: Store) {
+    let app = spawn_app_with(store, |settings| settings.session_lifetime = 2 * DAY).await;
     let mut client = app.client.clone();
     for (requested, expected) in [(3600, 3600), (10 * 86_400, 2 * 86_400)] {
         let session = client
@@ -108,9 +104,8 @@ async fn a_requested_lifetime_is_kept_when_shorter_and_capped_when_longer() {
     }
 }
 
-#[tokio::test]
-async fn bad_create_requests_are_invalid_arguments_naming_the_field() {
-    let app = spawn_app().await;
+async fn bad_create_requests_are_invalid_arguments_naming_the_field(store: Store) {
+    let app = spawn_app(store).await;
     let valid = || pb::CreateSessionRequest {
         user_id: "erin".into(),
         ..Default::default()
@@ -209,3 +204,11 @@ async fn bad_create_requests_are_invalid_arguments_naming_the_field() {
         .expect("lists");
     assert!(listed.into_inner().sessions.is_empty());
 }
+
+on_every_store!(
+    create_session_returns_a_live_session_and_a_token_pair,
+    a_new_session_on_the_same_device_revokes_the_previous_one,
+    sessions_without_a_device_id_never_replace_each_other,
+    a_requested_lifetime_is_kept_when_shorter_and_capped_when_longer,
+    bad_create_requests_are_invalid_arguments_naming_the_field,
+);

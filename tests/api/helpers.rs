@@ -6,7 +6,7 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use chrono::{TimeZone, Utc};
+use chrono::{SubsecRound, Utc};
 use clap::Parser;
 use ed25519_dalek::pkcs8::{EncodePrivateKey, spki::der::pem::LineEnding};
 use sessiond::{
@@ -42,7 +42,10 @@ pub async fn fresh_database() -> (String, PgPool) {
     let mut url = url::Url::parse(&server).unwrap();
     url.set_path(&name);
     let pool = PgPool::connect(url.as_str()).await.unwrap();
-    sessiond::store::migrate(&pool).await.unwrap();
+    let store = sessiond::store::PostgresStore::new(pool.clone());
+    sessiond::store::SessionStore::migrate(&store)
+        .await
+        .unwrap();
     (url.to_string(), pool)
 }
 
@@ -75,6 +78,15 @@ pub fn redis_url() -> String {
     std::env::var("SESSIOND_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
+/// Which store a test's sessiond runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Store {
+    /// Postgres, a fresh database per test, with the Redis tier over a fresh key prefix.
+    Postgres,
+    /// The embedded single-node store in a fresh temp folder, with no Redis.
+    Sqlite,
+}
+
 /// A running sessiond and what a test needs to poke at it.
 pub struct TestApp {
     pub client: SessionServiceClient<Channel>,
@@ -84,35 +96,49 @@ pub struct TestApp {
     pub pool: Option<PgPool>,
     /// The key sessiond signs with, so tests can forge tokens.
     pub signing_key: ed25519_dalek::SigningKey,
-    _keys: TempDir,
+    /// Keys and, for SQLite, the data folder; deleted when the test ends.
+    _files: TempDir,
 }
 
 /// Settings every test starts from: port 0, a fresh Redis prefix, a short Redis timeout.
 pub fn test_settings(database_url: &str) -> Settings {
     let mut settings = Settings::parse_from(["sessiond"]);
     settings.listen_addr = "127.0.0.1:0".parse().unwrap();
-    settings.database_url = database_url.to_owned();
-    settings.redis_url = redis_url();
+    settings.database_url = Some(database_url.to_owned());
+    settings.redis_url = Some(redis_url());
     settings.redis_key_prefix = format!("sessiond-test:{}:", uuid::Uuid::now_v7());
     settings
 }
 
-/// sessiond over a fresh database, with default settings.
-pub async fn spawn_app() -> TestApp {
-    spawn_app_with(|_| {}).await
+/// sessiond over a fresh `store`, with default settings.
+pub async fn spawn_app(store: Store) -> TestApp {
+    spawn_app_with(store, |_| {}).await
 }
 
-/// sessiond over a fresh database, with settings changed by `configure`.
-pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
-    let (url, pool) = fresh_database().await;
-    let mut settings = test_settings(&url);
-    configure(&mut settings);
-    spawn(settings, Some(pool)).await
+/// sessiond over a fresh `store`, with settings changed by `configure`.
+pub async fn spawn_app_with(store: Store, configure: impl FnOnce(&mut Settings)) -> TestApp {
+    match store {
+        Store::Postgres => {
+            let (url, pool) = fresh_database().await;
+            let mut settings = test_settings(&url);
+            configure(&mut settings);
+            spawn(settings, Some(pool)).await
+        }
+        Store::Sqlite => {
+            let mut settings = test_settings("");
+            settings.database_url = None;
+            settings.redis_url = None;
+            configure(&mut settings);
+            spawn(settings, None).await
+        }
+    }
 }
 
-/// sessiond with exactly these settings (plus fresh keys and a manual clock).
+/// sessiond with exactly these settings, plus fresh keys, a manual clock and (for the embedded
+/// store) a fresh data folder.
 pub async fn spawn(mut settings: Settings, pool: Option<PgPool>) -> TestApp {
     let keys = TempDir::new().unwrap();
+    settings.data_dir = keys.path().join("data");
     let signing_key = ed25519_dalek::SigningKey::from_bytes(&random_seed());
     let key_file = keys.path().join("signing.pem");
     std::fs::write(
@@ -125,7 +151,9 @@ pub async fn spawn(mut settings: Settings, pool: Option<PgPool>) -> TestApp {
     settings.signing_key_file = Some(key_file);
     settings.refresh_key_file = Some(refresh_key_file);
 
-    let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 1, 1, 12, 0, 0).unwrap());
+    // Start at the real time, so that in-process caches, which expire entries by the wall clock,
+    // keep what the tests create.
+    let clock = ManualClock::new(Utc::now().trunc_subsecs(0));
     let app = Application::build_with_clock(settings, Arc::new(clock.clone()))
         .await
         .unwrap();
@@ -137,7 +165,7 @@ pub async fn spawn(mut settings: Settings, pool: Option<PgPool>) -> TestApp {
         clock,
         pool,
         signing_key,
-        _keys: keys,
+        _files: keys,
     }
 }
 

@@ -2,11 +2,10 @@ use sessiond::{api::pb, config::LimitPolicy};
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::helpers::spawn_app_with;
+use crate::helpers::{Store, spawn_app_with};
 
-#[tokio::test]
-async fn evict_oldest_revokes_the_oldest_session_to_make_room() {
-    let app = spawn_app_with(|settings| {
+async fn evict_oldest_revokes_the_oldest_session_to_make_room(store: Store) {
+    let app = spawn_app_with(store, |settings| {
         settings.max_sessions_per_user = 2;
         settings.session_limit_policy = LimitPolicy::EvictOldest;
     })
@@ -38,9 +37,8 @@ async fn evict_oldest_revokes_the_oldest_session_to_make_room() {
     );
 }
 
-#[tokio::test]
-async fn deny_refuses_a_session_over_the_limit_and_changes_nothing() {
-    let app = spawn_app_with(|settings| {
+async fn deny_refuses_a_session_over_the_limit_and_changes_nothing(store: Store) {
+    let app = spawn_app_with(store, |settings| {
         settings.max_sessions_per_user = 2;
         settings.session_limit_policy = LimitPolicy::Deny;
     })
@@ -82,9 +80,8 @@ async fn deny_refuses_a_session_over_the_limit_and_changes_nothing() {
     );
 }
 
-#[tokio::test]
-async fn revoked_sessions_do_not_count_toward_the_limit() {
-    let app = spawn_app_with(|settings| {
+async fn revoked_sessions_do_not_count_toward_the_limit(store: Store) {
+    let app = spawn_app_with(store, |settings| {
         settings.max_sessions_per_user = 1;
         settings.session_limit_policy = LimitPolicy::Deny;
     })
@@ -106,3 +103,9 @@ async fn revoked_sessions_do_not_count_toward_the_limit() {
             .valid
     );
 }
+
+on_every_store!(
+    evict_oldest_revokes_the_oldest_session_to_make_room,
+    deny_refuses_a_session_over_the_limit_and_changes_nothing,
+    revoked_sessions_do_not_count_toward_the_limit,
+);

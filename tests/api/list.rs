@@ -2,7 +2,7 @@ use std::collections::HashSet;
 
 use sessiond::api::pb;
 
-use crate::helpers::{TestApp, assert_invalid_field, spawn_app};
+use crate::helpers::{Store, TestApp, assert_invalid_field, spawn_app};
 
 async fn list(
     app: &TestApp,
@@ -24,9 +24,8 @@ async fn list(
         .into_inner()
 }
 
-#[tokio::test]
-async fn pages_cover_every_session_once_newest_first() {
-    let app = spawn_app().await;
+async fn pages_cover_every_session_once_newest_first(store: Store) {
+    let app = spawn_app(store).await;
     let mut created = Vec::new();
     for device in 0..7 {
         created.push(
@@ -58,9 +57,8 @@ async fn pages_cover_every_session_once_newest_first() {
     assert_eq!(seen, created, "every session once, newest first");
 }
 
-#[tokio::test]
-async fn revoked_sessions_are_listed_only_when_asked() {
-    let app = spawn_app().await;
+async fn revoked_sessions_are_listed_only_when_asked(store: Store) {
+    let app = spawn_app(store).await;
     let kept = app
         .create("abe", "a")
         .await
@@ -99,9 +97,8 @@ async fn revoked_sessions_are_listed_only_when_asked() {
     assert_eq!(all, HashSet::from([kept, revoked]));
 }
 
-#[tokio::test]
-async fn bad_list_requests_name_the_field() {
-    let app = spawn_app().await;
+async fn bad_list_requests_name_the_field(store: Store) {
+    let app = spawn_app(store).await;
     let mut client = app.client.clone();
     let cases = [
         (
@@ -146,3 +143,9 @@ async fn bad_list_requests_name_the_field() {
         );
     }
 }
+
+on_every_store!(
+    pages_cover_every_session_once_newest_first,
+    revoked_sessions_are_listed_only_when_asked,
+    bad_list_requests_name_the_field,
+);

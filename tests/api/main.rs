@@ -4,6 +4,29 @@
 // Tests may panic on a broken expectation; that is how they fail.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+/// Runs each listed `async fn(Store)` once per store, as `postgres::<name>` and `sqlite::<name>`,
+/// so the session behaviour of both stores is held to one suite.
+macro_rules! on_every_store {
+    ($($test:ident),* $(,)?) => {
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    super::$test(crate::helpers::Store::Postgres).await
+                }
+            )*
+        }
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    super::$test(crate::helpers::Store::Sqlite).await
+                }
+            )*
+        }
+    };
+}
+
 mod create;
 mod helpers;
 mod limits;

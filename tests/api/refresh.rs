@@ -5,7 +5,7 @@ use sessiond::api::pb::TokenStatus;
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::helpers::{DAY, MINUTE, assert_invalid_field, spawn_app, spawn_app_with, tokens};
+use crate::helpers::{DAY, MINUTE, Store, assert_invalid_field, spawn_app, spawn_app_with, tokens};
 
 const SECOND: Duration = Duration::from_secs(1);
 
@@ -13,9 +13,8 @@ fn reason_of(status: &tonic::Status) -> String {
     status.get_details_error_info().expect("error info").reason
 }
 
-#[tokio::test]
-async fn refresh_rotates_the_refresh_token_and_issues_a_new_access_token() {
-    let app = spawn_app().await;
+async fn refresh_rotates_the_refresh_token_and_issues_a_new_access_token(store: Store) {
+    let app = spawn_app(store).await;
     let created = app.create("leo", "d").await;
     let (access, refresh) = tokens(&created.tokens);
     app.advance(MINUTE);
@@ -37,9 +36,8 @@ async fn refresh_rotates_the_refresh_token_and_issues_a_new_access_token() {
     assert!(app.refresh(&new_refresh).await.is_ok());
 }
 
-#[tokio::test]
-async fn a_retry_within_the_grace_window_returns_the_same_refresh_token() {
-    let app = spawn_app().await;
+async fn a_retry_within_the_grace_window_returns_the_same_refresh_token(store: Store) {
+    let app = spawn_app(store).await;
     let (_, refresh) = tokens(&app.create("mia", "d").await.tokens);
     let first = app.refresh(&refresh).await.expect("refreshed");
 
@@ -50,9 +48,8 @@ async fn a_retry_within_the_grace_window_returns_the_same_refresh_token() {
     assert!(app.validate(&tokens(&retry.tokens).0).await.valid);
 }
 
-#[tokio::test]
-async fn reuse_after_the_grace_window_revokes_the_session() {
-    let app = spawn_app().await;
+async fn reuse_after_the_grace_window_revokes_the_session(store: Store) {
+    let app = spawn_app(store).await;
     let created = app.create("nina", "d").await;
     let (_, stolen) = tokens(&created.tokens);
     let rotated = app.refresh(&stolen).await.expect("refreshed");
@@ -76,9 +73,8 @@ async fn reuse_after_the_grace_window_revokes_the_session() {
     assert_eq!(reason_of(&status), "SESSION_REVOKED");
 }
 
-#[tokio::test]
-async fn reuse_of_an_older_generation_is_detected_too() {
-    let app = spawn_app().await;
+async fn reuse_of_an_older_generation_is_detected_too(store: Store) {
+    let app = spawn_app(store).await;
     let created = app.create("oscar", "d").await;
     let (_, generation_0) = tokens(&created.tokens);
     let generation_1 = tokens(&app.refresh(&generation_0).await.expect("rotated").tokens).1;
@@ -91,9 +87,8 @@ async fn reuse_of_an_older_generation_is_detected_too() {
     assert_eq!(reason_of(&status), "REFRESH_TOKEN_REUSED");
 }
 
-#[tokio::test]
-async fn sixteen_racing_refreshes_of_one_token_yield_exactly_one_new_token() {
-    let app = spawn_app().await;
+async fn sixteen_racing_refreshes_of_one_token_yield_exactly_one_new_token(store: Store) {
+    let app = spawn_app(store).await;
     let (_, refresh) = tokens(&app.create("pat", "d").await.tokens);
 
     let results = join_all((0..16).map(|_| app.refresh(&refresh))).await;
@@ -109,9 +104,8 @@ async fn sixteen_racing_refreshes_of_one_token_yield_exactly_one_new_token() {
     assert!(app.refresh(&only).await.is_ok());
 }
 
-#[tokio::test]
-async fn refresh_pushes_the_idle_deadline() {
-    let app = spawn_app().await;
+async fn refresh_pushes_the_idle_deadline(store: Store) {
+    let app = spawn_app(store).await;
     let (_, refresh) = tokens(&app.create("quinn", "d").await.tokens);
     app.advance(6 * DAY);
     let refreshed = app.refresh(&refresh).await.expect("refreshed");
@@ -122,9 +116,8 @@ async fn refresh_pushes_the_idle_deadline() {
     );
 }
 
-#[tokio::test]
-async fn refresh_of_an_expired_session_is_refused() {
-    let app = spawn_app_with(|settings| settings.session_lifetime = DAY).await;
+async fn refresh_of_an_expired_session_is_refused(store: Store) {
+    let app = spawn_app_with(store, |settings| settings.session_lifetime = DAY).await;
     let (_, refresh) = tokens(&app.create("rita", "d").await.tokens);
     app.advance(DAY);
     let status = app.refresh(&refresh).await.expect_err("expired");
@@ -132,9 +125,8 @@ async fn refresh_of_an_expired_session_is_refused() {
     assert_eq!(reason_of(&status), "SESSION_EXPIRED");
 }
 
-#[tokio::test]
-async fn refresh_of_a_revoked_session_is_refused() {
-    let app = spawn_app().await;
+async fn refresh_of_a_revoked_session_is_refused(store: Store) {
+    let app = spawn_app(store).await;
     let created = app.create("sam", "d").await;
     let (_, refresh) = tokens(&created.tokens);
     app.client
@@ -150,9 +142,8 @@ async fn refresh_of_a_revoked_session_is_refused() {
     assert_eq!(reason_of(&status), "SESSION_REVOKED");
 }
 
-#[tokio::test]
-async fn an_unknown_refresh_token_is_unauthenticated_and_a_malformed_one_invalid() {
-    let app = spawn_app().await;
+async fn an_unknown_refresh_token_is_unauthenticated_and_a_malformed_one_invalid(store: Store) {
+    let app = spawn_app(store).await;
     let unknown = format!("sdrt_{}", "A".repeat(43));
     let status = app.refresh(&unknown).await.expect_err("unknown");
     assert_eq!(status.code(), Code::Unauthenticated);
@@ -163,3 +154,15 @@ async fn an_unknown_refresh_token_is_unauthenticated_and_a_malformed_one_invalid
         assert_invalid_field(&status, "refresh_token");
     }
 }
+
+on_every_store!(
+    refresh_rotates_the_refresh_token_and_issues_a_new_access_token,
+    a_retry_within_the_grace_window_returns_the_same_refresh_token,
+    reuse_after_the_grace_window_revokes_the_session,
+    reuse_of_an_older_generation_is_detected_too,
+    sixteen_racing_refreshes_of_one_token_yield_exactly_one_new_token,
+    refresh_pushes_the_idle_deadline,
+    refresh_of_an_expired_session_is_refused,
+    refresh_of_a_revoked_session_is_refused,
+    an_unknown_refresh_token_is_unauthenticated_and_a_malformed_one_invalid,
+);

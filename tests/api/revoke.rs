@@ -1,7 +1,7 @@
 use sessiond::api::pb::{self, TokenStatus};
 use tonic::Code;
 
-use crate::helpers::{TestApp, assert_invalid_field, spawn_app, tokens};
+use crate::helpers::{Store, TestApp, assert_invalid_field, spawn_app, tokens};
 
 async fn revoke(app: &TestApp, session_id: &str, reason: &str) -> Result<bool, tonic::Status> {
     app.client
@@ -26,9 +26,8 @@ async fn revoke_user(app: &TestApp, user_id: &str, except: &str) -> Result<u32, 
         .map(|response| response.into_inner().revoked_count)
 }
 
-#[tokio::test]
-async fn revoking_a_session_refuses_its_tokens_and_says_so_once() {
-    let app = spawn_app().await;
+async fn revoking_a_session_refuses_its_tokens_and_says_so_once(store: Store) {
+    let app = spawn_app(store).await;
     let created = app.create("tara", "d").await;
     let (access, _) = tokens(&created.tokens);
     let id = created.session.expect("session").session_id;
@@ -46,9 +45,8 @@ async fn revoking_a_session_refuses_its_tokens_and_says_so_once() {
     assert!(session.revoked_at.is_some());
 }
 
-#[tokio::test]
-async fn revoking_an_unknown_session_is_not_found_and_a_bad_id_invalid() {
-    let app = spawn_app().await;
+async fn revoking_an_unknown_session_is_not_found_and_a_bad_id_invalid(store: Store) {
+    let app = spawn_app(store).await;
     let status = revoke(&app, &uuid::Uuid::now_v7().to_string(), "")
         .await
         .expect_err("unknown");
@@ -74,9 +72,8 @@ async fn revoking_an_unknown_session_is_not_found_and_a_bad_id_invalid() {
     );
 }
 
-#[tokio::test]
-async fn get_session_reads_a_session_and_refuses_unknown_ids() {
-    let app = spawn_app().await;
+async fn get_session_reads_a_session_and_refuses_unknown_ids(store: Store) {
+    let app = spawn_app(store).await;
     let created = app.create("vera", "d").await.session.expect("session");
     assert_eq!(app.get(&created.session_id).await.expect("found"), created);
     let status = app
@@ -87,9 +84,8 @@ async fn get_session_reads_a_session_and_refuses_unknown_ids() {
     assert_invalid_field(&app.get("nope").await.expect_err("bad id"), "session_id");
 }
 
-#[tokio::test]
-async fn signing_out_everywhere_revokes_every_session_of_the_user_only() {
-    let app = spawn_app().await;
+async fn signing_out_everywhere_revokes_every_session_of_the_user_only(store: Store) {
+    let app = spawn_app(store).await;
     let phone = tokens(&app.create("walt", "phone").await.tokens).0;
     let laptop = tokens(&app.create("walt", "laptop").await.tokens).0;
     let someone_else = tokens(&app.create("xena", "phone").await.tokens).0;
@@ -102,9 +98,8 @@ async fn signing_out_everywhere_revokes_every_session_of_the_user_only() {
     assert_eq!(revoke_user(&app, "walt", "").await.expect("answered"), 0);
 }
 
-#[tokio::test]
-async fn signing_out_other_devices_keeps_the_current_one() {
-    let app = spawn_app().await;
+async fn signing_out_other_devices_keeps_the_current_one(store: Store) {
+    let app = spawn_app(store).await;
     let current = app.create("yuri", "phone").await;
     let others = [
         app.create("yuri", "laptop").await,
@@ -135,3 +130,11 @@ async fn signing_out_other_devices_keeps_the_current_one() {
         "user_id",
     );
 }
+
+on_every_store!(
+    revoking_a_session_refuses_its_tokens_and_says_so_once,
+    revoking_an_unknown_session_is_not_found_and_a_bad_id_invalid,
+    get_session_reads_a_session_and_refuses_unknown_ids,
+    signing_out_everywhere_revokes_every_session_of_the_user_only,
+    signing_out_other_devices_keeps_the_current_one,
+);

@@ -5,11 +5,10 @@ use tonic_health::pb::{
 };
 use tonic_reflection::pb::{v1, v1alpha};
 
-use crate::helpers::{channel, spawn_app};
+use crate::helpers::{Store, channel, spawn_app};
 
-#[tokio::test]
-async fn health_reports_serving_for_the_server_and_the_service() {
-    let app = spawn_app().await;
+async fn health_reports_serving_for_the_server_and_the_service(store: Store) {
+    let app = spawn_app(store).await;
     let mut health = HealthClient::new(channel(app.addr).await);
     for service in ["", "sessiond.v1.SessionService"] {
         let mut status = ServingStatus::Unknown;
@@ -33,9 +32,8 @@ async fn health_reports_serving_for_the_server_and_the_service() {
     }
 }
 
-#[tokio::test]
-async fn reflection_v1_lists_the_services() {
-    let app = spawn_app().await;
+async fn reflection_v1_lists_the_services(store: Store) {
+    let app = spawn_app(store).await;
     let mut client =
         v1::server_reflection_client::ServerReflectionClient::new(channel(app.addr).await);
     let request = v1::ServerReflectionRequest {
@@ -74,9 +72,8 @@ async fn reflection_v1_lists_the_services() {
     );
 }
 
-#[tokio::test]
-async fn reflection_v1alpha_describes_the_session_service() {
-    let app = spawn_app().await;
+async fn reflection_v1alpha_describes_the_session_service(store: Store) {
+    let app = spawn_app(store).await;
     let mut client =
         v1alpha::server_reflection_client::ServerReflectionClient::new(channel(app.addr).await);
     let request = v1alpha::ServerReflectionRequest {
@@ -106,3 +103,9 @@ async fn reflection_v1alpha_describes_the_session_service() {
         "{response:?}"
     );
 }
+
+on_every_store!(
+    health_reports_serving_for_the_server_and_the_service,
+    reflection_v1_lists_the_services,
+    reflection_v1alpha_describes_the_session_service,
+);

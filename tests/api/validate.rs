@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use sessiond::api::pb::TokenStatus;
 use sha2::Sha256;
 
-use crate::helpers::{DAY, MINUTE, TestApp, spawn_app, spawn_app_with, tokens};
+use crate::helpers::{DAY, MINUTE, Store, TestApp, spawn_app, spawn_app_with, tokens};
 
 fn encode(value: &Value) -> String {
     URL_SAFE_NO_PAD.encode(serde_json::to_vec(value).unwrap())
@@ -35,9 +35,8 @@ async fn fresh_access_token(app: &TestApp) -> String {
     tokens(&app.create("mallory-target", "device").await.tokens).0
 }
 
-#[tokio::test]
-async fn a_fresh_token_is_valid_and_carries_its_session() {
-    let app = spawn_app().await;
+async fn a_fresh_token_is_valid_and_carries_its_session(store: Store) {
+    let app = spawn_app(store).await;
     let created = app.create("ivan", "d").await;
     let (access, _) = tokens(&created.tokens);
 
@@ -48,9 +47,8 @@ async fn a_fresh_token_is_valid_and_carries_its_session() {
     assert_eq!(response.session, created.session);
 }
 
-#[tokio::test]
-async fn the_token_carries_the_standard_claims_and_a_kid() {
-    let app = spawn_app().await;
+async fn the_token_carries_the_standard_claims_and_a_kid(store: Store) {
+    let app = spawn_app(store).await;
     let (header, claims) = parts(&fresh_access_token(&app).await);
     assert_eq!(header["alg"], "EdDSA");
     assert!(header["kid"].as_str().is_some_and(|kid| kid.len() == 43));
@@ -59,17 +57,15 @@ async fn the_token_carries_the_standard_claims_and_a_kid() {
     }
 }
 
-#[tokio::test]
-async fn an_expired_token_is_refused() {
-    let app = spawn_app().await;
+async fn an_expired_token_is_refused(store: Store) {
+    let app = spawn_app(store).await;
     let access = fresh_access_token(&app).await;
     app.advance(15 * MINUTE);
     assert_eq!(app.status_of(&access).await, TokenStatus::TokenExpired);
 }
 
-#[tokio::test]
-async fn alg_none_is_refused() {
-    let app = spawn_app().await;
+async fn alg_none_is_refused(store: Store) {
+    let app = spawn_app(store).await;
     let (_, claims) = parts(&fresh_access_token(&app).await);
     let unsigned = format!(
         "{}.{}.",
@@ -79,9 +75,8 @@ async fn alg_none_is_refused() {
     assert_eq!(app.status_of(&unsigned).await, TokenStatus::BadSignature);
 }
 
-#[tokio::test]
-async fn hs256_signed_with_the_public_key_is_refused() {
-    let app = spawn_app().await;
+async fn hs256_signed_with_the_public_key_is_refused(store: Store) {
+    let app = spawn_app(store).await;
     let (mut header, claims) = parts(&fresh_access_token(&app).await);
     header["alg"] = json!("HS256");
     let public = app.signing_key.verifying_key();
@@ -104,9 +99,8 @@ async fn hs256_signed_with_the_public_key_is_refused() {
     }
 }
 
-#[tokio::test]
-async fn an_unknown_kid_or_a_foreign_key_is_refused() {
-    let app = spawn_app().await;
+async fn an_unknown_kid_or_a_foreign_key_is_refused(store: Store) {
+    let app = spawn_app(store).await;
     let (mut header, claims) = parts(&fresh_access_token(&app).await);
     let stranger = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
     // Our kid, someone else's signature.
@@ -130,9 +124,8 @@ async fn an_unknown_kid_or_a_foreign_key_is_refused() {
     );
 }
 
-#[tokio::test]
-async fn a_wrong_issuer_or_audience_is_refused() {
-    let app = spawn_app().await;
+async fn a_wrong_issuer_or_audience_is_refused(store: Store) {
+    let app = spawn_app(store).await;
     let (header, claims) = parts(&fresh_access_token(&app).await);
     for (claim, value) in [("iss", "evil-issuer"), ("aud", "another-service")] {
         let mut tampered = claims.clone();
@@ -146,9 +139,8 @@ async fn a_wrong_issuer_or_audience_is_refused() {
     }
 }
 
-#[tokio::test]
-async fn an_altered_signature_or_payload_is_refused() {
-    let app = spawn_app().await;
+async fn an_altered_signature_or_payload_is_refused(store: Store) {
+    let app = spawn_app(store).await;
     let token = fresh_access_token(&app).await;
     let (head, signature) = token.rsplit_once('.').unwrap();
     let mut bytes = URL_SAFE_NO_PAD.decode(signature).unwrap();
@@ -168,9 +160,8 @@ async fn an_altered_signature_or_payload_is_refused() {
     );
 }
 
-#[tokio::test]
-async fn garbage_is_malformed() {
-    let app = spawn_app().await;
+async fn garbage_is_malformed(store: Store) {
+    let app = spawn_app(store).await;
     for garbage in ["", "hello", "a.b.c", "🦀.🦀.🦀"] {
         assert_eq!(
             app.status_of(garbage).await,
@@ -180,28 +171,25 @@ async fn garbage_is_malformed() {
     }
 }
 
-#[tokio::test]
-async fn a_token_for_a_session_that_does_not_exist_is_refused() {
-    let app = spawn_app().await;
+async fn a_token_for_a_session_that_does_not_exist_is_refused(store: Store) {
+    let app = spawn_app(store).await;
     let (header, mut claims) = parts(&fresh_access_token(&app).await);
     claims["sid"] = json!(uuid::Uuid::now_v7().to_string());
     let token = sign(&header, &claims, &app.signing_key);
     assert_eq!(app.status_of(&token).await, TokenStatus::SessionNotFound);
 }
 
-#[tokio::test]
-async fn a_session_of_another_user_is_not_found() {
-    let app = spawn_app().await;
+async fn a_session_of_another_user_is_not_found(store: Store) {
+    let app = spawn_app(store).await;
     let (header, mut claims) = parts(&fresh_access_token(&app).await);
     claims["sub"] = json!("not-the-owner");
     let token = sign(&header, &claims, &app.signing_key);
     assert_eq!(app.status_of(&token).await, TokenStatus::SessionNotFound);
 }
 
-#[tokio::test]
-async fn an_idle_session_expires_and_activity_pushes_the_deadline() {
+async fn an_idle_session_expires_and_activity_pushes_the_deadline(store: Store) {
     // Long-lived access tokens, so that the session's state is what decides.
-    let app = spawn_app_with(|settings| settings.access_token_ttl = 30 * DAY).await;
+    let app = spawn_app_with(store, |settings| settings.access_token_ttl = 30 * DAY).await;
     let active = fresh_access_token(&app).await;
     let idle = tokens(&app.create("idler", "d").await.tokens).0;
 
@@ -218,9 +206,8 @@ async fn an_idle_session_expires_and_activity_pushes_the_deadline() {
     assert_eq!(app.status_of(&active).await, TokenStatus::SessionExpired);
 }
 
-#[tokio::test]
-async fn validate_writes_activity_at_most_once_a_minute() {
-    let app = spawn_app().await;
+async fn validate_writes_activity_at_most_once_a_minute(store: Store) {
+    let app = spawn_app(store).await;
     let created = app.create("judy", "d").await;
     let (access, _) = tokens(&created.tokens);
     let created_at = created.session.unwrap().last_seen_at.unwrap().seconds;
@@ -245,7 +232,7 @@ async fn validate_writes_activity_at_most_once_a_minute() {
 
 #[tokio::test]
 async fn a_cached_session_is_served_from_redis() {
-    let app = spawn_app().await;
+    let app = spawn_app(Store::Postgres).await;
     let created = app.create("kim", "d").await;
     let (access, _) = tokens(&created.tokens);
     assert!(app.validate(&access).await.valid);
@@ -258,3 +245,19 @@ async fn a_cached_session_is_served_from_redis() {
 
     assert!(app.validate(&access).await.valid);
 }
+
+on_every_store!(
+    a_fresh_token_is_valid_and_carries_its_session,
+    the_token_carries_the_standard_claims_and_a_kid,
+    an_expired_token_is_refused,
+    alg_none_is_refused,
+    hs256_signed_with_the_public_key_is_refused,
+    an_unknown_kid_or_a_foreign_key_is_refused,
+    a_wrong_issuer_or_audience_is_refused,
+    an_altered_signature_or_payload_is_refused,
+    garbage_is_malformed,
+    a_token_for_a_session_that_does_not_exist_is_refused,
+    a_session_of_another_user_is_not_found,
+    an_idle_session_expires_and_activity_pushes_the_deadline,
+    validate_writes_activity_at_most_once_a_minute,
+);

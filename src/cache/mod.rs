@@ -1,0 +1,94 @@
+//! The hot path: in-process tier → Redis → (miss: the caller reads the store).
+//!
+//! Either tier may be off: the embedded single-node mode has no Redis, and the local tier can be
+//! disabled. The cache never fails a request; a tier in trouble reads as a miss.
+//!
+//! Writers race: a validator may read a live row from the store just before a revocation commits,
+//! and write it back just after the revocation updated the cache. So both tiers keep, of two
+//! copies, the one with the higher [`rank`]: a session's rank only grows (with `last_seen_at`),
+//! and revoked is the highest. A stale copy can never replace a newer one, nor resurrect a
+//! revoked one.
+
+mod local;
+mod redis;
+
+use chrono::{DateTime, Utc};
+
+pub use local::{LocalSettings, LocalTier};
+pub use redis::{RedisSettings, RedisTier};
+
+use crate::{
+    domain::{Session, SessionId, UserId},
+    token::VerifiedAccessToken,
+};
+
+/// The rank of a revoked session: above any `last_seen_at` in microseconds, and exact in Lua's
+/// doubles (2^53 - 1).
+const REVOKED_RANK: i64 = 9_007_199_254_740_991;
+
+/// Orders copies of one session: newer activity ranks higher, revoked ranks highest.
+fn rank(session: &Session) -> i64 {
+    match session.revoked_at {
+        Some(_) => REVOKED_RANK,
+        None => session.last_seen_at.timestamp_micros(),
+    }
+}
+
+/// Both tiers.
+#[derive(Clone, Default)]
+pub struct SessionCache {
+    local: Option<LocalTier>,
+    redis: Option<RedisTier>,
+}
+
+impl SessionCache {
+    /// A cache over these tiers.
+    pub fn new(local: Option<LocalTier>, redis: Option<RedisTier>) -> Self {
+        Self { local, redis }
+    }
+
+    /// The cached copy of a session, from the nearest tier that has it.
+    pub async fn get(&self, user_id: &UserId, session_id: SessionId) -> Option<Session> {
+        if let Some(local) = &self.local
+            && let Some(session) = local.get(user_id, session_id).await
+        {
+            return Some(session);
+        }
+        let session = self.redis.as_ref()?.get(user_id, session_id).await?;
+        if let Some(local) = &self.local {
+            local.put(&session).await;
+        }
+        Some(session)
+    }
+
+    /// Tells every tier about these sessions, all of one user.
+    pub async fn put(&self, sessions: &[Session], now: DateTime<Utc>) {
+        if let Some(local) = &self.local {
+            for session in sessions {
+                local.put(session).await;
+            }
+        }
+        if let Some(redis) = &self.redis {
+            redis.put(sessions, now).await;
+        }
+    }
+
+    /// The verification of a token seen before, if the local tier is on.
+    pub async fn verified_token(&self, token: &str) -> Option<std::sync::Arc<VerifiedAccessToken>> {
+        self.local.as_ref()?.verified_token(token).await
+    }
+
+    /// Remembers a token that verified, if the local tier is on.
+    pub async fn remember_token(&self, token: &str, verified: &VerifiedAccessToken) {
+        if let Some(local) = &self.local {
+            local.remember_token(token, verified.clone()).await;
+        }
+    }
+
+    /// Drops every verified token (a verification key was removed).
+    pub fn forget_tokens(&self) {
+        if let Some(local) = &self.local {
+            local.forget_tokens();
+        }
+    }
+}

@@ -1,0 +1,337 @@
+//! The production store's SQL: Postgres, shared by every replica. Concurrent decisions take turns
+//! on locks: a per-user advisory lock for the session count, a row lock for token rotation.
+
+use std::{str::FromStr, time::Duration};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::{
+    PgConnection, PgPool, Postgres, Transaction,
+    postgres::{PgConnectOptions, PgPoolOptions},
+    types::Json,
+};
+use uuid::Uuid;
+
+use super::{Backend, PostgresStore, Statements, StoredRefreshToken, all, one, token_hash};
+use crate::{
+    domain::{RevokeReason, Session, SessionId, UserId},
+    error::{Error, Result},
+    token::TokenHash,
+};
+
+impl PostgresStore {
+    /// A store over a pool to `url`. `timeout` bounds both waiting for a connection and each
+    /// statement, so a stuck Postgres turns into UNAVAILABLE instead of a hung request. Connects
+    /// lazily: a Postgres that is down at start is retried by each request, not fatal.
+    pub fn connect_lazy(
+        url: &str,
+        max_connections: u32,
+        timeout: Duration,
+    ) -> Result<Self, sqlx::Error> {
+        let options = PgConnectOptions::from_str(url)?
+            .application_name("sessiond")
+            .options([("statement_timeout", timeout.as_millis().to_string())]);
+        Ok(Self::new(
+            PgPoolOptions::new()
+                .max_connections(max_connections)
+                .acquire_timeout(timeout)
+                .connect_lazy_with(options),
+        ))
+    }
+}
+
+#[async_trait]
+impl Backend for Postgres {
+    async fn begin_write(pool: &PgPool) -> Result<Transaction<'static, Postgres>> {
+        Ok(pool.begin().await?)
+    }
+
+    async fn migrate(pool: &PgPool) -> Result<()> {
+        sqlx::migrate!("./migrations/postgres")
+            .run(pool)
+            .await
+            .map_err(|error| match error {
+                sqlx::migrate::MigrateError::Execute(error) => Error::from(error),
+                other => Error::Internal(other.into()),
+            })
+    }
+}
+
+type SessionRow = super::SessionRow<DateTime<Utc>>;
+
+#[async_trait]
+impl Statements for PgConnection {
+    async fn lock_user(&mut self, user_id: &UserId) -> Result<()> {
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+            .bind(user_id.as_str())
+            .execute(self)
+            .await?;
+        Ok(())
+    }
+
+    async fn insert_session(&mut self, session: &Session) -> Result<()> {
+        sqlx::query(
+            r#"
+            INSERT INTO session (session_id, user_id, device_id, device_name, user_agent, ip_address, metadata,
+                                 created_at, last_seen_at, expires_at, idle_expires_at)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+            "#,
+        )
+        .bind(session.id.as_uuid())
+        .bind(session.user_id.as_str())
+        .bind(session.device.device_id.as_deref())
+        .bind(&session.device.name)
+        .bind(&session.device.user_agent)
+        .bind(session.device.ip_address.map(|ip| ip.to_string()))
+        .bind(Json(&session.metadata))
+        .bind(session.created_at)
+        .bind(session.last_seen_at)
+        .bind(session.expires_at)
+        .bind(session.idle_expires_at)
+        .execute(self)
+        .await?;
+        Ok(())
+    }
+
+    async fn find_session(&mut self, id: SessionId) -> Result<Option<Session>> {
+        let sql = concat!("SELECT ", columns!(), " FROM session WHERE session_id = $1");
+        one(sqlx::query_as::<_, SessionRow>(sql)
+            .bind(id.as_uuid())
+            .fetch_optional(self)
+            .await?)
+    }
+
+    async fn find_session_for_update(&mut self, id: SessionId) -> Result<Option<Session>> {
+        let sql = concat!(
+            "SELECT ",
+            columns!(),
+            " FROM session WHERE session_id = $1 FOR UPDATE"
+        );
+        one(sqlx::query_as::<_, SessionRow>(sql)
+            .bind(id.as_uuid())
+            .fetch_optional(self)
+            .await?)
+    }
+
+    async fn count_live(&mut self, user_id: &UserId, now: DateTime<Utc>) -> Result<i64> {
+        let sql = concat!(
+            "SELECT count(*) FROM session WHERE user_id = $1 AND ",
+            live_at!("$2")
+        );
+        Ok(sqlx::query_scalar(sql)
+            .bind(user_id.as_str())
+            .bind(now)
+            .fetch_one(self)
+            .await?)
+    }
+
+    async fn revoke(
+        &mut self,
+        id: SessionId,
+        now: DateTime<Utc>,
+        reason: &RevokeReason,
+    ) -> Result<Option<Session>> {
+        let sql = concat!(
+            "UPDATE session SET revoked_at = $2, revoke_reason = $3 \
+             WHERE session_id = $1 AND revoked_at IS NULL RETURNING ",
+            columns!()
+        );
+        one(sqlx::query_as::<_, SessionRow>(sql)
+            .bind(id.as_uuid())
+            .bind(now)
+            .bind(reason.as_str())
+            .fetch_optional(self)
+            .await?)
+    }
+
+    async fn revoke_device(
+        &mut self,
+        user_id: &UserId,
+        device_id: &str,
+        now: DateTime<Utc>,
+        reason: &RevokeReason,
+    ) -> Result<Vec<Session>> {
+        let sql = concat!(
+            "UPDATE session SET revoked_at = $3, revoke_reason = $4 \
+             WHERE user_id = $1 AND device_id = $2 AND revoked_at IS NULL RETURNING ",
+            columns!()
+        );
+        all(sqlx::query_as::<_, SessionRow>(sql)
+            .bind(user_id.as_str())
+            .bind(device_id)
+            .bind(now)
+            .bind(reason.as_str())
+            .fetch_all(self)
+            .await?)
+    }
+
+    async fn revoke_oldest_live(
+        &mut self,
+        user_id: &UserId,
+        count: i64,
+        now: DateTime<Utc>,
+        reason: &RevokeReason,
+    ) -> Result<Vec<Session>> {
+        let sql = concat!(
+            "UPDATE session SET revoked_at = $2, revoke_reason = $3 WHERE session_id IN ( \
+               SELECT session_id FROM session WHERE user_id = $1 AND ",
+            live_at!("$2"),
+            " ORDER BY session_id LIMIT $4) RETURNING ",
+            columns!()
+        );
+        all(sqlx::query_as::<_, SessionRow>(sql)
+            .bind(user_id.as_str())
+            .bind(now)
+            .bind(reason.as_str())
+            .bind(count)
+            .fetch_all(self)
+            .await?)
+    }
+
+    async fn revoke_user(
+        &mut self,
+        user_id: &UserId,
+        except: Option<SessionId>,
+        now: DateTime<Utc>,
+        reason: &RevokeReason,
+    ) -> Result<Vec<Session>> {
+        let sql = concat!(
+            "UPDATE session SET revoked_at = $3, revoke_reason = $4 \
+             WHERE user_id = $1 AND revoked_at IS NULL AND session_id IS DISTINCT FROM $2 RETURNING ",
+            columns!()
+        );
+        all(sqlx::query_as::<_, SessionRow>(sql)
+            .bind(user_id.as_str())
+            .bind(except.map(|id| id.as_uuid()))
+            .bind(now)
+            .bind(reason.as_str())
+            .fetch_all(self)
+            .await?)
+    }
+
+    async fn record_activity(
+        &mut self,
+        id: SessionId,
+        now: DateTime<Utc>,
+        idle_expires_at: DateTime<Utc>,
+        stale_before: DateTime<Utc>,
+    ) -> Result<Option<Session>> {
+        let sql = concat!(
+            "UPDATE session SET last_seen_at = GREATEST(last_seen_at, $2), \
+                                idle_expires_at = GREATEST(idle_expires_at, $3) \
+             WHERE session_id = $1 AND last_seen_at < $4 AND ",
+            live_at!("$2"),
+            " RETURNING ",
+            columns!()
+        );
+        one(sqlx::query_as::<_, SessionRow>(sql)
+            .bind(id.as_uuid())
+            .bind(now)
+            .bind(idle_expires_at)
+            .bind(stale_before)
+            .fetch_optional(self)
+            .await?)
+    }
+
+    async fn list_sessions(
+        &mut self,
+        user_id: &UserId,
+        include_revoked: bool,
+        now: DateTime<Utc>,
+        after: Option<SessionId>,
+        limit: i64,
+    ) -> Result<Vec<Session>> {
+        let sql = concat!(
+            "SELECT ",
+            columns!(),
+            " FROM session WHERE user_id = $1 AND ($2 OR (",
+            live_at!("$3"),
+            ")) AND ($4::uuid IS NULL OR session_id < $4) ORDER BY session_id DESC LIMIT $5"
+        );
+        all(sqlx::query_as::<_, SessionRow>(sql)
+            .bind(user_id.as_str())
+            .bind(include_revoked)
+            .bind(now)
+            .bind(after.map(|id| id.as_uuid()))
+            .bind(limit)
+            .fetch_all(self)
+            .await?)
+    }
+
+    async fn insert_refresh_token(
+        &mut self,
+        hash: &TokenHash,
+        session_id: SessionId,
+        generation: i32,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO refresh_token (token_hash, session_id, generation, issued_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(hash.0.as_slice())
+        .bind(session_id.as_uuid())
+        .bind(generation)
+        .bind(now)
+        .execute(self)
+        .await?;
+        Ok(())
+    }
+
+    async fn find_refresh_token(&mut self, hash: &TokenHash) -> Result<Option<StoredRefreshToken>> {
+        let row: Option<(Uuid, i32, Option<DateTime<Utc>>)> = sqlx::query_as(
+            "SELECT session_id, generation, retired_at FROM refresh_token WHERE token_hash = $1",
+        )
+        .bind(hash.0.as_slice())
+        .fetch_optional(self)
+        .await?;
+        Ok(
+            row.map(|(session_id, generation, retired_at)| StoredRefreshToken {
+                session_id: session_id.into(),
+                generation,
+                retired_at,
+            }),
+        )
+    }
+
+    async fn current_refresh_token(
+        &mut self,
+        session_id: SessionId,
+    ) -> Result<Option<(i32, TokenHash)>> {
+        let row: Option<(i32, Vec<u8>)> = sqlx::query_as(
+            "SELECT generation, token_hash FROM refresh_token WHERE session_id = $1 AND retired_at IS NULL",
+        )
+        .bind(session_id.as_uuid())
+        .fetch_optional(self)
+        .await?;
+        row.map(|(generation, hash)| Ok((generation, token_hash(hash)?)))
+            .transpose()
+    }
+
+    async fn retire_current_refresh_token(
+        &mut self,
+        session_id: SessionId,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE refresh_token SET retired_at = $2 WHERE session_id = $1 AND retired_at IS NULL",
+        )
+        .bind(session_id.as_uuid())
+        .bind(now)
+        .execute(self)
+        .await?;
+        Ok(())
+    }
+
+    async fn forget_refresh_tokens_before(
+        &mut self,
+        session_id: SessionId,
+        generation: i32,
+    ) -> Result<()> {
+        sqlx::query("DELETE FROM refresh_token WHERE session_id = $1 AND generation < $2")
+            .bind(session_id.as_uuid())
+            .bind(generation)
+            .execute(self)
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,300 @@
+//! The one implementation of [`SessionStore`] over any database that provides [`Statements`].
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::{Database, Pool, Transaction};
+
+use super::{
+    Admission, RefreshDecision, RefreshOutcome, RefreshRule, RefreshState, Revocation,
+    SessionStore, StoredRefreshToken,
+};
+use crate::{
+    domain::{RevokeReason, Session, SessionId, UserId},
+    error::{Error, RefreshRefusal, Result},
+    token::TokenHash,
+};
+
+/// The statements an operation is made of, run on one connection (usually inside a transaction).
+#[async_trait]
+pub trait Statements: Send {
+    /// Serialises every session-count decision for one user until the transaction ends.
+    async fn lock_user(&mut self, user_id: &UserId) -> Result<()>;
+    async fn insert_session(&mut self, session: &Session) -> Result<()>;
+    async fn find_session(&mut self, id: SessionId) -> Result<Option<Session>>;
+    /// Reads a session and locks it until the transaction ends, so concurrent rotations of its
+    /// refresh token take turns.
+    async fn find_session_for_update(&mut self, id: SessionId) -> Result<Option<Session>>;
+    /// How many live sessions the user holds at `now`.
+    async fn count_live(&mut self, user_id: &UserId, now: DateTime<Utc>) -> Result<i64>;
+    /// Revokes one unrevoked session; returns it, or `None` if there was nothing to revoke.
+    async fn revoke(
+        &mut self,
+        id: SessionId,
+        now: DateTime<Utc>,
+        reason: &RevokeReason,
+    ) -> Result<Option<Session>>;
+    /// Revokes the user's unrevoked sessions on `device_id`; returns them.
+    async fn revoke_device(
+        &mut self,
+        user_id: &UserId,
+        device_id: &str,
+        now: DateTime<Utc>,
+        reason: &RevokeReason,
+    ) -> Result<Vec<Session>>;
+    /// Revokes the user's `count` oldest live sessions; returns them.
+    async fn revoke_oldest_live(
+        &mut self,
+        user_id: &UserId,
+        count: i64,
+        now: DateTime<Utc>,
+        reason: &RevokeReason,
+    ) -> Result<Vec<Session>>;
+    /// Revokes every unrevoked session of the user but `except`; returns them.
+    async fn revoke_user(
+        &mut self,
+        user_id: &UserId,
+        except: Option<SessionId>,
+        now: DateTime<Utc>,
+        reason: &RevokeReason,
+    ) -> Result<Vec<Session>>;
+    /// Moves `last_seen_at` to `now` and `idle_expires_at` to `idle_expires_at`, never backwards,
+    /// for a live session last seen before `stale_before`. Returns the updated row.
+    async fn record_activity(
+        &mut self,
+        id: SessionId,
+        now: DateTime<Utc>,
+        idle_expires_at: DateTime<Utc>,
+        stale_before: DateTime<Utc>,
+    ) -> Result<Option<Session>>;
+    /// One page of the user's sessions, newest first, after `after`.
+    async fn list_sessions(
+        &mut self,
+        user_id: &UserId,
+        include_revoked: bool,
+        now: DateTime<Utc>,
+        after: Option<SessionId>,
+        limit: i64,
+    ) -> Result<Vec<Session>>;
+    async fn insert_refresh_token(
+        &mut self,
+        hash: &TokenHash,
+        session_id: SessionId,
+        generation: i32,
+        now: DateTime<Utc>,
+    ) -> Result<()>;
+    async fn find_refresh_token(&mut self, hash: &TokenHash) -> Result<Option<StoredRefreshToken>>;
+    /// The generation and hash of the session's current token.
+    async fn current_refresh_token(
+        &mut self,
+        session_id: SessionId,
+    ) -> Result<Option<(i32, TokenHash)>>;
+    async fn retire_current_refresh_token(
+        &mut self,
+        session_id: SessionId,
+        now: DateTime<Utc>,
+    ) -> Result<()>;
+    /// Forgets the session's tokens of generations below `generation`.
+    async fn forget_refresh_tokens_before(
+        &mut self,
+        session_id: SessionId,
+        generation: i32,
+    ) -> Result<()>;
+}
+
+/// What differs between databases beyond their statements.
+#[async_trait]
+pub trait Backend: Database
+where
+    Self::Connection: Statements,
+{
+    /// Starts a transaction that will write.
+    async fn begin_write(pool: &Pool<Self>) -> Result<Transaction<'static, Self>>;
+    /// Applies this database's migrations.
+    async fn migrate(pool: &Pool<Self>) -> Result<()>;
+}
+
+/// A [`SessionStore`] over a pool of `DB` connections.
+pub struct SqlStore<DB: Database> {
+    pool: Pool<DB>,
+}
+
+impl<DB: Database> SqlStore<DB> {
+    /// A store over `pool`.
+    pub fn new(pool: Pool<DB>) -> Self {
+        Self { pool }
+    }
+
+    /// The pool, for tests and tools that need to look underneath.
+    pub fn pool(&self) -> &Pool<DB> {
+        &self.pool
+    }
+}
+
+#[async_trait]
+impl<DB: Backend> SessionStore for SqlStore<DB>
+where
+    DB::Connection: Statements,
+{
+    async fn migrate(&self) -> Result<()> {
+        DB::migrate(&self.pool).await
+    }
+
+    async fn create(
+        &self,
+        session: &Session,
+        refresh_token: &TokenHash,
+        admit: Admission<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Session>> {
+        let mut tx = DB::begin_write(&self.pool).await?;
+        let conn = &mut *tx;
+        conn.lock_user(&session.user_id).await?;
+        let mut revoked = Vec::new();
+        if let Some(device_id) = &session.device.device_id {
+            let reason = RevokeReason::internal(RevokeReason::DEVICE_REPLACED);
+            revoked.extend(
+                conn.revoke_device(&session.user_id, device_id, now, &reason)
+                    .await?,
+            );
+        }
+        // Returning early drops the transaction: a refusal rolls back the device replacement too.
+        let evict = admit(conn.count_live(&session.user_id, now).await?)?;
+        if evict > 0 {
+            let reason = RevokeReason::internal(RevokeReason::SESSION_LIMIT);
+            revoked.extend(
+                conn.revoke_oldest_live(&session.user_id, evict, now, &reason)
+                    .await?,
+            );
+        }
+        conn.insert_session(session).await?;
+        conn.insert_refresh_token(refresh_token, session.id, 0, now)
+            .await?;
+        tx.commit().await?;
+        Ok(revoked)
+    }
+
+    async fn find(&self, id: SessionId) -> Result<Option<Session>> {
+        self.pool.acquire().await?.find_session(id).await
+    }
+
+    async fn record_activity(
+        &self,
+        id: SessionId,
+        now: DateTime<Utc>,
+        idle_expires_at: DateTime<Utc>,
+        stale_before: DateTime<Utc>,
+    ) -> Result<Option<Session>> {
+        let mut conn = self.pool.acquire().await?;
+        match conn
+            .record_activity(id, now, idle_expires_at, stale_before)
+            .await?
+        {
+            Some(updated) => Ok(Some(updated)),
+            // Not stale, or not live: the row as it stands.
+            None => conn.find_session(id).await,
+        }
+    }
+
+    async fn refresh(
+        &self,
+        presented: &TokenHash,
+        now: DateTime<Utc>,
+        decide: RefreshRule<'_>,
+    ) -> Result<RefreshOutcome> {
+        let unknown = || Error::RefreshRefused(RefreshRefusal::Unknown);
+        let mut tx = DB::begin_write(&self.pool).await?;
+        let conn = &mut *tx;
+        let found = conn
+            .find_refresh_token(presented)
+            .await?
+            .ok_or_else(unknown)?;
+        // Concurrent refreshes of one session take turns here. Read the token again under the
+        // lock, since the one before us may have rotated it.
+        let session = conn
+            .find_session_for_update(found.session_id)
+            .await?
+            .ok_or_else(unknown)?;
+        let found = conn
+            .find_refresh_token(presented)
+            .await?
+            .ok_or_else(unknown)?;
+        let current = conn.current_refresh_token(session.id).await?;
+        let decision = decide(RefreshState {
+            session: &session,
+            presented: &found,
+            current,
+        });
+        let outcome = match decision {
+            RefreshDecision::Refuse(error) => return Err(error),
+            RefreshDecision::Repeat => RefreshOutcome::Repeated(session),
+            RefreshDecision::Rotate {
+                successor,
+                idle_expires_at,
+                forget_before,
+            } => {
+                conn.retire_current_refresh_token(session.id, now).await?;
+                conn.insert_refresh_token(&successor, session.id, found.generation + 1, now)
+                    .await?;
+                conn.forget_refresh_tokens_before(session.id, forget_before)
+                    .await?;
+                // A refresh is activity, written every time rather than coalesced.
+                let updated = conn
+                    .record_activity(session.id, now, idle_expires_at, DateTime::<Utc>::MAX_UTC)
+                    .await?
+                    .ok_or_else(|| {
+                        Error::Internal(anyhow::anyhow!("a locked live session vanished"))
+                    })?;
+                RefreshOutcome::Rotated(updated)
+            }
+            RefreshDecision::Revoke(reason) => match conn.revoke(session.id, now, &reason).await? {
+                Some(revoked) => RefreshOutcome::Revoked(revoked),
+                None => return Err(Error::RefreshRefused(RefreshRefusal::SessionRevoked)),
+            },
+        };
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    async fn revoke(
+        &self,
+        id: SessionId,
+        now: DateTime<Utc>,
+        reason: &RevokeReason,
+    ) -> Result<Revocation> {
+        let mut conn = self.pool.acquire().await?;
+        Ok(match conn.revoke(id, now, reason).await? {
+            Some(revoked) => Revocation::Revoked(revoked),
+            None if conn.find_session(id).await?.is_some() => Revocation::AlreadyRevoked,
+            None => Revocation::NotFound,
+        })
+    }
+
+    async fn revoke_user(
+        &self,
+        user_id: &UserId,
+        except: Option<SessionId>,
+        now: DateTime<Utc>,
+        reason: &RevokeReason,
+    ) -> Result<Vec<Session>> {
+        self.pool
+            .acquire()
+            .await?
+            .revoke_user(user_id, except, now, reason)
+            .await
+    }
+
+    async fn list(
+        &self,
+        user_id: &UserId,
+        include_revoked: bool,
+        now: DateTime<Utc>,
+        after: Option<SessionId>,
+        limit: i64,
+    ) -> Result<Vec<Session>> {
+        self.pool
+            .acquire()
+            .await?
+            .list_sessions(user_id, include_revoked, now, after, limit)
+            .await
+    }
+}
