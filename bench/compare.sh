@@ -1,0 +1,215 @@
+#!/usr/bin/env bash
+# Measures sessiond against its targets, on this machine, in one run:
+#
+#   warm Validate / no-op Health/Check             >= 0.8
+#   Validate without the local tier / Redis GET    >= 0.5
+#   CreateSession / pgbench single-row INSERT      >= 0.5
+#   Validate p99 at half its peak throughput       <= 1 ms
+#   (and, when the seeded database exists, the p99 of a Validate that misses every cache)
+#
+# It builds release, starts its own sessiond servers on free loopback ports against a fresh
+# database sessiond_bench_<pid> on the local Postgres and the local Redis under a unique key
+# prefix, with generated keys; runs sessiond-bench, redis-benchmark and pgbench at the same
+# concurrency; prints every raw result and then the ratios. On exit it stops its servers, drops its
+# database and deletes its Redis keys. It never stops Postgres or Redis.
+#
+#   bench/compare.sh
+#   CONCURRENCY=64 DURATION=20s bench/compare.sh
+#
+# Environment (defaults): CONCURRENCY (32), CONNECTIONS (2), DURATION (10s), WARMUP (2s),
+# SESSIONS (1000, for validate-spread), PGHOST (127.0.0.1), PGPORT (5432), PGUSER (postgres),
+# REDIS_HOST (127.0.0.1), REDIS_PORT (6379), REDIS_REQUESTS (200000, for redis-benchmark),
+# COLD_DB (sessiond_bench_10m: made by bench/seed.sh; the cold step is skipped if it has no rows),
+# COLD_SAMPLE (50000), BIN_DIR (unset: build release and use target/release), OUT (a temp dir: where the JSON and logs are kept).
+set -euo pipefail
+
+concurrency="${CONCURRENCY:-32}"
+connections="${CONNECTIONS:-2}"
+duration="${DURATION:-10s}"
+warmup="${WARMUP:-2s}"
+sessions="${SESSIONS:-1000}"
+redis_host="${REDIS_HOST:-127.0.0.1}"
+redis_port="${REDIS_PORT:-6379}"
+redis_requests="${REDIS_REQUESTS:-200000}"
+cold_db="${COLD_DB:-sessiond_bench_10m}"
+cold_sample="${COLD_SAMPLE:-50000}"
+export PGHOST="${PGHOST:-127.0.0.1}" PGPORT="${PGPORT:-5432}" PGUSER="${PGUSER:-postgres}"
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+work="$(mktemp -d -t sessiond-bench.XXXXXX)"
+out="${OUT:-$work}"
+mkdir -p "$out"
+db="sessiond_bench_$$"
+prefix="sessiond-bench:$$:"
+pids=()
+
+cleanup() {
+  local status=$?
+  for pid in "${pids[@]}"; do
+    kill "$pid" 2>/dev/null || true
+  done
+  for pid in "${pids[@]}"; do
+    wait "$pid" 2>/dev/null || true
+  done
+  dropdb --if-exists --force "$db" 2>/dev/null || true
+  redis-cli -h "$redis_host" -p "$redis_port" --scan --pattern "${prefix}*" 2>/dev/null |
+    xargs -r -n 500 redis-cli -h "$redis_host" -p "$redis_port" unlink >/dev/null 2>&1 || true
+  if [[ "$out" == "$work" ]]; then
+    rm -rf "$work"
+  else
+    rm -f "$work/signing.pem" "$work/refresh.key"
+    rmdir "$work" 2>/dev/null || true
+  fi
+  exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+echo "== sessiond bench/compare.sh on $(hostname), $(nproc) cores, $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+echo "== git $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo ' (with uncommitted changes)')"
+echo "== concurrency=$concurrency connections=$connections duration=$duration warmup=$warmup"
+
+# BIN_DIR: bench the sessiond and sessiond-bench already built there instead of building release.
+if [[ -z "${BIN_DIR:-}" ]]; then
+  echo "== building release"
+  cargo build --release --quiet --bin sessiond --bin sessiond-bench
+fi
+bin="${BIN_DIR:-target/release}"
+bench="$bin/sessiond-bench"
+
+openssl genpkey -algorithm ed25519 -out "$work/signing.pem" 2>/dev/null
+head -c 32 /dev/urandom >"$work/refresh.key"
+createdb "$db"
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# start_server NAME DATABASE [VAR=VALUE...]: starts a sessiond, sets $addr to its URL.
+start_server() {
+  local name="$1" database="$2"
+  shift 2
+  local port
+  port="$(free_port)"
+  env SESSIOND_LISTEN_ADDR="127.0.0.1:$port" \
+    SESSIOND_DATABASE_URL="postgres://$PGUSER@$PGHOST:$PGPORT/$database" \
+    SESSIOND_REDIS_URL="redis://$redis_host:$redis_port" \
+    SESSIOND_REDIS_KEY_PREFIX="$prefix$name:" \
+    SESSIOND_SIGNING_KEY_FILE="$work/signing.pem" \
+    SESSIOND_REFRESH_KEY_FILE="$work/refresh.key" \
+    "$@" "$bin/sessiond" >"$out/sessiond-$name.log" 2>&1 &
+  pids+=("$!")
+  addr="http://127.0.0.1:$port"
+  "$bench" --addr "$addr" --ready-only --wait-ready 60s >/dev/null
+  echo "== sessiond '$name' serving at $addr (database $database${*:+, $*})"
+}
+
+stop_last_server() {
+  local pid="${pids[-1]}"
+  kill "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  unset 'pids[-1]'
+}
+
+common=(--concurrency "$concurrency" --connections "$connections" --duration "$duration" --warmup "$warmup")
+
+echo
+echo "== (c) sessiond-bench: every scenario"
+start_server main "$db"
+"$bench" --addr "$addr" "${common[@]}" --sessions "$sessions" --scenario all --json "$out/all.json"
+echo
+echo "== (c) sessiond-bench: Validate p99 at half its peak (open loop, timed from the scheduled send)"
+"$bench" --addr "$addr" "${common[@]}" --scenario validate-warm --rate-of-peak 0.5 --json "$out/half-peak.json"
+stop_last_server
+
+echo
+echo "== (c) sessiond-bench: Validate without the in-process tier"
+start_server no-local "$db" SESSIOND_LOCAL_CACHE=off
+"$bench" --addr "$addr" "${common[@]}" --sessions "$sessions" --scenario validate-no-local-cache --json "$out/no-local.json"
+stop_last_server
+
+cold_rows="$(psql -X -d "$cold_db" -Atc 'SELECT reltuples::bigint FROM pg_class WHERE relname = '"'session'" 2>/dev/null || true)"
+if [[ -n "$cold_rows" && "$cold_rows" -gt 0 ]]; then
+  echo
+  echo "== (c) sessiond-bench: cold Validate over $cold_db (~$cold_rows sessions; each token used once)"
+  start_server cold "$cold_db"
+  "$bench" --addr "$addr" "${common[@]}" --scenario validate-cold \
+    --database-url "postgres://$PGUSER@$PGHOST:$PGPORT/$cold_db" --signing-key-file "$work/signing.pem" \
+    --cold-sample "$cold_sample" --json "$out/cold.json"
+  stop_last_server
+else
+  echo
+  echo "== cold Validate skipped: no seeded database $cold_db (run bench/seed.sh)"
+fi
+
+echo
+echo "== (d) redis-benchmark GET, $concurrency clients"
+redis_line="$(redis-benchmark -h "$redis_host" -p "$redis_port" -t get -c "$concurrency" -n "$redis_requests" -q | tr '\r' '\n' | grep -E '^GET' | tail -1)"
+echo "$redis_line"
+redis_rps="$(sed -nE 's/^GET: ([0-9.]+) requests per second.*/\1/p' <<<"$redis_line")"
+
+echo
+echo "== (d) pgbench: one session-shaped INSERT per transaction, $concurrency clients, 10 s"
+cat >"$work/insert.sql" <<'SQL'
+\set uid random(1, 1000000000000)
+INSERT INTO session (session_id, user_id, device_id, device_name, user_agent, ip_address, metadata,
+                     created_at, last_seen_at, expires_at, idle_expires_at)
+VALUES (encode(set_bit(set_bit(overlay(uuid_send(gen_random_uuid())
+          PLACING substring(int8send(floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint) FROM 3)
+          FROM 1 FOR 6), 52, 1), 53, 1), 'hex')::uuid,
+        'pgbench-' || :uid, 'device-1', 'bench device', 'pgbench/1.0', '203.0.113.7', '{"app": "bench"}',
+        now(), now(), now() + interval '30 days', now() + interval '7 days');
+SQL
+pgbench -n -f "$work/insert.sql" -c "$concurrency" -j 2 -T 10 "$db" 2>&1 | tee "$out/pgbench.txt" | grep -E '^(tps|latency|number of (transactions|failed))'
+pg_tps="$(sed -nE 's/^tps = ([0-9.]+).*/\1/p' "$out/pgbench.txt" | head -1)"
+
+# --- (e) the ratios -------------------------------------------------------------------------------
+row() { # row FILE JQ-FILTER-ON-NAME FIELD
+  jq -r --arg field "$3" "[.results[] | select(.failed == null) | select(.name | $2)][0][\$field] // empty" "$1"
+}
+noop="$(jq -r '.noop_throughput // empty' "$out/all.json")"
+warm="$(row "$out/all.json" '. == "validate-warm"' throughput)"
+no_local="$(row "$out/no-local.json" 'startswith("validate-no-local-cache")' throughput)"
+create="$(row "$out/all.json" '. == "create"' throughput)"
+peak="$(row "$out/half-peak.json" '. == "validate-warm"' throughput)"
+half_rate="$(row "$out/half-peak.json" 'endswith("x peak")' throughput)"
+half_p99="$(row "$out/half-peak.json" 'endswith("x peak")' p99_us)"
+cold_p99=""
+if [[ -f "$out/cold.json" ]]; then
+  cold_p99="$(row "$out/cold.json" '. == "validate-cold"' p99_us)"
+  cold_rate="$(row "$out/cold.json" '. == "validate-cold"' throughput)"
+fi
+
+verdict() { # verdict VALUE OP TARGET
+  awk -v v="$1" -v t="$3" -v op="$2" 'BEGIN {
+    if (v == "") { print "n/a"; exit }
+    ok = (op == ">=") ? (v >= t) : (v <= t); print ok ? "met" : "NOT met" }'
+}
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b == 0) print ""; else printf "%.3f", a / b }'; }
+
+r_warm="$(ratio "$warm" "$noop")"
+r_redis="$(ratio "$no_local" "$redis_rps")"
+r_pg="$(ratio "$create" "$pg_tps")"
+half_ms="$(awk -v us="$half_p99" 'BEGIN { if (us != "") printf "%.3f", us / 1000 }')"
+
+echo
+echo "== (e) targets (concurrency $concurrency; every figure from this run)"
+printf '%-46s %-40s %-9s %-7s %s\n' "target" "measured" "value" "goal" "verdict"
+printf '%-46s %-40s %-9s %-7s %s\n' "warm Validate / no-op Health/Check" \
+  "$(printf '%.0f / %.0f req/s' "${warm:-0}" "${noop:-0}")" "$r_warm" ">= 0.8" "$(verdict "$r_warm" '>=' 0.8)"
+printf '%-46s %-40s %-9s %-7s %s\n' "Validate without local tier / Redis GET" \
+  "$(printf '%.0f / %.0f req/s' "${no_local:-0}" "${redis_rps:-0}")" "$r_redis" ">= 0.5" "$(verdict "$r_redis" '>=' 0.5)"
+printf '%-46s %-40s %-9s %-7s %s\n' "CreateSession / pgbench INSERT" \
+  "$(printf '%.0f req/s / %.0f tps' "${create:-0}" "${pg_tps:-0}")" "$r_pg" ">= 0.5" "$(verdict "$r_pg" '>=' 0.5)"
+printf '%-46s %-40s %-9s %-7s %s\n' "Validate p99 at half peak (ms)" \
+  "$(printf 'p99 at %.0f req/s (peak %.0f)' "${half_rate:-0}" "${peak:-0}")" "$half_ms" "<= 1 ms" "$(verdict "$half_ms" '<=' 1)"
+if [[ -n "$cold_p99" ]]; then
+  printf '%-46s %-40s %-9s %-7s %s\n' "cold Validate p99 (ms), $cold_db" \
+    "$(printf 'closed loop, %.0f req/s' "${cold_rate:-0}")" "$(awk -v us="$cold_p99" 'BEGIN { printf "%.3f", us / 1000 }')" "-" "(reported)"
+fi
+echo
+echo "== note: SESSIOND_LOCAL_CACHE=off only changes sessiond once that setting exists; before, the"
+echo "   'without local tier' server is an ordinary one."
+if [[ "$out" != "$work" ]]; then echo "== JSON and server logs kept in $out"; fi
