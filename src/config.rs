@@ -15,6 +15,19 @@ pub struct Settings {
     #[arg(long, env = "SESSIOND_LISTEN_ADDR", default_value = "[::]:50051")]
     pub listen_addr: SocketAddr,
 
+    /// Address of the ops HTTP server: `/metrics` (Prometheus) and `/.well-known/jwks.json`.
+    #[arg(long, env = "SESSIOND_OPS_ADDR", default_value = "[::]:9090")]
+    pub ops_addr: SocketAddr,
+
+    /// After SIGTERM, how long to keep answering while readiness reports NOT_SERVING, so load
+    /// balancers stop sending new calls before the listener closes.
+    #[arg(long, env = "SESSIOND_SHUTDOWN_DRAIN", default_value = "5s", value_parser = parse_duration)]
+    pub shutdown_drain: Duration,
+
+    /// After the drain, how long calls in flight may take to finish before the process exits anyway.
+    #[arg(long, env = "SESSIOND_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+
     /// Postgres URL, the shared source of truth. Unset: the embedded single-node store (SQLite)
     /// in `SESSIOND_DATA_DIR`.
     #[arg(long, env = "SESSIOND_DATABASE_URL", hide_env_values = true)]
@@ -95,15 +108,32 @@ pub struct Settings {
     #[arg(long, env = "SESSIOND_SESSION_LIMIT_POLICY", value_enum, default_value_t = LimitPolicy::EvictOldest)]
     pub session_limit_policy: LimitPolicy,
 
-    /// Ed25519 private key (PKCS#8 PEM) that signs access tokens. Without it, a random key is made at
-    /// start: tokens then die with the process and replicas refuse each other's tokens.
+    /// Ed25519 private key (PKCS#8 PEM) that signs access tokens. Without it or a keys folder, a
+    /// random key is made at start: tokens then die with the process and replicas refuse each
+    /// other's tokens.
     #[arg(long, env = "SESSIOND_SIGNING_KEY_FILE")]
     pub signing_key_file: Option<PathBuf>,
 
+    /// Folder of Ed25519 private keys (PKCS#8 PEM), read in name order: the last signs, all verify.
+    /// Rotate by adding a file; retire a key by removing its file. Reread on SIGHUP and every
+    /// `SESSIOND_KEY_RELOAD_INTERVAL`.
+    #[arg(long, env = "SESSIOND_SIGNING_KEYS_DIR")]
+    pub signing_keys_dir: Option<PathBuf>,
+
     /// File holding at least 32 random bytes, the HMAC key that derives each next refresh token.
-    /// Without it, a random key is made at start, and a retried refresh after a restart is refused.
+    /// Without it or a keys folder, a random key is made at start, and a retried refresh after a
+    /// restart is refused.
     #[arg(long, env = "SESSIOND_REFRESH_KEY_FILE")]
     pub refresh_key_file: Option<PathBuf>,
+
+    /// Folder of refresh keys, read in name order: the last derives new tokens, all recognise a
+    /// retried refresh. Rotating it never invalidates a live refresh token.
+    #[arg(long, env = "SESSIOND_REFRESH_KEYS_DIR")]
+    pub refresh_keys_dir: Option<PathBuf>,
+
+    /// How often key files are reread (as well as on SIGHUP).
+    #[arg(long, env = "SESSIOND_KEY_RELOAD_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub key_reload_interval: Duration,
 
     /// The `iss` claim of issued access tokens, and the only one accepted.
     #[arg(long, env = "SESSIOND_ISSUER", default_value = "sessiond")]

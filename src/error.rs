@@ -105,8 +105,10 @@ impl From<sqlx::Error> for Error {
             _ => false,
         };
         if unreachable {
+            crate::metrics::store_error("unavailable");
             Self::StoreUnavailable(error)
         } else {
+            crate::metrics::store_error("internal");
             Self::Internal(error.into())
         }
     }

@@ -8,19 +8,22 @@ use sessiond::{config::Settings, startup::Application, telemetry};
 #[tokio::main]
 async fn main() -> ExitCode {
     let settings = Settings::parse();
-    telemetry::init(settings.log_format);
+    // Held until the end: shutting it down flushes the spans still buffered.
+    let telemetry = telemetry::init(settings.log_format);
     let served = match Application::build(settings).await {
         Ok(application) => application.run_until_stopped(shutdown_signal()).await,
         Err(error) => Err(error),
     };
-    match served {
+    let code = match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             // `{:#}` prints the whole chain on one line, e.g. "SESSIOND_SIGNING_KEY_FILE: cannot read ...".
             tracing::error!("sessiond stopped: {error:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    telemetry.shutdown();
+    code
 }
 
 /// Resolves on SIGTERM (Kubernetes) or Ctrl-C.

@@ -1,9 +1,18 @@
-//! Builds the whole service from settings; `main` and the tests both go through `Application`.
+//! Builds the whole service from settings, and runs it until stopped. `main` and the tests both
+//! go through `Application`.
+//!
+//! Two listeners: gRPC (the session API, health, reflection) and the ops HTTP port (`/metrics`,
+//! `/.well-known/jwks.json`).
+//!
+//! Health: `liveness` reports SERVING from start until exit (is the process serving?);
+//! `sessiond.v1.SessionService` and `""` report readiness: SERVING once the store has answered
+//! and been migrated, NOT_SERVING again from the moment shutdown begins.
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
-use tokio::net::TcpListener;
+use axum::{Router, http::header, response::IntoResponse, routing::get};
+use tokio::{net::TcpListener, sync::watch};
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 use tonic_health::{ServingStatus, server::HealthReporter};
@@ -14,21 +23,30 @@ use crate::{
     cache::{LocalSettings, LocalTier, RedisSettings, RedisTier, SessionCache},
     clock::{Clock, SystemClock},
     config::Settings,
+    metrics,
     store::{PostgresStore, SessionStore, SqliteStore},
-    token::{AccessTokens, RefreshKey, SigningKey},
+    token::{KeySource, Keys},
 };
 
-/// How long to wait between attempts to reach Postgres at start.
+/// The health service name the liveness probe asks for.
+pub const LIVENESS: &str = "liveness";
+
+/// How long to wait between attempts to reach the store at start.
 const STORE_RETRY_INTERVAL: Duration = Duration::from_secs(1);
 
-/// A built sessiond, bound to its port but not yet serving.
+/// A built sessiond, bound to its ports but not yet serving.
 pub struct Application {
     listener: TcpListener,
     local_addr: SocketAddr,
-    api: SessionApi,
+    ops_listener: TcpListener,
+    ops_addr: SocketAddr,
+    authority: Arc<Authority>,
     store: Arc<dyn SessionStore>,
     /// Whether the store answered and is migrated.
     store_ready: bool,
+    key_reload_interval: Duration,
+    shutdown_drain: Duration,
+    shutdown_grace: Duration,
 }
 
 impl Application {
@@ -44,91 +62,135 @@ impl Application {
     ) -> anyhow::Result<Self> {
         settings.validate().map_err(anyhow::Error::msg)?;
         let policy = Policy::from_settings(&settings).map_err(anyhow::Error::msg)?;
-        let signing_key = match &settings.signing_key_file {
-            Some(path) => SigningKey::from_pem_file(path).context("SESSIOND_SIGNING_KEY_FILE")?,
-            None => {
-                tracing::warn!(
-                    "SESSIOND_SIGNING_KEY_FILE is not set: signing with a random key. Access tokens die with \
-                     this process, and other replicas will refuse them. Set it in production."
-                );
-                SigningKey::generate()?
-            }
-        };
-        let refresh_key = match &settings.refresh_key_file {
-            Some(path) => RefreshKey::from_file(path).context("SESSIOND_REFRESH_KEY_FILE")?,
-            None => {
-                tracing::warn!(
-                    "SESSIOND_REFRESH_KEY_FILE is not set: using a random key. A refresh retried across a \
-                     restart or another replica is refused. Set it in production."
-                );
-                RefreshKey::generate()?
-            }
-        };
-        let (store, cache) = build_storage(&settings)?;
-        let access_tokens = AccessTokens::new(
-            signing_key,
+        let keys = Keys::load(
+            KeySource {
+                file: settings.signing_key_file.clone(),
+                dir: settings.signing_keys_dir.clone(),
+            },
+            KeySource {
+                file: settings.refresh_key_file.clone(),
+                dir: settings.refresh_keys_dir.clone(),
+            },
             settings.issuer.clone(),
             settings.audience.clone(),
-        );
+        )
+        .context("SESSIOND_SIGNING_KEY_FILE / SESSIOND_SIGNING_KEYS_DIR / SESSIOND_REFRESH_KEY_FILE / SESSIOND_REFRESH_KEYS_DIR")?;
+        metrics::handle();
+        metrics::signing_keys(keys.access_tokens.verification_keys().len());
         tracing::info!(
-            kid = access_tokens.signing_key().kid(),
+            kid = keys.access_tokens.signing_key().kid(),
             "signing access tokens"
         );
-        let authority = Authority::new(
-            store.clone(),
-            cache,
-            access_tokens,
-            refresh_key,
-            policy,
-            clock,
-        );
 
-        let listener = TcpListener::bind(settings.listen_addr)
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot listen on SESSIOND_LISTEN_ADDR {}",
-                    settings.listen_addr
-                )
-            })?;
-        let local_addr = listener.local_addr()?;
+        let (store, cache) = build_storage(&settings)?;
+        let authority = Authority::new(store.clone(), cache, keys, policy, clock);
+
+        let listener = bind("SESSIOND_LISTEN_ADDR", settings.listen_addr).await?;
+        let ops_listener = bind("SESSIOND_OPS_ADDR", settings.ops_addr).await?;
         Ok(Self {
+            local_addr: listener.local_addr()?,
+            ops_addr: ops_listener.local_addr()?,
             listener,
-            local_addr,
-            api: SessionApi::new(Arc::new(authority)),
+            ops_listener,
+            authority: Arc::new(authority),
             store_ready: migrate(store.as_ref()).await,
             store,
+            key_reload_interval: settings.key_reload_interval,
+            shutdown_drain: settings.shutdown_drain,
+            shutdown_grace: settings.shutdown_grace,
         })
     }
 
-    /// The address actually bound (useful with port 0).
+    /// The gRPC address actually bound (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }
 
-    /// Serves until `shutdown` resolves, then finishes the calls in flight.
+    /// The ops HTTP address actually bound.
+    pub fn ops_addr(&self) -> SocketAddr {
+        self.ops_addr
+    }
+
+    /// Serves until `shutdown` resolves. Then: readiness goes NOT_SERVING, calls are still
+    /// answered for the drain period, the listeners close, and calls in flight get the grace
+    /// period to finish.
     pub async fn run_until_stopped(
         self,
-        shutdown: impl Future<Output = ()> + Send,
+        shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let (health, health_service) = tonic_health::server::health_reporter();
+        health
+            .set_service_status(LIVENESS, ServingStatus::Serving)
+            .await;
         if self.store_ready {
-            set_health(&health, ServingStatus::Serving).await;
+            set_readiness(&health, ServingStatus::Serving).await;
         } else {
-            set_health(&health, ServingStatus::NotServing).await;
-            tokio::spawn(prepare_store(self.store.clone(), health));
+            set_readiness(&health, ServingStatus::NotServing).await;
+            tokio::spawn(prepare_store(self.store.clone(), health.clone()));
         }
+        let key_reloader = tokio::spawn(reload_keys(
+            self.authority.clone(),
+            self.key_reload_interval,
+        ));
 
-        tracing::info!(addr = %self.local_addr, "serving sessiond.v1.SessionService");
-        Server::builder()
+        // `stopping` flips when the drain is over: the listeners close then.
+        let (stopping_tx, stopping) = watch::channel(false);
+        let drain = self.shutdown_drain;
+        let draining_health = health.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            tracing::info!(drain = ?drain, "shutting down: NOT_SERVING, draining");
+            set_readiness(&draining_health, ServingStatus::NotServing).await;
+            tokio::time::sleep(drain).await;
+            let _ = stopping_tx.send(true);
+        });
+
+        let ops = tokio::spawn(serve_ops(
+            self.ops_listener,
+            self.authority.clone(),
+            stopped(stopping.clone()),
+        ));
+        tracing::info!(addr = %self.local_addr, ops_addr = %self.ops_addr, "serving sessiond.v1.SessionService");
+        let grpc = Server::builder()
+            .trace_fn(crate::telemetry::grpc_request_span)
             .add_service(health_service)
             .add_service(reflection().build_v1()?)
             .add_service(reflection().build_v1alpha()?)
-            .add_service(SessionServiceServer::new(self.api))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown)
-            .await
-            .context("the gRPC server failed")
+            .add_service(SessionServiceServer::from_arc(Arc::new(SessionApi::new(
+                self.authority,
+            ))))
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(self.listener),
+                stopped(stopping.clone()),
+            );
+
+        let grace = self.shutdown_grace;
+        let served = tokio::select! {
+            served = grpc => served.context("the gRPC server failed"),
+            () = async { stopped(stopping).await; tokio::time::sleep(grace).await } => {
+                tracing::warn!(grace = ?grace, "calls still in flight after the grace period; exiting anyway");
+                Ok(())
+            }
+        };
+        key_reloader.abort();
+        ops.abort();
+        health
+            .set_service_status(LIVENESS, ServingStatus::NotServing)
+            .await;
+        tracing::info!("stopped");
+        served
     }
+}
+
+async fn bind(setting: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {setting} {addr}"))
+}
+
+/// Resolves once `stopping` has flipped to true.
+async fn stopped(mut stopping: watch::Receiver<bool>) {
+    let _ = stopping.wait_for(|stopping| *stopping).await;
 }
 
 /// The store the settings name, and the cache tiers that go with it.
@@ -197,7 +259,70 @@ async fn prepare_store(store: Arc<dyn SessionStore>, health: HealthReporter) {
         tokio::time::sleep(STORE_RETRY_INTERVAL).await;
     }
     tracing::info!("the store is ready; serving");
-    set_health(&health, ServingStatus::Serving).await;
+    set_readiness(&health, ServingStatus::Serving).await;
+}
+
+/// Rereads the key files on SIGHUP and every `every`; a bad file keeps the keys in use.
+async fn reload_keys(authority: Arc<Authority>, every: Duration) {
+    #[cfg(unix)]
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|error| tracing::error!(%error, "cannot listen for SIGHUP; keys reload on the interval only"))
+        .ok();
+    let mut ticker = tokio::time::interval(every);
+    ticker.tick().await;
+    loop {
+        #[cfg(unix)]
+        let hangup_received = async {
+            match hangup.as_mut() {
+                Some(hangup) => drop(hangup.recv().await),
+                None => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let hangup_received = std::future::pending::<()>();
+        tokio::select! {
+            () = hangup_received => tracing::info!("SIGHUP: rereading keys"),
+            _ = ticker.tick() => {}
+        }
+        if let Err(error) = authority.reload_keys() {
+            tracing::error!("key reload failed; keeping the keys in use: {error:#}");
+        }
+    }
+}
+
+/// The ops HTTP server: Prometheus metrics and the JWKS.
+async fn serve_ops(
+    listener: TcpListener,
+    authority: Arc<Authority>,
+    stop: impl Future<Output = ()> + Send + 'static,
+) {
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(|| async {
+                let text = metrics::handle()
+                    .map(|handle| handle.render())
+                    .unwrap_or_default();
+                ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+            }),
+        )
+        .route(
+            "/.well-known/jwks.json",
+            get(move || async move {
+                // Short caching: a rotation reaches verifiers within a minute.
+                (
+                    [(header::CACHE_CONTROL, "public, max-age=60")],
+                    axum::Json(authority.jwks()),
+                )
+                    .into_response()
+            }),
+        );
+    if let Err(error) = axum::serve(listener, app)
+        .with_graceful_shutdown(stop)
+        .await
+    {
+        tracing::error!(%error, "the ops server failed");
+    }
 }
 
 /// Reflection over sessiond's and health's protos, so grpcurl needs no proto files.
@@ -207,8 +332,8 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
 }
 
-/// Sets the status of the whole server ("") and of the session service.
-async fn set_health(health: &HealthReporter, status: ServingStatus) {
+/// Sets readiness: the whole server ("") and the session service.
+async fn set_readiness(health: &HealthReporter, status: ServingStatus) {
     health.set_service_status("", status).await;
     health
         .set_service_status(

@@ -5,11 +5,14 @@ mod convert;
 pub mod pb;
 mod status;
 
-use std::sync::Arc;
+use std::{future::Future, sync::Arc, time::Instant};
 
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
 
-use crate::authority::{Authority, Verdict};
+use crate::{
+    authority::{Authority, Verdict},
+    metrics,
+};
 use pb::session_service_server::SessionService;
 
 /// The `SessionService` implementation.
@@ -31,9 +34,12 @@ impl SessionService for SessionApi {
         &self,
         request: Request<pb::CreateSessionRequest>,
     ) -> Result<Response<pb::CreateSessionResponse>, Status> {
-        let new = convert::new_session(request.into_inner())?;
-        let (session, tokens) = convert::issued(self.authority.create_session(new).await?);
-        Ok(Response::new(pb::CreateSessionResponse { session, tokens }))
+        observed("CreateSession", async {
+            let new = convert::new_session(request.into_inner())?;
+            let (session, tokens) = convert::issued(self.authority.create_session(new).await?);
+            Ok(Response::new(pb::CreateSessionResponse { session, tokens }))
+        })
+        .await
     }
 
     #[tracing::instrument(name = "rpc.Validate", skip_all)]
@@ -41,23 +47,26 @@ impl SessionService for SessionApi {
         &self,
         request: Request<pb::ValidateRequest>,
     ) -> Result<Response<pb::ValidateResponse>, Status> {
-        let response = match self
-            .authority
-            .validate(&request.into_inner().access_token)
-            .await?
-        {
-            Verdict::Valid(session) => pb::ValidateResponse {
-                valid: true,
-                status: pb::TokenStatus::Valid.into(),
-                session: Some((*session).into()),
-            },
-            Verdict::Refused(refusal) => pb::ValidateResponse {
-                valid: false,
-                status: convert::token_status(refusal).into(),
-                session: None,
-            },
-        };
-        Ok(Response::new(response))
+        observed("Validate", async {
+            let response = match self
+                .authority
+                .validate(&request.into_inner().access_token)
+                .await?
+            {
+                Verdict::Valid(session) => pb::ValidateResponse {
+                    valid: true,
+                    status: pb::TokenStatus::Valid.into(),
+                    session: Some((*session).into()),
+                },
+                Verdict::Refused(refusal) => pb::ValidateResponse {
+                    valid: false,
+                    status: convert::token_status(refusal).into(),
+                    session: None,
+                },
+            };
+            Ok(Response::new(response))
+        })
+        .await
     }
 
     #[tracing::instrument(name = "rpc.Refresh", skip_all)]
@@ -65,9 +74,12 @@ impl SessionService for SessionApi {
         &self,
         request: Request<pb::RefreshRequest>,
     ) -> Result<Response<pb::RefreshResponse>, Status> {
-        let token = convert::refresh_token(request.into_inner().refresh_token)?;
-        let (session, tokens) = convert::issued(self.authority.refresh(token).await?);
-        Ok(Response::new(pb::RefreshResponse { session, tokens }))
+        observed("Refresh", async {
+            let token = convert::refresh_token(request.into_inner().refresh_token)?;
+            let (session, tokens) = convert::issued(self.authority.refresh(token).await?);
+            Ok(Response::new(pb::RefreshResponse { session, tokens }))
+        })
+        .await
     }
 
     #[tracing::instrument(name = "rpc.RevokeSession", skip_all)]
@@ -75,11 +87,14 @@ impl SessionService for SessionApi {
         &self,
         request: Request<pb::RevokeSessionRequest>,
     ) -> Result<Response<pb::RevokeSessionResponse>, Status> {
-        let request = request.into_inner();
-        let id = convert::session_id("session_id", &request.session_id)?;
-        let reason = convert::reason("reason", request.reason)?;
-        let revoked = self.authority.revoke_session(id, reason).await?;
-        Ok(Response::new(pb::RevokeSessionResponse { revoked }))
+        observed("RevokeSession", async {
+            let request = request.into_inner();
+            let id = convert::session_id("session_id", &request.session_id)?;
+            let reason = convert::reason("reason", request.reason)?;
+            let revoked = self.authority.revoke_session(id, reason).await?;
+            Ok(Response::new(pb::RevokeSessionResponse { revoked }))
+        })
+        .await
     }
 
     #[tracing::instrument(name = "rpc.RevokeUserSessions", skip_all)]
@@ -87,17 +102,21 @@ impl SessionService for SessionApi {
         &self,
         request: Request<pb::RevokeUserSessionsRequest>,
     ) -> Result<Response<pb::RevokeUserSessionsResponse>, Status> {
-        let request = request.into_inner();
-        let user_id = convert::user_id("user_id", request.user_id)?;
-        let except = convert::optional_session_id("except_session_id", &request.except_session_id)?;
-        let reason = convert::reason("reason", request.reason)?;
-        let count = self
-            .authority
-            .revoke_user_sessions(&user_id, except, reason)
-            .await?;
-        Ok(Response::new(pb::RevokeUserSessionsResponse {
-            revoked_count: u32::try_from(count).unwrap_or(u32::MAX),
-        }))
+        observed("RevokeUserSessions", async {
+            let request = request.into_inner();
+            let user_id = convert::user_id("user_id", request.user_id)?;
+            let except =
+                convert::optional_session_id("except_session_id", &request.except_session_id)?;
+            let reason = convert::reason("reason", request.reason)?;
+            let count = self
+                .authority
+                .revoke_user_sessions(&user_id, except, reason)
+                .await?;
+            Ok(Response::new(pb::RevokeUserSessionsResponse {
+                revoked_count: u32::try_from(count).unwrap_or(u32::MAX),
+            }))
+        })
+        .await
     }
 
     #[tracing::instrument(name = "rpc.ListUserSessions", skip_all)]
@@ -105,21 +124,24 @@ impl SessionService for SessionApi {
         &self,
         request: Request<pb::ListUserSessionsRequest>,
     ) -> Result<Response<pb::ListUserSessionsResponse>, Status> {
-        let request = request.into_inner();
-        let user_id = convert::user_id("user_id", request.user_id)?;
-        let page_size = convert::page_size(request.page_size)?;
-        let after = convert::decode_page_token(&request.page_token)?;
-        let page = self
-            .authority
-            .list_user_sessions(&user_id, request.include_revoked, page_size, after)
-            .await?;
-        Ok(Response::new(pb::ListUserSessionsResponse {
-            sessions: page.sessions.into_iter().map(Into::into).collect(),
-            next_page_token: page
-                .next
-                .map(convert::encode_page_token)
-                .unwrap_or_default(),
-        }))
+        observed("ListUserSessions", async {
+            let request = request.into_inner();
+            let user_id = convert::user_id("user_id", request.user_id)?;
+            let page_size = convert::page_size(request.page_size)?;
+            let after = convert::decode_page_token(&request.page_token)?;
+            let page = self
+                .authority
+                .list_user_sessions(&user_id, request.include_revoked, page_size, after)
+                .await?;
+            Ok(Response::new(pb::ListUserSessionsResponse {
+                sessions: page.sessions.into_iter().map(Into::into).collect(),
+                next_page_token: page
+                    .next
+                    .map(convert::encode_page_token)
+                    .unwrap_or_default(),
+            }))
+        })
+        .await
     }
 
     #[tracing::instrument(name = "rpc.GetSession", skip_all)]
@@ -127,7 +149,22 @@ impl SessionService for SessionApi {
         &self,
         request: Request<pb::GetSessionRequest>,
     ) -> Result<Response<pb::Session>, Status> {
-        let id = convert::session_id("session_id", &request.into_inner().session_id)?;
-        Ok(Response::new(self.authority.get_session(id).await?.into()))
+        observed("GetSession", async {
+            let id = convert::session_id("session_id", &request.into_inner().session_id)?;
+            Ok(Response::new(self.authority.get_session(id).await?.into()))
+        })
+        .await
     }
+}
+
+/// Runs one call and records its code and latency.
+async fn observed<T>(
+    method: &'static str,
+    call: impl Future<Output = Result<T, Status>>,
+) -> Result<T, Status> {
+    let started = Instant::now();
+    let result = call.await;
+    let code = result.as_ref().map_or_else(Status::code, |_| Code::Ok);
+    metrics::rpc(method, code, started.elapsed());
+    result
 }

@@ -17,8 +17,9 @@ use crate::{
     clock::Clock,
     domain::{Device, Metadata, RevokeReason, Session, SessionId, SessionState, UserId},
     error::{Error, RefreshRefusal, Result},
+    metrics,
     store::{RefreshOutcome, RefreshState, Revocation, SessionStore},
-    token::{AccessTokens, RefreshKey, RefreshToken, TokenRejection, VerifiedAccessToken},
+    token::{Keys, RefreshToken, TokenHash, TokenRejection, VerifiedAccessToken},
 };
 
 /// What CreateSession needs.
@@ -70,8 +71,7 @@ pub struct Page {
 pub struct Authority {
     store: Arc<dyn SessionStore>,
     cache: SessionCache,
-    access_tokens: AccessTokens,
-    refresh_key: RefreshKey,
+    keys: Keys,
     policy: Policy,
     clock: Arc<dyn Clock>,
 }
@@ -81,16 +81,14 @@ impl Authority {
     pub fn new(
         store: Arc<dyn SessionStore>,
         cache: SessionCache,
-        access_tokens: AccessTokens,
-        refresh_key: RefreshKey,
+        keys: Keys,
         policy: Policy,
         clock: Arc<dyn Clock>,
     ) -> Self {
         Self {
             store,
             cache,
-            access_tokens,
-            refresh_key,
+            keys,
             policy,
             clock,
         }
@@ -134,6 +132,10 @@ impl Authority {
             .store
             .create(&session, &refresh_token.hash(), &admit, now)
             .await?;
+        metrics::session_created();
+        for revoked in &changed {
+            metrics::sessions_revoked(revoked.revoke_reason.as_deref().unwrap_or_default(), 1);
+        }
         changed.push(session.clone());
         self.cache.put(&changed, now).await;
         tracing::info!(session_id = %session.id, revoked = changed.len() - 1, "session created");
@@ -191,7 +193,7 @@ impl Authority {
                 Err(TokenRejection::Expired)
             };
         }
-        let verified = self.access_tokens.verify(access_token, now)?;
+        let verified = self.keys.access_tokens.verify(access_token, now)?;
         self.cache.remember_token(access_token, &verified).await;
         Ok(verified)
     }
@@ -225,17 +227,35 @@ impl Authority {
     #[tracing::instrument(name = "authority.refresh", skip_all)]
     pub async fn refresh(&self, presented: RefreshToken) -> Result<Issued> {
         let now = self.now();
-        let successor = presented.successor(&self.refresh_key);
-        let successor_hash = successor.hash();
+        let successors = self
+            .keys
+            .refresh_keys
+            .map_newest_first(|key| presented.successor(key));
+        let successor_hashes: Vec<TokenHash> = successors.iter().map(RefreshToken::hash).collect();
         let decide =
-            |state: RefreshState<'_>| rules::refresh(&self.policy, &state, &successor_hash, now);
+            |state: RefreshState<'_>| rules::refresh(&self.policy, &state, &successor_hashes, now);
+        let issued_successor = |hash: TokenHash| {
+            successors
+                .into_iter()
+                .find(|successor| successor.hash() == hash)
+                .ok_or_else(|| {
+                    Error::Internal(anyhow::anyhow!(
+                        "the store answered with an unknown successor"
+                    ))
+                })
+        };
         match self.store.refresh(&presented.hash(), now, &decide).await? {
-            RefreshOutcome::Rotated(session) => {
+            RefreshOutcome::Rotated(session, hash) => {
+                metrics::session_refreshed();
                 self.cache.put(std::slice::from_ref(&session), now).await;
-                self.issue(session, successor, now)
+                self.issue(session, issued_successor(hash)?, now)
             }
-            RefreshOutcome::Repeated(session) => self.issue(session, successor, now),
+            RefreshOutcome::Repeated(session, hash) => {
+                self.issue(session, issued_successor(hash)?, now)
+            }
             RefreshOutcome::Revoked(session) => {
+                metrics::refresh_token_reuse();
+                metrics::sessions_revoked(RevokeReason::REFRESH_TOKEN_REUSE, 1);
                 tracing::warn!(
                     session_id = %session.id,
                     user_id = %session.user_id,
@@ -253,7 +273,8 @@ impl Authority {
         let now = self.now();
         match self.store.revoke(id, now, &reason).await? {
             Revocation::Revoked(revoked) => {
-                self.cache.put(&[revoked], now).await;
+                metrics::sessions_revoked(reason.as_str(), 1);
+                self.cache.put(&[*revoked], now).await;
                 Ok(true)
             }
             Revocation::AlreadyRevoked => Ok(false),
@@ -274,6 +295,7 @@ impl Authority {
             .store
             .revoke_user(user_id, except, now, &reason)
             .await?;
+        metrics::sessions_revoked(reason.as_str(), revoked.len());
         self.cache.put(&revoked, now).await;
         Ok(revoked.len())
     }
@@ -309,6 +331,26 @@ impl Authority {
         })
     }
 
+    /// Reads the key files again (key rotation). When a verification key is gone, forgets every
+    /// cached token verification, so tokens it signed stop validating at once.
+    pub fn reload_keys(&self) -> anyhow::Result<()> {
+        if let Some(change) = self.keys.reload()? {
+            metrics::signing_keys(self.keys.access_tokens.verification_keys().len());
+            if change.added > 0 || change.removed > 0 {
+                tracing::info!(added = change.added, removed = change.removed, kid = %change.signing_kid, "signing keys rotated");
+            }
+            if change.removed > 0 {
+                self.cache.forget_tokens();
+            }
+        }
+        Ok(())
+    }
+
+    /// The public verification keys as a JSON Web Key Set.
+    pub fn jwks(&self) -> serde_json::Value {
+        self.keys.access_tokens.jwks()
+    }
+
     /// Reads one session, live or not.
     #[tracing::instrument(name = "authority.get", skip_all, fields(session_id = %id))]
     pub async fn get_session(&self, id: SessionId) -> Result<Session> {
@@ -322,6 +364,7 @@ impl Authority {
         now: DateTime<Utc>,
     ) -> Result<Issued> {
         let access = self
+            .keys
             .access_tokens
             .issue(&session, now, self.policy.access_token_ttl)?;
         Ok(Issued {

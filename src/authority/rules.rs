@@ -31,7 +31,9 @@ pub fn admission(policy: &Policy, live_sessions: i64) -> Result<i64> {
     }
 }
 
-/// Refresh-token rotation. `successor` is the hash of the presented token's successor.
+/// Refresh-token rotation. `successors` are the hashes of the presented token's successor under
+/// each refresh key, newest key first: rotation uses the newest, and a retry is recognised under
+/// any (the key may have rotated between the first try and the retry).
 ///
 /// - The current token rotates to its successor.
 /// - A retired token within the grace window is a retry (a lost response, two tabs at once): it
@@ -42,13 +44,16 @@ pub fn admission(policy: &Policy, live_sessions: i64) -> Result<i64> {
 pub fn refresh(
     policy: &Policy,
     state: &RefreshState<'_>,
-    successor: &TokenHash,
+    successors: &[TokenHash],
     now: DateTime<Utc>,
 ) -> RefreshDecision {
     if let Err(error) = ensure_live(state.session, now) {
         return RefreshDecision::Refuse(error);
     }
     let Some(retired_at) = state.presented.retired_at else {
+        let Some(successor) = successors.first() else {
+            return RefreshDecision::Refuse(Error::Internal(anyhow::anyhow!("no refresh key")));
+        };
         let generation = state.presented.generation + 1;
         return RefreshDecision::Rotate {
             successor: *successor,
@@ -59,13 +64,14 @@ pub fn refresh(
     if now - retired_at > policy.refresh_reuse_grace {
         return RefreshDecision::Revoke(RevokeReason::internal(RevokeReason::REFRESH_TOKEN_REUSE));
     }
-    let successor_is_current = state.current.as_ref().is_some_and(|(generation, current)| {
-        *generation == state.presented.generation + 1 && current == successor
-    });
-    if successor_is_current {
-        RefreshDecision::Repeat
-    } else {
-        RefreshDecision::Refuse(Error::RefreshRefused(RefreshRefusal::Superseded))
+    let current_successor = state
+        .current
+        .as_ref()
+        .filter(|(generation, _)| *generation == state.presented.generation + 1)
+        .and_then(|(_, current)| successors.iter().find(|successor| *successor == current));
+    match current_successor {
+        Some(successor) => RefreshDecision::Repeat(*successor),
+        None => RefreshDecision::Refuse(Error::RefreshRefused(RefreshRefusal::Superseded)),
     }
 }
 
@@ -154,7 +160,7 @@ mod tests {
     }
 
     #[test]
-    fn the_current_token_rotates() {
+    fn the_current_token_rotates_to_the_newest_keys_successor() {
         let now = Utc::now();
         let session = session(now);
         let presented = token(&session, 4, None);
@@ -163,15 +169,12 @@ mod tests {
             presented: &presented,
             current: None,
         };
-        let decision = refresh(
-            &policy(0, LimitPolicy::Deny),
-            &state,
-            &TokenHash([1; 32]),
-            now,
-        );
+        let successors = [TokenHash([1; 32]), TokenHash([2; 32])];
+        let decision = refresh(&policy(0, LimitPolicy::Deny), &state, &successors, now);
         assert!(matches!(
             decision,
-            RefreshDecision::Rotate { forget_before, successor, .. } if forget_before == 5 - KEPT_REFRESH_GENERATIONS && successor == TokenHash([1; 32])
+            RefreshDecision::Rotate { forget_before, successor, .. }
+                if forget_before == 5 - KEPT_REFRESH_GENERATIONS && successor == TokenHash([1; 32])
         ));
     }
 
@@ -187,9 +190,11 @@ mod tests {
             presented: &presented,
             current: Some((5, successor)),
         };
+        // Recognised under an older key too: the key rotated between the try and the retry.
+        let newer_key_first = [TokenHash([9; 32]), successor];
         assert!(matches!(
-            refresh(&policy, &current, &successor, now),
-            RefreshDecision::Repeat
+            refresh(&policy, &current, &newer_key_first, now),
+            RefreshDecision::Repeat(repeated) if repeated == successor
         ));
         let moved_on = RefreshState {
             session: &session,
@@ -197,7 +202,7 @@ mod tests {
             current: Some((6, TokenHash([2; 32]))),
         };
         assert!(matches!(
-            refresh(&policy, &moved_on, &successor, now),
+            refresh(&policy, &moved_on, &[successor], now),
             RefreshDecision::Refuse(Error::RefreshRefused(RefreshRefusal::Superseded))
         ));
     }
@@ -213,7 +218,7 @@ mod tests {
             current: None,
         };
         assert!(matches!(
-            refresh(&policy(0, LimitPolicy::Deny), &state, &TokenHash([1; 32]), now),
+            refresh(&policy(0, LimitPolicy::Deny), &state, &[TokenHash([1; 32])], now),
             RefreshDecision::Revoke(reason) if reason.as_str() == "refresh_token_reuse"
         ));
     }
@@ -233,7 +238,7 @@ mod tests {
             refresh(
                 &policy(0, LimitPolicy::Deny),
                 &state,
-                &TokenHash([1; 32]),
+                &[TokenHash([1; 32])],
                 now
             ),
             RefreshDecision::Refuse(Error::RefreshRefused(RefreshRefusal::SessionRevoked))

@@ -19,6 +19,7 @@ pub use redis::{RedisSettings, RedisTier};
 
 use crate::{
     domain::{Session, SessionId, UserId},
+    metrics,
     token::VerifiedAccessToken,
 };
 
@@ -49,12 +50,16 @@ impl SessionCache {
 
     /// The cached copy of a session, from the nearest tier that has it.
     pub async fn get(&self, user_id: &UserId, session_id: SessionId) -> Option<Session> {
-        if let Some(local) = &self.local
-            && let Some(session) = local.get(user_id, session_id).await
-        {
-            return Some(session);
+        if let Some(local) = &self.local {
+            let session = local.get(user_id, session_id).await;
+            metrics::cache_lookup("local", session.is_some());
+            if session.is_some() {
+                return session;
+            }
         }
-        let session = self.redis.as_ref()?.get(user_id, session_id).await?;
+        let session = self.redis.as_ref()?.get(user_id, session_id).await;
+        metrics::cache_lookup("redis", session.is_some());
+        let session = session?;
         if let Some(local) = &self.local {
             local.put(&session).await;
         }
@@ -75,7 +80,9 @@ impl SessionCache {
 
     /// The verification of a token seen before, if the local tier is on.
     pub async fn verified_token(&self, token: &str) -> Option<std::sync::Arc<VerifiedAccessToken>> {
-        self.local.as_ref()?.verified_token(token).await
+        let verified = self.local.as_ref()?.verified_token(token).await;
+        metrics::cache_lookup("token", verified.is_some());
+        verified
     }
 
     /// Remembers a token that verified, if the local tier is on.

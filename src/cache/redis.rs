@@ -112,7 +112,8 @@ impl RedisTier {
         {
             Ok(data) => data,
             Err(error) => {
-                tracing::warn!(error = %error, "redis read failed; falling back to postgres");
+                crate::metrics::redis_error();
+                tracing::warn!(error = %error, "redis read failed; falling back to the store");
                 return None;
             }
         };
@@ -148,6 +149,7 @@ impl RedisTier {
             return;
         }
         if let Err(error) = self.merge(keys, args).await {
+            crate::metrics::redis_error();
             tracing::warn!(error = %error, "redis write failed; the cache may serve the old state until its ttl");
         }
     }

@@ -63,8 +63,8 @@ pub enum RefreshDecision {
         /// Forget retired tokens of generations below this.
         forget_before: i32,
     },
-    /// Change nothing: the presented token's successor is already current (a retry).
-    Repeat,
+    /// Change nothing: the presented token's successor, this one, is already current (a retry).
+    Repeat(TokenHash),
     /// Revoke the session.
     Revoke(RevokeReason),
     /// Refuse, changing nothing.
@@ -74,15 +74,17 @@ pub enum RefreshDecision {
 /// What a refresh did.
 #[derive(Debug)]
 pub enum RefreshOutcome {
-    Rotated(Session),
-    Repeated(Session),
+    /// Rotated to this successor.
+    Rotated(Session, TokenHash),
+    /// A retry; the successor the first try got.
+    Repeated(Session, TokenHash),
     Revoked(Session),
 }
 
 /// What revoking one session did.
 #[derive(Debug)]
 pub enum Revocation {
-    Revoked(Session),
+    Revoked(Box<Session>),
     AlreadyRevoked,
     NotFound,
 }

@@ -226,7 +226,7 @@ where
         });
         let outcome = match decision {
             RefreshDecision::Refuse(error) => return Err(error),
-            RefreshDecision::Repeat => RefreshOutcome::Repeated(session),
+            RefreshDecision::Repeat(successor) => RefreshOutcome::Repeated(session, successor),
             RefreshDecision::Rotate {
                 successor,
                 idle_expires_at,
@@ -244,7 +244,7 @@ where
                     .ok_or_else(|| {
                         Error::Internal(anyhow::anyhow!("a locked live session vanished"))
                     })?;
-                RefreshOutcome::Rotated(updated)
+                RefreshOutcome::Rotated(updated, successor)
             }
             RefreshDecision::Revoke(reason) => match conn.revoke(session.id, now, &reason).await? {
                 Some(revoked) => RefreshOutcome::Revoked(revoked),
@@ -263,7 +263,7 @@ where
     ) -> Result<Revocation> {
         let mut conn = self.pool.acquire().await?;
         Ok(match conn.revoke(id, now, reason).await? {
-            Some(revoked) => Revocation::Revoked(revoked),
+            Some(revoked) => Revocation::Revoked(Box::new(revoked)),
             None if conn.find_session(id).await?.is_some() => Revocation::AlreadyRevoked,
             None => Revocation::NotFound,
         })

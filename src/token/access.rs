@@ -2,6 +2,9 @@
 //! audience and expiry, and says which one failed; whether the session is live is the authority's
 //! question.
 
+use std::{collections::HashMap, sync::Arc};
+
+use arc_swap::ArcSwap;
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::{DateTime, Duration, Utc};
 use jsonwebtoken::{Algorithm, Header, Validation, errors::ErrorKind};
@@ -60,13 +63,51 @@ struct HeaderFields {
     kid: Option<String>,
 }
 
-/// Signs and verifies with one key, named by `kid` in every token's header.
-#[derive(Debug)]
+/// The keys in use: the newest signs, every one verifies, each found by its `kid`.
+struct KeyRing {
+    signing: Arc<SigningKey>,
+    by_kid: HashMap<String, Arc<SigningKey>>,
+}
+
+impl KeyRing {
+    /// A ring of `keys`, oldest first; `None` when there is none.
+    fn new(keys: Vec<SigningKey>) -> Option<Self> {
+        let keys: Vec<_> = keys.into_iter().map(Arc::new).collect();
+        let signing = keys.last()?.clone();
+        let by_kid = keys
+            .into_iter()
+            .map(|key| (key.kid().to_owned(), key))
+            .collect();
+        Some(Self { signing, by_kid })
+    }
+}
+
+/// How a key rotation changed the ring.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyChange {
+    pub added: usize,
+    pub removed: usize,
+    /// The kid that signs from now on.
+    pub signing_kid: String,
+}
+
+/// Signs with the newest key and verifies with every key of the ring, chosen by `kid`. The ring
+/// can be replaced while requests run (key rotation without a restart).
 pub struct AccessTokens {
-    signing: SigningKey,
+    keys: ArcSwap<KeyRing>,
     issuer: String,
     audience: String,
     validation: Validation,
+}
+
+impl std::fmt::Debug for AccessTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccessTokens")
+            .field("signing_kid", &self.keys.load().signing.kid())
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .finish_non_exhaustive()
+    }
 }
 
 impl AccessTokens {
@@ -79,17 +120,69 @@ impl AccessTokens {
         // Expiry is judged against the injected clock in `verify`, not the library's wall clock.
         validation.validate_exp = false;
         validation.leeway = 0;
-        Self {
+        let signing = Arc::new(signing);
+        let ring = KeyRing {
+            by_kid: HashMap::from([(signing.kid().to_owned(), signing.clone())]),
             signing,
+        };
+        Self {
+            keys: ArcSwap::from_pointee(ring),
             issuer,
             audience,
             validation,
         }
     }
 
-    /// The key tokens are signed with.
-    pub fn signing_key(&self) -> &SigningKey {
-        &self.signing
+    /// The key tokens are signed with now.
+    pub fn signing_key(&self) -> Arc<SigningKey> {
+        self.keys.load().signing.clone()
+    }
+
+    /// Every verification key, oldest first by kid.
+    pub fn verification_keys(&self) -> Vec<Arc<SigningKey>> {
+        let mut keys: Vec<_> = self.keys.load().by_kid.values().cloned().collect();
+        keys.sort_by(|a, b| a.kid().cmp(b.kid()));
+        keys
+    }
+
+    /// Replaces the ring with `keys` (oldest first; the last signs). Refuses an empty list.
+    pub fn replace_keys(&self, keys: Vec<SigningKey>) -> Result<KeyChange, &'static str> {
+        let ring = KeyRing::new(keys).ok_or("no signing key")?;
+        let old = self.keys.load();
+        let change = KeyChange {
+            added: ring
+                .by_kid
+                .keys()
+                .filter(|kid| !old.by_kid.contains_key(*kid))
+                .count(),
+            removed: old
+                .by_kid
+                .keys()
+                .filter(|kid| !ring.by_kid.contains_key(*kid))
+                .count(),
+            signing_kid: ring.signing.kid().to_owned(),
+        };
+        self.keys.store(Arc::new(ring));
+        Ok(change)
+    }
+
+    /// The public keys as a JSON Web Key Set (RFC 7517), for services that verify tokens locally.
+    pub fn jwks(&self) -> serde_json::Value {
+        let keys: Vec<_> = self
+            .verification_keys()
+            .iter()
+            .map(|key| {
+                serde_json::json!({
+                    "kty": "OKP",
+                    "crv": "Ed25519",
+                    "x": URL_SAFE_NO_PAD.encode(key.public_key()),
+                    "kid": key.kid(),
+                    "use": "sig",
+                    "alg": "EdDSA",
+                })
+            })
+            .collect();
+        serde_json::json!({ "keys": keys })
     }
 
     /// Signs a token for `session`, valid for `ttl` but never past the session's own expiry.
@@ -109,9 +202,10 @@ impl AccessTokens {
             exp: expires_at.timestamp(),
             jti: Uuid::now_v7().to_string(),
         };
+        let signing = self.signing_key();
         let mut header = Header::new(Algorithm::EdDSA);
-        header.kid = Some(self.signing.kid().to_owned());
-        let token = jsonwebtoken::encode(&header, &claims, self.signing.encoding())
+        header.kid = Some(signing.kid().to_owned());
+        let token = jsonwebtoken::encode(&header, &claims, signing.encoding())
             .map_err(|e| Error::Internal(anyhow::anyhow!("signing an access token failed: {e}")))?;
         // `exp` has whole seconds; report what the token itself says.
         let expires_at = DateTime::from_timestamp(claims.exp, 0).unwrap_or(expires_at);
@@ -129,11 +223,11 @@ impl AccessTokens {
         if header.alg != "EdDSA" {
             return Err(TokenRejection::BadSignature);
         }
+        let ring = self.keys.load();
         let key = header
             .kid
             .as_deref()
-            .filter(|kid| *kid == self.signing.kid())
-            .map(|_| &self.signing)
+            .and_then(|kid| ring.by_kid.get(kid))
             .ok_or(TokenRejection::BadSignature)?;
         let claims = jsonwebtoken::decode::<Claims>(token, key.decoding(), &self.validation)
             .map_err(|e| rejection(e.kind()))?
@@ -238,6 +332,55 @@ mod tests {
         assert_eq!(
             tokens().verify(&issued.token, now),
             Err(TokenRejection::BadSignature)
+        );
+    }
+
+    #[test]
+    fn after_rotation_old_tokens_verify_until_their_key_is_removed() {
+        let now = Utc::now();
+        let first = SigningKey::generate().expect("key");
+        let second = SigningKey::generate().expect("key");
+        let (first_kid, second_kid) = (first.kid().to_owned(), second.kid().to_owned());
+        let tokens = AccessTokens::new(first.clone(), "iss".into(), "aud".into());
+        let old = tokens
+            .issue(&session(now), now, Duration::minutes(15))
+            .expect("signs");
+
+        let change = tokens
+            .replace_keys(vec![first, second.clone()])
+            .expect("rotates");
+        assert_eq!(
+            change,
+            KeyChange {
+                added: 1,
+                removed: 0,
+                signing_kid: second_kid.clone()
+            }
+        );
+        assert!(
+            tokens.verify(&old.token, now).is_ok(),
+            "the old key still verifies"
+        );
+        let new = tokens
+            .issue(&session(now), now, Duration::minutes(15))
+            .expect("signs");
+        assert_eq!(
+            jsonwebtoken::decode_header(&new.token).expect("header").kid,
+            Some(second_kid)
+        );
+        assert_eq!(tokens.jwks()["keys"].as_array().map(Vec::len), Some(2));
+
+        let change = tokens.replace_keys(vec![second]).expect("rotates");
+        assert_eq!(change.removed, 1);
+        assert_eq!(
+            tokens.verify(&old.token, now),
+            Err(TokenRejection::BadSignature),
+            "{first_kid} is gone"
+        );
+        assert!(tokens.verify(&new.token, now).is_ok());
+        assert!(
+            tokens.replace_keys(Vec::new()).is_err(),
+            "an empty ring is refused"
         );
     }
 

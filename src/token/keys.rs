@@ -1,9 +1,14 @@
 //! Key material: the Ed25519 key that signs access tokens and the HMAC key that derives refresh
 //! tokens. Neither ever reaches a log: their `Debug` shows only the public part.
 
-use std::{fmt, path::Path};
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use anyhow::Context;
+use arc_swap::ArcSwap;
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
 use jsonwebtoken::{DecodingKey, EncodingKey};
@@ -11,6 +16,7 @@ use secrecy::{ExposeSecret, SecretBox};
 use sha2::{Digest, Sha256};
 
 /// An Ed25519 key pair and its key id, the RFC 7638 JWK thumbprint of the public key.
+#[derive(Clone)]
 pub struct SigningKey {
     kid: String,
     public_key: [u8; 32],
@@ -123,6 +129,73 @@ impl fmt::Debug for RefreshKey {
     }
 }
 
+/// The refresh keys in use, oldest first: the newest derives successors, and a retried refresh
+/// is recognised under any of them. Replaceable while requests run.
+pub struct RefreshKeys(ArcSwap<Vec<RefreshKey>>);
+
+impl RefreshKeys {
+    /// A ring of `keys`, oldest first; `None` when there is none.
+    pub fn new(keys: Vec<RefreshKey>) -> Option<Self> {
+        (!keys.is_empty()).then(|| Self(ArcSwap::from_pointee(keys)))
+    }
+
+    /// Replaces the ring. Refuses an empty list.
+    pub fn replace(&self, keys: Vec<RefreshKey>) -> Result<(), &'static str> {
+        if keys.is_empty() {
+            return Err("no refresh key");
+        }
+        self.0.store(Arc::new(keys));
+        Ok(())
+    }
+
+    /// Runs `f` over the keys, newest first.
+    pub fn map_newest_first<T>(&self, f: impl Fn(&RefreshKey) -> T) -> Vec<T> {
+        self.0.load().iter().rev().map(f).collect()
+    }
+}
+
+/// Where one kind of key is read from: a single file, a folder of key files, or both.
+#[derive(Debug, Clone, Default)]
+pub struct KeySource {
+    /// A single key file; the oldest key when a folder is also given.
+    pub file: Option<PathBuf>,
+    /// A folder of key files, in name order, oldest first: the last is the current key. Names
+    /// starting with `.` are skipped (Kubernetes keeps its bookkeeping there).
+    pub dir: Option<PathBuf>,
+}
+
+impl KeySource {
+    /// Whether any file or folder is set.
+    pub fn is_configured(&self) -> bool {
+        self.file.is_some() || self.dir.is_some()
+    }
+
+    /// Reads every key with `read`, oldest first. Fails on a key that does not read, so a typo
+    /// never silently drops a key.
+    pub fn load<K>(&self, read: impl Fn(&Path) -> anyhow::Result<K>) -> anyhow::Result<Vec<K>> {
+        let mut paths: Vec<PathBuf> = self.file.iter().cloned().collect();
+        if let Some(dir) = &self.dir {
+            let mut in_dir = Vec::new();
+            for entry in
+                std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))?
+            {
+                let path = entry?.path();
+                let hidden = path
+                    .file_name()
+                    .and_then(|name| name.to_str())
+                    .is_none_or(|name| name.starts_with('.'));
+                if !hidden && path.is_file() {
+                    in_dir.push(path);
+                }
+            }
+            in_dir.sort();
+            anyhow::ensure!(!in_dir.is_empty(), "{} holds no key file", dir.display());
+            paths.extend(in_dir);
+        }
+        paths.iter().map(|path| read(path)).collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,6 +211,33 @@ mod tests {
             jwk_thumbprint(&public_key),
             "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k"
         );
+    }
+
+    #[test]
+    fn a_key_folder_is_read_in_name_order_skipping_hidden_entries() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        for (name, content) in [("0002.key", "b"), ("0001.key", "a"), (".hidden", "x")] {
+            std::fs::write(dir.path().join(name), content).expect("writes");
+        }
+        std::fs::create_dir(dir.path().join("..data")).expect("mkdir");
+        let source = KeySource {
+            file: None,
+            dir: Some(dir.path().to_owned()),
+        };
+        let read = source
+            .load(|path| Ok(std::fs::read_to_string(path)?))
+            .expect("loads");
+        assert_eq!(read, ["a", "b"]);
+    }
+
+    #[test]
+    fn an_empty_key_folder_is_an_error() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let source = KeySource {
+            file: None,
+            dir: Some(dir.path().to_owned()),
+        };
+        assert!(source.load(|_| Ok(())).is_err());
     }
 
     #[test]

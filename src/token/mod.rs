@@ -5,9 +5,86 @@ mod access;
 mod keys;
 mod refresh;
 
-pub use access::{AccessTokens, IssuedAccessToken, TokenRejection, VerifiedAccessToken};
-pub use keys::{RefreshKey, SigningKey};
+pub use access::{AccessTokens, IssuedAccessToken, KeyChange, TokenRejection, VerifiedAccessToken};
+pub use keys::{KeySource, RefreshKey, RefreshKeys, SigningKey};
 pub use refresh::{RefreshToken, TokenHash};
+
+/// Every key sessiond holds, and where they are reloaded from on rotation.
+pub struct Keys {
+    pub access_tokens: AccessTokens,
+    pub refresh_keys: RefreshKeys,
+    signing_source: KeySource,
+    refresh_source: KeySource,
+}
+
+impl Keys {
+    /// Loads both kinds of key. A kind with no file or folder set gets one random key that lives
+    /// as long as the process, with a warning: fine to try sessiond, wrong for production.
+    pub fn load(
+        signing_source: KeySource,
+        refresh_source: KeySource,
+        issuer: String,
+        audience: String,
+    ) -> anyhow::Result<Self> {
+        let signing = if signing_source.is_configured() {
+            signing_source.load(SigningKey::from_pem_file)?
+        } else {
+            tracing::warn!(
+                "no SESSIOND_SIGNING_KEY_FILE or SESSIOND_SIGNING_KEYS_DIR: signing with a random key. Access \
+                 tokens die with this process, and other replicas refuse them. Set one in production."
+            );
+            vec![SigningKey::generate()?]
+        };
+        let refresh = if refresh_source.is_configured() {
+            refresh_source.load(RefreshKey::from_file)?
+        } else {
+            tracing::warn!(
+                "no SESSIOND_REFRESH_KEY_FILE or SESSIOND_REFRESH_KEYS_DIR: using a random refresh key. A \
+                 refresh retried across a restart or on another replica is refused. Set one in production."
+            );
+            vec![RefreshKey::generate()?]
+        };
+        let access_tokens = AccessTokens::new(SigningKey::generate()?, issuer, audience);
+        access_tokens
+            .replace_keys(signing)
+            .map_err(anyhow::Error::msg)?;
+        Ok(Self {
+            access_tokens,
+            refresh_keys: RefreshKeys::new(refresh)
+                .ok_or_else(|| anyhow::anyhow!("no refresh key"))?,
+            signing_source,
+            refresh_source,
+        })
+    }
+
+    /// Reads the configured key files again and swaps the new keys in. On any error the keys in
+    /// use stay as they were. Returns how the signing keys changed, if they are configured.
+    pub fn reload(&self) -> anyhow::Result<Option<KeyChange>> {
+        // Read everything before replacing anything, so a bad file changes nothing.
+        let signing = self
+            .signing_source
+            .is_configured()
+            .then(|| self.signing_source.load(SigningKey::from_pem_file))
+            .transpose()?;
+        let refresh = self
+            .refresh_source
+            .is_configured()
+            .then(|| self.refresh_source.load(RefreshKey::from_file))
+            .transpose()?;
+        if let Some(refresh) = refresh {
+            self.refresh_keys
+                .replace(refresh)
+                .map_err(anyhow::Error::msg)?;
+        }
+        signing
+            .map(|signing| {
+                self.access_tokens
+                    .replace_keys(signing)
+                    .map_err(anyhow::Error::msg)
+            })
+            .transpose()
+    }
+}
 
 /// Fills a fixed-size array from the operating system's CSPRNG.
 fn random_bytes<const N: usize>() -> Result<[u8; N], crate::error::Error> {

@@ -91,6 +91,8 @@ pub enum Store {
 pub struct TestApp {
     pub client: SessionServiceClient<Channel>,
     pub addr: SocketAddr,
+    /// The ops HTTP server: `/metrics`, `/.well-known/jwks.json`.
+    pub ops_addr: SocketAddr,
     pub clock: ManualClock,
     /// A pool to the test's own database, when it has one.
     pub pool: Option<PgPool>,
@@ -104,6 +106,7 @@ pub struct TestApp {
 pub fn test_settings(database_url: &str) -> Settings {
     let mut settings = Settings::parse_from(["sessiond"]);
     settings.listen_addr = "127.0.0.1:0".parse().unwrap();
+    settings.ops_addr = "127.0.0.1:0".parse().unwrap();
     settings.database_url = Some(database_url.to_owned());
     settings.redis_url = Some(redis_url());
     settings.redis_key_prefix = format!("sessiond-test:{}:", uuid::Uuid::now_v7());
@@ -140,16 +143,17 @@ pub async fn spawn(mut settings: Settings, pool: Option<PgPool>) -> TestApp {
     let keys = TempDir::new().unwrap();
     settings.data_dir = keys.path().join("data");
     let signing_key = ed25519_dalek::SigningKey::from_bytes(&random_seed());
-    let key_file = keys.path().join("signing.pem");
-    std::fs::write(
-        &key_file,
-        signing_key.to_pkcs8_pem(LineEnding::LF).unwrap().as_bytes(),
-    )
-    .unwrap();
-    let refresh_key_file = keys.path().join("refresh.key");
-    std::fs::write(&refresh_key_file, random_seed()).unwrap();
-    settings.signing_key_file = Some(key_file);
-    settings.refresh_key_file = Some(refresh_key_file);
+    // A test that brings its own key folders keeps them as they are.
+    if settings.signing_keys_dir.is_none() {
+        let key_file = keys.path().join("signing.pem");
+        write_signing_key(&key_file, &signing_key);
+        settings.signing_key_file = Some(key_file);
+    }
+    if settings.refresh_keys_dir.is_none() {
+        let refresh_key_file = keys.path().join("refresh.key");
+        std::fs::write(&refresh_key_file, random_seed()).unwrap();
+        settings.refresh_key_file = Some(refresh_key_file);
+    }
 
     // Start at the real time, so that in-process caches, which expire entries by the wall clock,
     // keep what the tests create.
@@ -158,10 +162,12 @@ pub async fn spawn(mut settings: Settings, pool: Option<PgPool>) -> TestApp {
         .await
         .unwrap();
     let addr = app.local_addr();
+    let ops_addr = app.ops_addr();
     tokio::spawn(app.run_until_stopped(std::future::pending()));
     TestApp {
         client: SessionServiceClient::new(channel(addr).await),
         addr,
+        ops_addr,
         clock,
         pool,
         signing_key,
@@ -178,7 +184,13 @@ pub async fn channel(addr: SocketAddr) -> Channel {
         .unwrap()
 }
 
-fn random_seed() -> [u8; 32] {
+/// Writes `key` as a PKCS#8 PEM file, as `openssl genpkey -algorithm ed25519` would.
+pub fn write_signing_key(path: &std::path::Path, key: &ed25519_dalek::SigningKey) {
+    std::fs::write(path, key.to_pkcs8_pem(LineEnding::LF).unwrap().as_bytes()).unwrap();
+}
+
+/// 32 random bytes.
+pub fn random_seed() -> [u8; 32] {
     let mut seed = [0u8; 32];
     getrandom::fill(&mut seed).unwrap();
     seed
@@ -244,6 +256,19 @@ impl TestApp {
     pub fn advance(&self, by: Duration) {
         self.clock.advance(by);
     }
+}
+
+/// GETs `path` from the ops server: its status code and body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, body.to_owned())
 }
 
 /// The access and refresh tokens of a response.

@@ -31,6 +31,7 @@ mod create;
 mod helpers;
 mod limits;
 mod list;
+mod ops;
 mod outages;
 mod refresh;
 mod revoke;

@@ -1,0 +1,131 @@
+//! Every metric sessiond exports, in one place: its name, its help text, and the one function that
+//! records it. Served as Prometheus text on the ops port (`/metrics`).
+//!
+//! Labels are bounded: RPC methods and gRPC codes are fixed sets, and a caller's free-text revoke
+//! reason is reported as `caller`, never as itself.
+
+use std::{sync::OnceLock, time::Duration};
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::domain::RevokeReason;
+
+const RPC_REQUESTS: &str = "sessiond_rpc_requests_total";
+const RPC_DURATION: &str = "sessiond_rpc_duration_seconds";
+const CACHE_LOOKUPS: &str = "sessiond_cache_lookups_total";
+const REDIS_ERRORS: &str = "sessiond_redis_errors_total";
+const STORE_ERRORS: &str = "sessiond_store_errors_total";
+const SESSIONS_CREATED: &str = "sessiond_sessions_created_total";
+const SESSIONS_REFRESHED: &str = "sessiond_sessions_refreshed_total";
+const SESSIONS_REVOKED: &str = "sessiond_sessions_revoked_total";
+const REFRESH_TOKEN_REUSE: &str = "sessiond_refresh_token_reuse_total";
+const SIGNING_KEYS: &str = "sessiond_signing_keys";
+
+/// The process-wide Prometheus recorder, installed on first use.
+pub fn handle() -> Option<&'static PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full(RPC_DURATION.into()),
+                    &[
+                        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                        0.25, 1.0,
+                    ],
+                )
+                .ok()?
+                .install_recorder()
+                .map_err(
+                    |error| tracing::error!(%error, "metrics are off: cannot install the recorder"),
+                )
+                .ok()?;
+            describe();
+            Some(recorder)
+        })
+        .as_ref()
+}
+
+fn describe() {
+    describe_counter!(
+        RPC_REQUESTS,
+        "SessionService calls, by method and gRPC code."
+    );
+    describe_histogram!(
+        RPC_DURATION,
+        metrics::Unit::Seconds,
+        "SessionService call latency, by method."
+    );
+    describe_counter!(
+        CACHE_LOOKUPS,
+        "Cache lookups, by tier (local, redis, token) and result (hit, miss)."
+    );
+    describe_counter!(
+        REDIS_ERRORS,
+        "Redis commands that failed or timed out (each fell back to the store)."
+    );
+    describe_counter!(
+        STORE_ERRORS,
+        "Store statements that failed, by kind (unavailable, internal)."
+    );
+    describe_counter!(SESSIONS_CREATED, "Sessions created.");
+    describe_counter!(SESSIONS_REFRESHED, "Refresh-token rotations.");
+    describe_counter!(
+        SESSIONS_REVOKED,
+        "Sessions revoked, by reason (caller for a caller's own reason)."
+    );
+    describe_counter!(
+        REFRESH_TOKEN_REUSE,
+        "Retired refresh tokens presented after the grace window."
+    );
+    describe_gauge!(SIGNING_KEYS, "Access-token verification keys loaded.");
+}
+
+/// One SessionService call ended with `code` after `elapsed`.
+pub fn rpc(method: &'static str, code: tonic::Code, elapsed: Duration) {
+    counter!(RPC_REQUESTS, "method" => method, "code" => format!("{code:?}")).increment(1);
+    histogram!(RPC_DURATION, "method" => method).record(elapsed.as_secs_f64());
+}
+
+/// A cache tier was asked.
+pub fn cache_lookup(tier: &'static str, hit: bool) {
+    counter!(CACHE_LOOKUPS, "tier" => tier, "result" => if hit { "hit" } else { "miss" })
+        .increment(1);
+}
+
+pub fn redis_error() {
+    counter!(REDIS_ERRORS).increment(1);
+}
+
+pub fn store_error(kind: &'static str) {
+    counter!(STORE_ERRORS, "kind" => kind).increment(1);
+}
+
+pub fn session_created() {
+    counter!(SESSIONS_CREATED).increment(1);
+}
+
+pub fn session_refreshed() {
+    counter!(SESSIONS_REFRESHED).increment(1);
+}
+
+/// `count` sessions were revoked for `reason`.
+pub fn sessions_revoked(reason: &str, count: usize) {
+    let reason = match reason {
+        RevokeReason::DEVICE_REPLACED => RevokeReason::DEVICE_REPLACED,
+        RevokeReason::SESSION_LIMIT => RevokeReason::SESSION_LIMIT,
+        RevokeReason::REFRESH_TOKEN_REUSE => RevokeReason::REFRESH_TOKEN_REUSE,
+        _ => "caller",
+    };
+    counter!(SESSIONS_REVOKED, "reason" => reason).increment(count as u64);
+}
+
+pub fn refresh_token_reuse() {
+    counter!(REFRESH_TOKEN_REUSE).increment(1);
+}
+
+/// The key ring now holds `count` verification keys.
+pub fn signing_keys(count: usize) {
+    gauge!(SIGNING_KEYS).set(count as f64);
+}
