@@ -132,12 +132,11 @@ pub fn init(format: LogFormat) -> TelemetryGuard {
     if let Some(error) = export_error {
         tracing::error!("trace export is off: {error:#}");
     }
-    if let Some(provider) = &provider {
+    if provider.is_some() {
         global::set_text_map_propagator(TextMapCompositePropagator::new(vec![
             Box::new(TraceContextPropagator::new()),
             Box::new(BaggagePropagator::new()),
         ]));
-        global::set_tracer_provider(provider.clone());
         tracing::info!("exporting traces over OTLP/gRPC");
     }
     TelemetryGuard { provider }

@@ -1,0 +1,417 @@
+//! Trace export end to end: the real `sessiond` binary, started as a child process, sends its
+//! spans over OTLP/gRPC to a collector this test runs, and they continue the caller's W3C trace.
+//!
+//! The child runs on the embedded store (no `SESSIOND_DATABASE_URL`, no `SESSIOND_REDIS_URL`), so
+//! these tests need no Postgres or Redis.
+
+// Tests may panic on a broken expectation; that is how they fail.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::{
+    fs::File,
+    net::{SocketAddr, TcpListener as StdTcpListener},
+    path::Path,
+    process::{Child, Command, ExitStatus, Stdio},
+    time::{Duration, Instant},
+};
+
+use opentelemetry_proto::tonic::{
+    collector::trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+        trace_service_server::{TraceService, TraceServiceServer},
+    },
+    common::v1::any_value,
+    trace::v1::{Span, span::SpanKind},
+};
+use sessiond::api::pb::{self, session_service_client::SessionServiceClient};
+use tempfile::TempDir;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Request, Response, Status, transport::Channel};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+/// The caller's trace and span, as a W3C `traceparent` carries them.
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const CALLER_SPAN_ID: &str = "00f067aa0ba902b7";
+
+#[tokio::test]
+async fn spans_reach_the_collector_in_the_callers_trace() {
+    let mut collector = Collector::start().await;
+    let sessiond = Sessiond::start(collector.addr, "100").await;
+
+    let traceparent = format!("00-{TRACE_ID}-{CALLER_SPAN_ID}-01");
+    let created = create_session(sessiond.addr, &traceparent).await;
+
+    let spans = collector
+        .spans_of_trace(
+            TRACE_ID,
+            &["grpc.request", "rpc.CreateSession", "authority.create"],
+        )
+        .await
+        .unwrap_or_else(|seen| {
+            panic!(
+                "no complete trace within the deadline; spans seen: {seen:#?}\n{}",
+                sessiond.log()
+            )
+        });
+
+    // The request span continues the caller's span, and the handler's spans nest under it.
+    let request = span_named(&spans, "grpc.request");
+    assert_eq!(request.span.parent_span_id, hex(CALLER_SPAN_ID));
+    assert_eq!(request.span.kind, SpanKind::Server as i32);
+    assert_eq!(
+        attribute(&request.span, "rpc.service").as_deref(),
+        Some("sessiond.v1.SessionService")
+    );
+    assert_eq!(
+        attribute(&request.span, "rpc.method").as_deref(),
+        Some("CreateSession")
+    );
+    assert_eq!(
+        attribute(&request.span, "rpc.system").as_deref(),
+        Some("grpc")
+    );
+    let handler = span_named(&spans, "rpc.CreateSession");
+    assert_eq!(handler.span.parent_span_id, request.span.span_id);
+    let authority = span_named(&spans, "authority.create");
+    assert_eq!(authority.span.parent_span_id, handler.span.span_id);
+
+    for span in &spans {
+        assert_eq!(
+            span.service_name.as_deref(),
+            Some("sessiond-test"),
+            "{}",
+            span.span.name
+        );
+    }
+
+    // No token ever appears in a span.
+    let tokens = created.tokens.expect("a token pair");
+    for span in &spans {
+        for value in span
+            .span
+            .attributes
+            .iter()
+            .filter_map(|kv| string(kv.value.as_ref()))
+        {
+            assert!(
+                !value.contains(&tokens.access_token) && !value.contains(&tokens.refresh_token),
+                "a token leaked into span {}",
+                span.span.name
+            );
+        }
+    }
+
+    let status = sessiond.stop().await;
+    assert!(status.success(), "sessiond exited with {status}");
+}
+
+/// With a batch delay far longer than the test, spans can only arrive through the flush that
+/// stopping sessiond does: the telemetry guard must not lose them on exit.
+#[tokio::test]
+async fn stopping_flushes_the_buffered_spans() {
+    const TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
+    let mut collector = Collector::start().await;
+    let sessiond = Sessiond::start(collector.addr, "600000").await;
+
+    create_session(sessiond.addr, &format!("00-{TRACE}-b7ad6b7169203331-01")).await;
+    let status = sessiond.stop().await;
+    assert!(status.success(), "sessiond exited with {status}");
+
+    let spans = collector
+        .spans_of_trace(
+            TRACE,
+            &["grpc.request", "rpc.CreateSession", "authority.create"],
+        )
+        .await
+        .unwrap_or_else(|seen| panic!("the spans were lost on exit; spans seen: {seen:#?}"));
+    assert_eq!(
+        span_named(&spans, "grpc.request").span.parent_span_id,
+        hex("b7ad6b7169203331")
+    );
+}
+
+/// `CreateSession` with the caller's `traceparent` (and a `tracestate`) in the metadata.
+async fn create_session(addr: SocketAddr, traceparent: &str) -> pb::CreateSessionResponse {
+    let mut client = SessionServiceClient::new(channel(addr).await);
+    let mut request = Request::new(pb::CreateSessionRequest {
+        user_id: "user-traced".into(),
+        device: Some(pb::Device {
+            device_id: "phone-1".into(),
+            name: "test phone".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    request
+        .metadata_mut()
+        .insert("traceparent", traceparent.parse().unwrap());
+    request
+        .metadata_mut()
+        .insert("tracestate", "vendor=opaque".parse().unwrap());
+    client.create_session(request).await.unwrap().into_inner()
+}
+
+/// A span as the collector received it, with the service name of its resource.
+#[derive(Debug, Clone)]
+struct ReceivedSpan {
+    service_name: Option<String>,
+    span: Span,
+}
+
+/// An OTLP/gRPC trace receiver on 127.0.0.1:0.
+struct Collector {
+    addr: SocketAddr,
+    received: mpsc::UnboundedReceiver<ExportTraceServiceRequest>,
+    spans: Vec<ReceivedSpan>,
+}
+
+struct TraceSink(mpsc::UnboundedSender<ExportTraceServiceRequest>);
+
+#[tonic::async_trait]
+impl TraceService for TraceSink {
+    async fn export(
+        &self,
+        request: Request<ExportTraceServiceRequest>,
+    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        let _ = self.0.send(request.into_inner());
+        Ok(Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+impl Collector {
+    async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (sender, received) = mpsc::unbounded_channel();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(TraceServiceServer::new(TraceSink(sender)))
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+        Self {
+            addr,
+            received,
+            spans: Vec::new(),
+        }
+    }
+
+    /// The spans of trace `trace_id` once spans with all of `names` have arrived, or after 10 s,
+    /// `Err` with every span seen so far.
+    async fn spans_of_trace(
+        &mut self,
+        trace_id: &str,
+        names: &[&str],
+    ) -> Result<Vec<ReceivedSpan>, Vec<ReceivedSpan>> {
+        let trace_id = hex(trace_id);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let in_trace: Vec<ReceivedSpan> = self
+                .spans
+                .iter()
+                .filter(|received| received.span.trace_id == trace_id)
+                .cloned()
+                .collect();
+            if names
+                .iter()
+                .all(|name| in_trace.iter().any(|received| received.span.name == *name))
+            {
+                return Ok(in_trace);
+            }
+            match tokio::time::timeout_at(deadline, self.received.recv()).await {
+                Ok(Some(request)) => self.add(request),
+                Ok(None) | Err(_) => return Err(self.spans.clone()),
+            }
+        }
+    }
+
+    fn add(&mut self, request: ExportTraceServiceRequest) {
+        for resource_spans in request.resource_spans {
+            let service_name = resource_spans.resource.as_ref().and_then(|resource| {
+                resource
+                    .attributes
+                    .iter()
+                    .find(|kv| kv.key == "service.name")
+                    .and_then(|kv| string(kv.value.as_ref()))
+            });
+            for scope_spans in resource_spans.scope_spans {
+                for span in scope_spans.spans {
+                    self.spans.push(ReceivedSpan {
+                        service_name: service_name.clone(),
+                        span,
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// The real sessiond binary as a child process; killed if the test ends without stopping it.
+struct Sessiond {
+    addr: SocketAddr,
+    child: Option<Child>,
+    dir: TempDir,
+}
+
+impl Sessiond {
+    /// Starts sessiond exporting to `collector` with batch delay `schedule_delay_ms`, and waits
+    /// until it reports SERVING.
+    async fn start(collector: SocketAddr, schedule_delay_ms: &str) -> Self {
+        let dir = TempDir::new().unwrap();
+        let addr = free_port();
+        let log = File::create(dir.path().join("sessiond.log")).unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_sessiond"));
+        for (name, _) in std::env::vars() {
+            if name.starts_with("SESSIOND_") || name.starts_with("OTEL_") {
+                command.env_remove(name);
+            }
+        }
+        let child = command
+            .env("SESSIOND_LISTEN_ADDR", addr.to_string())
+            .env("SESSIOND_DATA_DIR", dir.path().join("data"))
+            .env("SESSIOND_OPS_ADDR", "127.0.0.1:0")
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{collector}"))
+            .env("OTEL_SERVICE_NAME", "sessiond-test")
+            .env("OTEL_BSP_SCHEDULE_DELAY", schedule_delay_ms)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut sessiond = Self {
+            addr,
+            child: Some(child),
+            dir,
+        };
+        sessiond.wait_until_serving().await;
+        sessiond
+    }
+
+    async fn wait_until_serving(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("sessiond exited with {status} at start\n{}", self.log());
+            }
+            if self.serving().await {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sessiond did not report SERVING within 30 s\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn serving(&self) -> bool {
+        let Ok(channel) = Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+        else {
+            return false;
+        };
+        HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: "sessiond.v1.SessionService".into(),
+            })
+            .await
+            .is_ok_and(|response| response.into_inner().status() == ServingStatus::Serving)
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    async fn stop(mut self) -> ExitStatus {
+        let mut child = self.child.take().unwrap();
+        let killed = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success(), "kill -TERM failed");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "sessiond did not stop within 15 s of SIGTERM\n{}",
+                    self.log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// What sessiond printed, for failure messages.
+    fn log(&self) -> String {
+        let path = self.dir.path().join("sessiond.log");
+        format!(
+            "--- sessiond log ({}) ---\n{}",
+            path.display(),
+            read_or_empty(&path)
+        )
+    }
+}
+
+impl Drop for Sessiond {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn read_or_empty(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// A port nothing listens on right now.
+fn free_port() -> SocketAddr {
+    let listener = StdTcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+async fn channel(addr: SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+fn span_named<'a>(spans: &'a [ReceivedSpan], name: &str) -> &'a ReceivedSpan {
+    let matching: Vec<&ReceivedSpan> = spans.iter().filter(|s| s.span.name == name).collect();
+    assert_eq!(matching.len(), 1, "expected one {name} span: {spans:#?}");
+    matching[0]
+}
+
+fn attribute(span: &Span, key: &str) -> Option<String> {
+    span.attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| string(kv.value.as_ref()))
+}
+
+fn string(value: Option<&opentelemetry_proto::tonic::common::v1::AnyValue>) -> Option<String> {
+    match value?.value.as_ref()? {
+        any_value::Value::StringValue(text) => Some(text.clone()),
+        _ => None,
+    }
+}
+
+fn hex(text: &str) -> Vec<u8> {
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
+        .collect()
+}
