@@ -1,0 +1,678 @@
+//! sessiond's Redis tier on the topologies `SESSIOND_REDIS_URL` can name besides one server: a
+//! three-master Redis Cluster (`redis-cluster://`) and a master behind Sentinel
+//! (`redis-sentinel://`).
+//!
+//! Each test starts its own `redis-server` processes on free loopback ports, in its own temp
+//! folder, and kills them when it ends (also when it fails). sessiond runs in-process over a fresh
+//! Postgres database, with the in-process cache tier off, so what the tests see cached is in Redis.
+//! The tests check through `redis-cli` where the keys landed.
+
+// Tests may panic on a broken expectation; that is how they fail.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs::File,
+    net::{SocketAddr, TcpListener},
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use chrono::{SubsecRound, Utc};
+use clap::Parser;
+use ed25519_dalek::pkcs8::{EncodePrivateKey, spki::der::pem::LineEnding};
+use sessiond::{
+    api::pb::{self, TokenStatus, session_service_client::SessionServiceClient},
+    clock::ManualClock,
+    config::Settings,
+    startup::Application,
+};
+use sqlx::{Connection, Executor, PgConnection, PgPool};
+use tempfile::TempDir;
+use tonic::transport::Channel;
+
+/// The rank the cache gives a revoked copy (`REVOKED_RANK` in src/cache/mod.rs).
+const REVOKED_RANK: &str = "9007199254740991";
+
+/// How long to wait for Redis processes to come up, and the cluster to agree.
+const STARTUP: Duration = Duration::from_secs(15);
+
+// ---------------------------------------------------------------------------------------------
+// Redis processes
+// ---------------------------------------------------------------------------------------------
+
+/// Redis processes this test started, in a temp folder; killed and reaped on drop, so a failing
+/// test leaves nothing running.
+struct RedisProcesses {
+    children: Vec<(u16, Child)>,
+    dir: TempDir,
+}
+
+impl RedisProcesses {
+    fn new() -> Self {
+        Self {
+            children: Vec::new(),
+            dir: TempDir::new().unwrap(),
+        }
+    }
+
+    /// Starts `redis-server` with `args`, logging to `<dir>/redis-<port>.log`.
+    fn spawn(&mut self, port: u16, args: &[&str]) {
+        let log = File::create(self.log_path(port)).unwrap();
+        let child = Command::new("redis-server")
+            .args(args)
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("redis-server is installed");
+        self.children.push((port, child));
+    }
+
+    fn log_path(&self, port: u16) -> std::path::PathBuf {
+        self.dir.path().join(format!("redis-{port}.log"))
+    }
+
+    /// Waits until the server on `port` answers PING; false if it exited (say, its port was
+    /// taken meanwhile) or did not answer in time.
+    fn wait_ready(&mut self, port: u16) -> bool {
+        let deadline = Instant::now() + STARTUP;
+        while Instant::now() < deadline {
+            if let Some((_, child)) = self.children.iter_mut().find(|(p, _)| *p == port)
+                && child.try_wait().unwrap().is_some()
+            {
+                return false;
+            }
+            if redis_cli_try(port, &["ping"]).is_some_and(|out| out == "PONG") {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    /// The log of the server on `port`, for failure messages.
+    fn log(&self, port: u16) -> String {
+        std::fs::read_to_string(self.log_path(port)).unwrap_or_default()
+    }
+
+    fn kill_all(&mut self) {
+        for (_, child) in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.children.clear();
+    }
+}
+
+impl Drop for RedisProcesses {
+    fn drop(&mut self) {
+        self.kill_all();
+    }
+}
+
+/// `count` distinct free loopback ports below 55000 whose port + 10000 (the cluster bus port) is
+/// free too. Another process may take one before Redis binds it; callers retry on that.
+fn free_ports(count: usize) -> Vec<u16> {
+    let mut held = Vec::new();
+    let mut ports = Vec::new();
+    while ports.len() < count {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        if !(1024..55_000).contains(&port) {
+            continue;
+        }
+        let Ok(bus) = TcpListener::bind(("127.0.0.1", port + 10_000)) else {
+            continue;
+        };
+        // Hold them until all are picked, so no two picks collide.
+        held.push(listener);
+        held.push(bus);
+        ports.push(port);
+    }
+    ports
+}
+
+/// `redis-cli -p port args...`: its trimmed stdout, or `None` if it failed to run or exited
+/// non-zero.
+fn redis_cli_try(port: u16, args: &[&str]) -> Option<String> {
+    let output = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
+fn redis_cli(port: u16, args: &[&str]) -> String {
+    redis_cli_try(port, args).unwrap_or_else(|| panic!("redis-cli -p {port} {args:?} failed"))
+}
+
+/// Every key matching `<prefix>*` on the one server at `port` (no cluster redirection).
+fn scan(port: u16, prefix: &str) -> BTreeSet<String> {
+    redis_cli(port, &["--scan", "--pattern", &format!("{prefix}*")])
+        .lines()
+        .filter(|line| !line.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A three-master cluster (no replicas) on fresh ports; its processes and ports.
+fn start_cluster() -> (RedisProcesses, [u16; 3]) {
+    for _attempt in 0..5 {
+        let mut redis = RedisProcesses::new();
+        let ports = free_ports(3);
+        let dir = redis.dir.path().to_str().unwrap().to_owned();
+        for &port in &ports {
+            let port_text = port.to_string();
+            let nodes_file = format!("nodes-{port}.conf");
+            redis.spawn(
+                port,
+                &[
+                    "--port",
+                    &port_text,
+                    "--bind",
+                    "127.0.0.1",
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    &nodes_file,
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--daemonize",
+                    "no",
+                    "--dir",
+                    &dir,
+                ],
+            );
+        }
+        if !ports.iter().all(|&port| redis.wait_ready(port)) {
+            // A port was taken between picking and binding: try fresh ones.
+            continue;
+        }
+        let nodes: Vec<String> = ports
+            .iter()
+            .map(|port| format!("127.0.0.1:{port}"))
+            .collect();
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&nodes)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            created.status.success(),
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&created.stdout),
+            String::from_utf8_lossy(&created.stderr)
+        );
+        let deadline = Instant::now() + STARTUP;
+        loop {
+            let ok = ports.iter().all(|&port| {
+                redis_cli_try(port, &["cluster", "info"])
+                    .is_some_and(|info| info.contains("cluster_state:ok"))
+            });
+            if ok {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the cluster did not reach cluster_state:ok; logs:\n{}",
+                ports.iter().map(|&p| redis.log(p)).collect::<String>()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        return (redis, [ports[0], ports[1], ports[2]]);
+    }
+    panic!("could not start a Redis Cluster on free ports in 5 attempts");
+}
+
+/// One master and one sentinel monitoring it as `mymaster`; processes, master port, sentinel port.
+fn start_sentinel() -> (RedisProcesses, u16, u16) {
+    for _attempt in 0..5 {
+        let mut redis = RedisProcesses::new();
+        let ports = free_ports(2);
+        let (master, sentinel) = (ports[0], ports[1]);
+        let dir = redis.dir.path().to_str().unwrap().to_owned();
+        let master_text = master.to_string();
+        redis.spawn(
+            master,
+            &[
+                "--port",
+                &master_text,
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+                "--dir",
+                &dir,
+            ],
+        );
+        if !redis.wait_ready(master) {
+            continue;
+        }
+        // Sentinel rewrites its config file, so it lives in the temp folder.
+        let config = redis.dir.path().join("sentinel.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "port {sentinel}\n\
+                 bind 127.0.0.1\n\
+                 daemonize no\n\
+                 dir {dir}\n\
+                 sentinel monitor mymaster 127.0.0.1 {master} 1\n\
+                 sentinel down-after-milliseconds mymaster 1000\n"
+            ),
+        )
+        .unwrap();
+        redis.spawn(sentinel, &[config.to_str().unwrap(), "--sentinel"]);
+        if !redis.wait_ready(sentinel) {
+            continue;
+        }
+        let deadline = Instant::now() + STARTUP;
+        loop {
+            let answer = redis_cli_try(
+                sentinel,
+                &["sentinel", "get-master-addr-by-name", "mymaster"],
+            );
+            if answer.is_some_and(|a| a.lines().collect::<Vec<_>>() == ["127.0.0.1", &master_text])
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the sentinel does not name the master; log:\n{}",
+                redis.log(sentinel)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        return (redis, master, sentinel);
+    }
+    panic!("could not start Redis and Sentinel on free ports in 5 attempts");
+}
+
+// ---------------------------------------------------------------------------------------------
+// sessiond (as tests/api/helpers.rs starts it)
+// ---------------------------------------------------------------------------------------------
+
+fn database_server_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// An empty, migrated database named like helpers.rs names them (so its cleanup drops it later).
+async fn fresh_database() -> (String, PgPool) {
+    let server = database_server_url();
+    let mut admin = PgConnection::connect(&server)
+        .await
+        .expect("Postgres answers at DATABASE_URL");
+    let now = Utc::now().timestamp();
+    let name = format!("sessiond_test_{now}_{}", uuid::Uuid::now_v7().simple());
+    admin
+        .execute(sqlx::AssertSqlSafe(format!(r#"CREATE DATABASE "{name}""#)))
+        .await
+        .unwrap();
+    let mut url = url::Url::parse(&server).unwrap();
+    url.set_path(&name);
+    let pool = PgPool::connect(url.as_str()).await.unwrap();
+    let store = sessiond::store::PostgresStore::new(pool.clone());
+    sessiond::store::SessionStore::migrate(&store)
+        .await
+        .unwrap();
+    (url.to_string(), pool)
+}
+
+fn random_seed() -> [u8; 32] {
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).unwrap();
+    seed
+}
+
+struct TestApp {
+    client: SessionServiceClient<Channel>,
+    pool: PgPool,
+    key_prefix: String,
+    _files: TempDir,
+}
+
+/// One session as the test knows it.
+#[derive(Debug, Clone)]
+struct Created {
+    user_id: String,
+    session_id: String,
+    access_token: String,
+}
+
+impl Created {
+    /// Its Redis key: `<prefix>{u:<user_id>}:s:<session_id>`.
+    fn key(&self, prefix: &str) -> String {
+        format!("{prefix}{{u:{}}}:s:{}", self.user_id, self.session_id)
+    }
+}
+
+/// sessiond over a fresh database and this Redis URL, with a fresh key prefix and keys, a manual
+/// clock, and the in-process tier off.
+async fn spawn_app(redis_url: String) -> TestApp {
+    let (database_url, pool) = fresh_database().await;
+    let files = TempDir::new().unwrap();
+    let mut settings = Settings::parse_from(["sessiond"]);
+    settings.listen_addr = "127.0.0.1:0".parse().unwrap();
+    settings.ops_addr = "127.0.0.1:0".parse().unwrap();
+    settings.database_url = Some(database_url);
+    settings.data_dir = files.path().join("data");
+    settings.redis_url = Some(redis_url);
+    settings.redis_key_prefix = format!("sessiond-topology:{}:", uuid::Uuid::now_v7());
+    // Only Redis caches: what Validate answers from a cache, it answers from Redis.
+    settings.local_cache = false;
+    // A loaded CI machine must not turn a slow cache write into a silently dropped one.
+    settings.redis_timeout = Duration::from_secs(2);
+    let signing_key = ed25519_dalek::SigningKey::from_bytes(&random_seed());
+    let signing_key_file = files.path().join("signing.pem");
+    std::fs::write(
+        &signing_key_file,
+        signing_key.to_pkcs8_pem(LineEnding::LF).unwrap().as_bytes(),
+    )
+    .unwrap();
+    settings.signing_key_file = Some(signing_key_file);
+    let refresh_key_file = files.path().join("refresh.key");
+    std::fs::write(&refresh_key_file, random_seed()).unwrap();
+    settings.refresh_key_file = Some(refresh_key_file);
+    let key_prefix = settings.redis_key_prefix.clone();
+
+    let clock = ManualClock::new(Utc::now().trunc_subsecs(0));
+    let app = Application::build_with_clock(settings, Arc::new(clock))
+        .await
+        .unwrap();
+    let addr: SocketAddr = app.local_addr();
+    tokio::spawn(app.run_until_stopped(std::future::pending()));
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    TestApp {
+        client: SessionServiceClient::new(channel),
+        pool,
+        key_prefix,
+        _files: files,
+    }
+}
+
+impl TestApp {
+    async fn create(&self, user_id: &str, device_id: &str) -> Created {
+        let response = self
+            .client
+            .clone()
+            .create_session(pb::CreateSessionRequest {
+                user_id: user_id.into(),
+                device: Some(pb::Device {
+                    device_id: device_id.into(),
+                    name: "test device".into(),
+                    user_agent: "tests/1.0".into(),
+                    ip_address: "203.0.113.7".into(),
+                }),
+                metadata: [("app".to_owned(), "tests".to_owned())].into(),
+                lifetime: None,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        Created {
+            user_id: user_id.to_owned(),
+            session_id: response.session.expect("a session").session_id,
+            access_token: response.tokens.expect("tokens").access_token,
+        }
+    }
+
+    async fn status_of(&self, access_token: &str) -> TokenStatus {
+        self.client
+            .clone()
+            .validate(pb::ValidateRequest {
+                access_token: access_token.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status()
+    }
+
+    async fn revoke_user(&self, user_id: &str) -> u32 {
+        self.client
+            .clone()
+            .revoke_user_sessions(pb::RevokeUserSessionsRequest {
+                user_id: user_id.into(),
+                except_session_id: String::new(),
+                reason: "password changed".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .revoked_count
+    }
+
+    /// Deletes a user's rows from Postgres, so only the cache still knows their sessions.
+    async fn delete_rows_of(&self, user_id: &str) -> u64 {
+        sqlx::query("DELETE FROM session WHERE user_id = $1")
+            .bind(user_id)
+            .execute(&self.pool)
+            .await
+            .unwrap()
+            .rows_affected()
+    }
+
+    /// Waits until sessiond's Redis client has connected: a session's Validate (a cache miss,
+    /// so a write-back) leaves its key in Redis, as `exists` (a redis-cli call) sees it.
+    async fn wait_for_redis(&self, exists: impl Fn(&str) -> bool) {
+        let warm = self.create("warm-up", "").await;
+        let key = warm.key(&self.key_prefix);
+        let deadline = Instant::now() + STARTUP;
+        while !exists(&key) {
+            assert!(
+                Instant::now() < deadline,
+                "sessiond never wrote to this Redis"
+            );
+            assert_eq!(self.status_of(&warm.access_token).await, TokenStatus::Valid);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Asserts the cached copy under `key` (read through `hget(key, field)`) is the revoked one.
+fn assert_cached_revoked(key: &str, hget: impl Fn(&str, &str) -> String) {
+    assert_eq!(hget(key, "rank"), REVOKED_RANK, "rank of {key}");
+    let data: serde_json::Value = serde_json::from_str(&hget(key, "data")).unwrap();
+    assert!(
+        data["revoked_at"].is_string(),
+        "the cached copy of {key} is not revoked: {data}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The tests
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_three_master_cluster_caches_each_user_in_one_slot_and_keeps_revocations() {
+    let (redis, ports) = start_cluster();
+    let [p1, p2, p3] = ports;
+    let app = spawn_app(format!(
+        "redis-cluster://127.0.0.1:{p1}?node=127.0.0.1:{p2}&node=127.0.0.1:{p3}"
+    ))
+    .await;
+    let exists = |key: &str| redis_cli(p1, &["-c", "exists", key]) == "1";
+    let hget = |key: &str, field: &str| redis_cli(p1, &["-c", "hget", key, field]);
+    app.wait_for_redis(exists).await;
+
+    // Several users; "ada" with three devices.
+    let users = ["ada", "bob", "cy", "dee", "eli", "fay", "gus", "hal"];
+    let mut sessions: Vec<Created> = Vec::new();
+    for device in ["phone", "laptop", "tablet"] {
+        sessions.push(app.create("ada", device).await);
+    }
+    for user in &users[1..] {
+        sessions.push(app.create(user, "phone").await);
+        sessions.push(app.create(user, "laptop").await);
+    }
+    for session in &sessions {
+        assert_eq!(
+            app.status_of(&session.access_token).await,
+            TokenStatus::Valid,
+            "{session:?}"
+        );
+    }
+
+    // Every session key is in the cluster, on exactly one node; all of one user's keys are in one
+    // slot (the slot of the hash tag `u:<user>`), and the users spread over the masters.
+    let mut node_of_key: BTreeMap<String, u16> = BTreeMap::new();
+    for port in ports {
+        for key in scan(port, &app.key_prefix) {
+            assert!(
+                node_of_key.insert(key.clone(), port).is_none(),
+                "{key} is on two nodes"
+            );
+        }
+    }
+    let mut nodes_of_user: BTreeMap<&str, BTreeSet<u16>> = BTreeMap::new();
+    let mut slots_of_user: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
+    for session in &sessions {
+        let key = session.key(&app.key_prefix);
+        let node = *node_of_key
+            .get(&key)
+            .unwrap_or_else(|| panic!("{key} is on no cluster node; found {node_of_key:?}"));
+        nodes_of_user
+            .entry(&session.user_id)
+            .or_default()
+            .insert(node);
+        slots_of_user
+            .entry(&session.user_id)
+            .or_default()
+            .insert(redis_cli(p1, &["cluster", "keyslot", &key]));
+    }
+    for user in users {
+        let slots = &slots_of_user[user];
+        assert_eq!(slots.len(), 1, "{user}'s keys are in slots {slots:?}");
+        let tag_slot = redis_cli(p1, &["cluster", "keyslot", &format!("u:{user}")]);
+        assert_eq!(
+            slots.first(),
+            Some(&tag_slot),
+            "{user}'s slot is not its hash tag's"
+        );
+        assert_eq!(
+            nodes_of_user[user].len(),
+            1,
+            "{user}'s keys are on several nodes"
+        );
+    }
+    // Their hash tags fall in all three thirds of the slot space, so every master holds some.
+    let nodes_used: BTreeSet<u16> = nodes_of_user.values().flatten().copied().collect();
+    assert_eq!(
+        nodes_used.len(),
+        3,
+        "the users landed on {nodes_used:?} only"
+    );
+
+    // Revoking all of ada's sessions writes the three revoked copies (one EVALSHA, one slot).
+    assert_eq!(app.revoke_user("ada").await, 3);
+    let ada: Vec<&Created> = sessions.iter().filter(|s| s.user_id == "ada").collect();
+    for session in &ada {
+        assert_eq!(
+            app.status_of(&session.access_token).await,
+            TokenStatus::SessionRevoked
+        );
+        assert_cached_revoked(&session.key(&app.key_prefix), hget);
+    }
+    // The other users are untouched.
+    for session in sessions.iter().filter(|s| s.user_id != "ada") {
+        assert_eq!(
+            app.status_of(&session.access_token).await,
+            TokenStatus::Valid
+        );
+    }
+
+    // With Postgres' rows gone, only the cluster still knows ada's sessions are revoked.
+    assert_eq!(app.delete_rows_of("ada").await, 3);
+    for session in &ada {
+        assert_eq!(
+            app.status_of(&session.access_token).await,
+            TokenStatus::SessionRevoked,
+            "answered from the cluster"
+        );
+    }
+    // Control: with both the rows and the cached copies gone, the same check says not found.
+    assert_eq!(app.delete_rows_of("bob").await, 2);
+    for session in sessions.iter().filter(|s| s.user_id == "bob") {
+        redis_cli(p1, &["-c", "del", &session.key(&app.key_prefix)]);
+        assert_eq!(
+            app.status_of(&session.access_token).await,
+            TokenStatus::SessionNotFound
+        );
+    }
+    drop(redis);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_behind_sentinel_caches_sessions_and_keeps_revocations() {
+    let (redis, master, sentinel) = start_sentinel();
+    let app = spawn_app(format!(
+        "redis-sentinel://127.0.0.1:{sentinel}/0?sentinelServiceName=mymaster"
+    ))
+    .await;
+    let exists = |key: &str| redis_cli(master, &["exists", key]) == "1";
+    let hget = |key: &str, field: &str| redis_cli(master, &["hget", key, field]);
+    app.wait_for_redis(exists).await;
+
+    let mut sessions = Vec::new();
+    for device in ["phone", "laptop", "tablet"] {
+        sessions.push(app.create("ada", device).await);
+    }
+    sessions.push(app.create("bob", "phone").await);
+    for session in &sessions {
+        assert_eq!(
+            app.status_of(&session.access_token).await,
+            TokenStatus::Valid
+        );
+    }
+    // The keys are in the master the sentinel names.
+    let on_master = scan(master, &app.key_prefix);
+    for session in &sessions {
+        let key = session.key(&app.key_prefix);
+        assert!(on_master.contains(&key), "{key} not in {on_master:?}");
+    }
+
+    assert_eq!(app.revoke_user("ada").await, 3);
+    let ada: Vec<&Created> = sessions.iter().filter(|s| s.user_id == "ada").collect();
+    for session in &ada {
+        assert_eq!(
+            app.status_of(&session.access_token).await,
+            TokenStatus::SessionRevoked
+        );
+        assert_cached_revoked(&session.key(&app.key_prefix), hget);
+    }
+    assert_eq!(
+        app.status_of(&sessions[3].access_token).await,
+        TokenStatus::Valid
+    );
+
+    assert_eq!(app.delete_rows_of("ada").await, 3);
+    for session in &ada {
+        assert_eq!(
+            app.status_of(&session.access_token).await,
+            TokenStatus::SessionRevoked,
+            "answered from the master behind the sentinel"
+        );
+    }
+    drop(redis);
+}
