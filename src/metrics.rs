@@ -21,6 +21,7 @@ const SESSIONS_REFRESHED: &str = "sessiond_sessions_refreshed_total";
 const SESSIONS_REVOKED: &str = "sessiond_sessions_revoked_total";
 const REFRESH_TOKEN_REUSE: &str = "sessiond_refresh_token_reuse_total";
 const SIGNING_KEYS: &str = "sessiond_signing_keys";
+const REDIS_BREAKER_OPEN: &str = "sessiond_redis_breaker_open";
 
 /// The process-wide Prometheus recorder, installed on first use.
 pub fn handle() -> Option<&'static PrometheusHandle> {
@@ -80,6 +81,10 @@ fn describe() {
         "Retired refresh tokens presented after the grace window."
     );
     describe_gauge!(SIGNING_KEYS, "Access-token verification keys loaded.");
+    describe_gauge!(
+        REDIS_BREAKER_OPEN,
+        "1 while the Redis circuit breaker is open (Redis skipped), else 0."
+    );
 }
 
 /// One SessionService call ended with `code` after `elapsed`.
@@ -96,6 +101,11 @@ pub fn cache_lookup(tier: &'static str, hit: bool) {
 
 pub fn redis_error() {
     counter!(REDIS_ERRORS).increment(1);
+}
+
+/// The Redis circuit breaker opened (true) or closed (false).
+pub fn redis_breaker_open(open: bool) {
+    gauge!(REDIS_BREAKER_OPEN).set(if open { 1.0 } else { 0.0 });
 }
 
 pub fn store_error(kind: &'static str) {

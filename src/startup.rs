@@ -238,6 +238,11 @@ fn build_storage(settings: &Settings) -> anyhow::Result<(Arc<dyn SessionStore>, 
             })
         })
         .transpose()?;
+    // With a shared Redis, other replicas revoke too: the in-process tier hears of it on the
+    // invalidation channel, and is trusted only while subscribed.
+    if let (Some(local), Some(redis)) = (&local, &redis) {
+        redis.subscribe(local.clone())?;
+    }
     Ok((store, SessionCache::new(local, redis)))
 }
 

@@ -74,7 +74,13 @@ pub struct Authority {
     keys: Keys,
     policy: Policy,
     clock: Arc<dyn Clock>,
+    /// Stale copies whose activity write has started, keyed by session and `last_seen_at`.
+    activity_claims: moka::sync::Cache<(SessionId, i64), ()>,
 }
+
+/// Most activity writes remembered at once; older claims are forgotten, at worst costing one
+/// extra (harmless, conditional) write.
+const MAX_ACTIVITY_CLAIMS: u64 = 100_000;
 
 impl Authority {
     /// An authority over these stores, keys and rules.
@@ -85,12 +91,21 @@ impl Authority {
         policy: Policy,
         clock: Arc<dyn Clock>,
     ) -> Self {
+        // A failed write may be retried after an interval.
+        let policy_interval = policy
+            .activity_write_interval
+            .to_std()
+            .unwrap_or(std::time::Duration::from_secs(60));
         Self {
             store,
             cache,
             keys,
             policy,
             clock,
+            activity_claims: moka::sync::Cache::builder()
+                .max_capacity(MAX_ACTIVITY_CLAIMS)
+                .time_to_live(policy_interval)
+                .build(),
         }
     }
 
@@ -174,7 +189,8 @@ impl Authority {
             SessionState::Revoked => Verdict::Refused(Refusal::SessionRevoked),
             SessionState::Expired => Verdict::Refused(Refusal::SessionExpired),
             SessionState::Live => {
-                Verdict::Valid(Box::new(self.record_activity(session, now).await))
+                self.record_activity(&session, now);
+                Verdict::Valid(Box::new(session))
             }
         })
     }
@@ -198,29 +214,33 @@ impl Authority {
         Ok(verified)
     }
 
-    /// Pushes the idle deadline forward, writing at most once per activity interval. A failed
-    /// write is logged and does not fail the validation: the session is live either way.
-    async fn record_activity(&self, session: Session, now: DateTime<Utc>) -> Session {
+    /// Pushes the idle deadline forward, writing at most once per activity interval, in the
+    /// background: a slow or unreachable store must not slow `Validate` down, and the session is
+    /// live either way. Each stale copy is written once (`activity_claims`), so a store outage
+    /// does not pile up one write per request.
+    fn record_activity(&self, session: &Session, now: DateTime<Utc>) {
         let stale_before = now - self.policy.activity_write_interval;
         if session.last_seen_at >= stale_before {
-            return session;
+            return;
+        }
+        let claim = (session.id, session.last_seen_at.timestamp_micros());
+        if !self.activity_claims.entry(claim).or_insert(()).is_fresh() {
+            return;
         }
         let idle_expires_at = (now + self.policy.idle_timeout).min(session.expires_at);
-        let written = self
-            .store
-            .record_activity(session.id, now, idle_expires_at, stale_before)
-            .await;
-        match written {
-            Ok(Some(updated)) => {
-                self.cache.put(std::slice::from_ref(&updated), now).await;
-                updated
+        let (store, cache, id) = (self.store.clone(), self.cache.clone(), session.id);
+        tokio::spawn(async move {
+            match store
+                .record_activity(id, now, idle_expires_at, stale_before)
+                .await
+            {
+                Ok(Some(updated)) => cache.put(std::slice::from_ref(&updated), now).await,
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::warn!(error = %error, session_id = %id, "could not record activity")
+                }
             }
-            Ok(None) => session,
-            Err(error) => {
-                tracing::warn!(error = %error, session_id = %session.id, "could not record activity");
-                session
-            }
-        }
+        });
     }
 
     /// Exchanges a refresh token for its successor; see `rules::refresh` for the rotation rules.

@@ -4,7 +4,13 @@
 //! Entries live at most `ttl`, the longest this replica may act on a stale copy; revocations
 //! from other replicas also evict entries at once through the invalidation channel.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use moka::{Expiry, future::Cache, ops::compute::Op};
 
@@ -37,6 +43,9 @@ struct Ranked {
 pub struct LocalTier {
     sessions: Cache<SessionId, Ranked>,
     tokens: Cache<Arc<str>, Arc<VerifiedAccessToken>>,
+    /// False while revocations made elsewhere could be missed (the invalidation channel is down):
+    /// then sessions are neither served from here nor kept.
+    trusted: Arc<AtomicBool>,
 }
 
 /// A verified token lives until its own `exp`, or the tier's TTL if sooner.
@@ -77,17 +86,34 @@ impl LocalTier {
                 })
                 .expire_after(UntilTokenExpiry(settings.ttl))
                 .build(),
+            trusted: Arc::new(AtomicBool::new(true)),
         }
+    }
+
+    /// Stops serving sessions from here; true if it was trusted until now.
+    pub fn distrust(&self) -> bool {
+        self.trusted.swap(false, Ordering::AcqRel)
+    }
+
+    /// Serves sessions from here again.
+    pub fn trust(&self) {
+        self.trusted.store(true, Ordering::Release);
     }
 
     /// The cached copy of a session of `user_id`.
     pub async fn get(&self, user_id: &UserId, session_id: SessionId) -> Option<Session> {
+        if !self.trusted.load(Ordering::Acquire) {
+            return None;
+        }
         let ranked = self.sessions.get(&session_id).await?;
         (&ranked.session.user_id == user_id).then(|| Session::clone(&ranked.session))
     }
 
     /// Keeps `session` unless a copy of higher rank is already here.
     pub async fn put(&self, session: &Session) {
+        if !self.trusted.load(Ordering::Acquire) {
+            return;
+        }
         let candidate = Ranked {
             rank: rank(session),
             session: Arc::new(session.clone()),

@@ -1,27 +1,42 @@
-//! The shared tier: sessions copied into Redis (through fred), so `Validate` rarely reaches
-//! Postgres.
+//! The shared tier: sessions copied into Redis (through fred), so `Validate` rarely reaches the
+//! store, and the invalidation channel that tells every replica's in-process tier about
+//! revocations.
 //!
-//! This tier never fails a request. Every call has a short timeout and fails fast while Redis is
-//! disconnected; errors are logged and read as a miss.
+//! This tier never fails a request. Every command has a short timeout and fails fast while Redis
+//! is disconnected; a circuit breaker stops sending commands to a Redis that keeps failing, so a
+//! dead or hung Redis costs one timeout per cool-down, not one per request. Errors are logged,
+//! counted, and read as a miss.
 //!
 //! Layout: `<prefix>{u:<user_id>}:s:<session_id>` is a hash with `data` (the session as JSON) and
-//! `rank`. All keys of one user share the hash tag, so they live in one Redis Cluster slot.
+//! `rank`. All keys of one user share the hash tag, so they live in one Redis Cluster slot and one
+//! script can write them all. Revoked session ids are published on `<prefix>invalidate`.
 //!
 //! Writers race (see the parent module), so every write goes through a script that keeps the
 //! copy with the higher [`rank`].
 
-use std::time::Duration;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
 use chrono::{DateTime, Utc};
 use fred::{
+    clients::SubscriberClient,
     prelude::{
-        Builder, Client, ClientLike, Config, HashesInterface, LuaInterface, ReconnectPolicy,
+        Builder, Client, ClientLike, Config, EventInterface, HashesInterface, LuaInterface,
+        PubsubInterface, ReconnectPolicy,
     },
     types::{config::Options, scripts::Script},
 };
 
-use super::rank;
-use crate::domain::{Session, SessionId, UserId};
+use super::{LocalTier, rank};
+use crate::{
+    domain::{Session, SessionId, UserId},
+    metrics,
+};
 
 /// Keeps the copy with the higher rank. ARGV holds (rank, data, ttl in ms) per key.
 const MERGE_LUA: &str = r#"
@@ -35,6 +50,11 @@ for i, key in ipairs(KEYS) do
 end
 return 0
 "#;
+
+/// Consecutive failures that open the breaker.
+const BREAKER_TRIP_AFTER: u32 = 3;
+/// How long an open breaker sends nothing to Redis before one probe may try again.
+const BREAKER_COOL_DOWN: Duration = Duration::from_secs(1);
 
 /// Settings of the Redis tier.
 #[derive(Debug, Clone)]
@@ -51,10 +71,13 @@ pub struct RedisSettings {
 #[derive(Clone)]
 pub struct RedisTier {
     client: Client,
+    /// The same configuration, for the invalidation subscriber's own connection.
+    builder: Arc<Builder>,
     options: Options,
     merge: Script,
     key_prefix: String,
     ttl: Duration,
+    breaker: Arc<Breaker>,
 }
 
 impl RedisTier {
@@ -70,7 +93,8 @@ impl RedisTier {
         // Keep reconnecting instead of failing the first connection: Redis may come later.
         config.fail_fast = false;
         let timeout = settings.timeout;
-        let client = Builder::from_config(config)
+        let mut builder = Builder::from_config(config);
+        builder
             .with_connection_config(|connection| {
                 connection.connection_timeout = timeout.max(Duration::from_secs(1));
                 connection.internal_command_timeout = timeout.max(Duration::from_secs(1));
@@ -78,12 +102,14 @@ impl RedisTier {
                 connection.tcp.nodelay = Some(true);
             })
             .with_performance_config(|performance| performance.default_command_timeout = timeout)
-            .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
+            .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2));
+        let client = builder
             .build()
             .map_err(|e| anyhow::anyhow!("cannot configure the Redis client: {}", e.details()))?;
         drop(client.connect());
         Ok(Self {
             client,
+            builder: Arc::new(builder),
             options: Options {
                 timeout: Some(timeout),
                 max_attempts: Some(1),
@@ -93,6 +119,7 @@ impl RedisTier {
             merge: Script::from_lua(MERGE_LUA),
             key_prefix: settings.key_prefix.clone(),
             ttl: settings.ttl,
+            breaker: Arc::new(Breaker::default()),
         })
     }
 
@@ -100,27 +127,48 @@ impl RedisTier {
         format!("{}{{u:{user_id}}}:s:{session_id}", self.key_prefix)
     }
 
+    fn channel(&self) -> String {
+        format!("{}invalidate", self.key_prefix)
+    }
+
+    /// Runs one command through the breaker: skipped while it is open, and counted.
+    async fn guarded<T>(
+        &self,
+        what: &'static str,
+        command: impl Future<Output = Result<T, fred::error::Error>>,
+    ) -> Option<T> {
+        if !self.breaker.allow() {
+            return None;
+        }
+        match command.await {
+            Ok(value) => {
+                self.breaker.success();
+                Some(value)
+            }
+            Err(error) => {
+                metrics::redis_error();
+                if self.breaker.failure() {
+                    tracing::warn!(error = %error, "redis keeps failing: circuit open, reading the store directly");
+                } else {
+                    tracing::warn!(error = %error, "redis {what} failed; falling back to the store");
+                }
+                None
+            }
+        }
+    }
+
     /// The cached copy of a session, or `None` on a miss or any Redis trouble.
     #[tracing::instrument(name = "cache.redis.get", skip_all)]
     pub async fn get(&self, user_id: &UserId, session_id: SessionId) -> Option<Session> {
         let key = self.key(user_id, session_id);
-        let data: Option<String> = match self
-            .client
-            .with_options(&self.options)
-            .hget(&key, "data")
-            .await
-        {
-            Ok(data) => data,
-            Err(error) => {
-                crate::metrics::redis_error();
-                tracing::warn!(error = %error, "redis read failed; falling back to the store");
-                return None;
-            }
-        };
-        let session: Session = match serde_json::from_str(&data?) {
+        let client = self.client.with_options(&self.options);
+        let data: String = self
+            .guarded("read", client.hget::<Option<String>, _, _>(&key, "data"))
+            .await??;
+        let session: Session = match serde_json::from_str(&data) {
             Ok(session) => session,
             Err(error) => {
-                tracing::warn!(error = %error, "undecodable cache entry; reading postgres instead");
+                tracing::warn!(error = %error, "undecodable cache entry; reading the store instead");
                 return None;
             }
         };
@@ -128,8 +176,8 @@ impl RedisTier {
         (session.id == session_id && &session.user_id == user_id).then_some(session)
     }
 
-    /// Merges these sessions, all of one user, into the cache. A copy that Redis already holds in a
-    /// newer state is left alone. Errors are logged and dropped.
+    /// Merges these sessions, all of one user, into the cache, and announces the revoked ones on
+    /// the invalidation channel. Errors are logged and dropped.
     #[tracing::instrument(name = "cache.redis.put", skip_all, fields(count = sessions.len()))]
     pub async fn put(&self, sessions: &[Session], now: DateTime<Utc>) {
         let mut keys = Vec::with_capacity(sessions.len());
@@ -141,16 +189,24 @@ impl RedisTier {
             let Ok(data) = serde_json::to_string(session) else {
                 continue;
             };
-            let rank = rank(session);
             keys.push(self.key(&session.user_id, session.id));
-            args.extend([rank.to_string(), data, ttl.as_millis().to_string()]);
+            args.extend([rank(session).to_string(), data, ttl.as_millis().to_string()]);
         }
-        if keys.is_empty() {
-            return;
+        if !keys.is_empty() {
+            self.guarded("write", self.merge(keys, args)).await;
         }
-        if let Err(error) = self.merge(keys, args).await {
-            crate::metrics::redis_error();
-            tracing::warn!(error = %error, "redis write failed; the cache may serve the old state until its ttl");
+        let revoked: Vec<String> = sessions
+            .iter()
+            .filter(|session| session.revoked_at.is_some())
+            .map(|session| session.id.to_string())
+            .collect();
+        if !revoked.is_empty() {
+            let client = self.client.with_options(&self.options);
+            self.guarded(
+                "publish",
+                client.publish::<(), _, _>(self.channel(), revoked.join(",")),
+            )
+            .await;
         }
     }
 
@@ -161,7 +217,7 @@ impl RedisTier {
             .await
         {
             Err(error) if error.details().contains("NOSCRIPT") => {
-                // The script cache is empty after a Redis restart or failover: load it and retry once.
+                // The script cache is empty after a Redis restart or failover: EVAL loads it again.
                 client.eval(MERGE_LUA, keys, args).await
             }
             other => other,
@@ -177,5 +233,166 @@ impl RedisTier {
         };
         let until_end = (end - now).to_std().ok().filter(|ttl| !ttl.is_zero())?;
         Some(until_end.min(self.ttl))
+    }
+
+    /// Subscribes to the invalidation channel on a connection of its own, and evicts every
+    /// announced session from `local`. The local tier is trusted only while subscribed: on a lost
+    /// connection it is cleared and bypassed until the subscription is back, since announcements
+    /// made meanwhile are lost.
+    pub fn subscribe(&self, local: LocalTier) -> anyhow::Result<()> {
+        let subscriber: SubscriberClient = self.builder.build_subscriber_client().map_err(|e| {
+            anyhow::anyhow!("cannot configure the Redis subscriber: {}", e.details())
+        })?;
+        local.distrust();
+        let channel = self.channel();
+        let mut messages = subscriber.message_rx();
+        let mut errors = subscriber.error_rx();
+        let mut reconnects = subscriber.reconnect_rx();
+        tokio::spawn(async move {
+            drop(subscriber.connect());
+            // Resubscribes after every reconnect.
+            let _manager = subscriber.manage_subscriptions();
+            let mut subscribed = false;
+            loop {
+                if !subscribed {
+                    subscribed = subscriber.subscribe(channel.as_str()).await.is_ok();
+                    if subscribed {
+                        // Announcements made before this moment are lost: start from empty.
+                        local.clear();
+                        local.trust();
+                        tracing::info!("subscribed to invalidations; in-process tier trusted");
+                    }
+                }
+                tokio::select! {
+                    message = messages.recv() => match message {
+                        Ok(message) => evict_announced(&local, message.value.as_str().as_deref().unwrap_or_default()).await,
+                        // Lagged behind the channel: some announcements are lost.
+                        Err(_) => { local.clear(); }
+                    },
+                    error = errors.recv() => {
+                        if let Ok((error, _)) = error {
+                            if local.distrust() {
+                                tracing::warn!(error = %error, "lost the invalidation channel; in-process tier bypassed until resubscribed");
+                            }
+                            local.clear();
+                            subscribed = false;
+                        }
+                    },
+                    _ = reconnects.recv() => { subscribed = false; }
+                    // Not yet subscribed (Redis unreachable): try again shortly.
+                    () = tokio::time::sleep(Duration::from_secs(1)), if !subscribed => {}
+                }
+            }
+        });
+        Ok(())
+    }
+}
+
+async fn evict_announced(local: &LocalTier, announced: &str) {
+    for id in announced.split(',') {
+        if let Ok(id) = id.parse::<SessionId>() {
+            local.evict(id).await;
+        }
+    }
+}
+
+/// A circuit breaker: closed while Redis answers; open (nothing is sent) for a cool-down after
+/// `BREAKER_TRIP_AFTER` failures in a row; then half-open, letting exactly one probe through,
+/// whose outcome closes it or opens it again.
+struct Breaker {
+    started: Instant,
+    failures: AtomicU32,
+    open_until_ms: AtomicU64,
+    probing: AtomicBool,
+}
+
+impl Default for Breaker {
+    fn default() -> Self {
+        Self {
+            started: Instant::now(),
+            failures: AtomicU32::new(0),
+            open_until_ms: AtomicU64::new(0),
+            probing: AtomicBool::new(false),
+        }
+    }
+}
+
+impl Breaker {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Whether a command may be sent now.
+    fn allow(&self) -> bool {
+        if self.failures.load(Ordering::Acquire) < BREAKER_TRIP_AFTER {
+            return true;
+        }
+        if self.now_ms() < self.open_until_ms.load(Ordering::Acquire) {
+            return false;
+        }
+        // Half-open: one probe at a time.
+        self.probing
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    fn success(&self) {
+        if self.failures.swap(0, Ordering::AcqRel) >= BREAKER_TRIP_AFTER {
+            tracing::info!("redis answers again: circuit closed");
+            metrics::redis_breaker_open(false);
+        }
+        self.probing.store(false, Ordering::Release);
+    }
+
+    /// Records a failure; true when this one opened the circuit.
+    fn failure(&self) -> bool {
+        let failures = self
+            .failures
+            .fetch_add(1, Ordering::AcqRel)
+            .saturating_add(1);
+        let opened = failures >= BREAKER_TRIP_AFTER;
+        if opened {
+            let cool_down = u64::try_from(BREAKER_COOL_DOWN.as_millis()).unwrap_or(u64::MAX);
+            self.open_until_ms
+                .store(self.now_ms().saturating_add(cool_down), Ordering::Release);
+            metrics::redis_breaker_open(true);
+        }
+        self.probing.store(false, Ordering::Release);
+        failures == BREAKER_TRIP_AFTER
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_breaker_opens_after_repeated_failures_and_lets_one_probe_through_after_the_cool_down() {
+        let breaker = Breaker::default();
+        for _ in 1..BREAKER_TRIP_AFTER {
+            assert!(breaker.allow());
+            assert!(!breaker.failure());
+        }
+        assert!(breaker.allow());
+        assert!(breaker.failure(), "this failure opens it");
+        assert!(!breaker.allow(), "open: nothing goes to redis");
+
+        breaker.open_until_ms.store(0, Ordering::Release); // the cool-down has passed
+        assert!(breaker.allow(), "half-open: one probe");
+        assert!(!breaker.allow(), "and only one");
+        breaker.success();
+        assert!(breaker.allow() && breaker.allow(), "closed again");
+    }
+
+    #[test]
+    fn a_failed_probe_opens_the_breaker_again() {
+        let breaker = Breaker::default();
+        for _ in 0..BREAKER_TRIP_AFTER {
+            breaker.failure();
+        }
+        breaker.open_until_ms.store(0, Ordering::Release);
+        assert!(breaker.allow());
+        breaker.failure();
+        assert!(!breaker.allow());
     }
 }

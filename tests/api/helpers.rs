@@ -253,6 +253,23 @@ impl TestApp {
             .map(tonic::Response::into_inner)
     }
 
+    /// Polls GetSession until `done` holds for the stored session (writes made off the request
+    /// path land a moment later); panics after five seconds.
+    pub async fn wait_for_stored(
+        &self,
+        session_id: &str,
+        done: impl Fn(&pb::Session) -> bool,
+    ) -> pb::Session {
+        for _ in 0..100 {
+            let stored = self.get(session_id).await.unwrap();
+            if done(&stored) {
+                return stored;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("session {session_id} never reached the expected state");
+    }
+
     pub fn advance(&self, by: Duration) {
         self.clock.advance(by);
     }
