@@ -210,6 +210,6 @@ if [[ -n "$cold_p99" ]]; then
     "$(printf 'closed loop, %.0f req/s' "${cold_rate:-0}")" "$(awk -v us="$cold_p99" 'BEGIN { printf "%.3f", us / 1000 }')" "-" "(reported)"
 fi
 echo
-echo "== note: SESSIOND_LOCAL_CACHE=off only changes sessiond once that setting exists; before, the"
-echo "   'without local tier' server is an ordinary one."
+echo "== note: a sessiond older than SESSIOND_LOCAL_CACHE ignores it: its 'without local tier' server"
+echo "   is then an ordinary one."
 if [[ "$out" != "$work" ]]; then echo "== JSON and server logs kept in $out"; fi
