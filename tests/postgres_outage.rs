@@ -1,0 +1,926 @@
+//! Postgres outages, end to end: the real `sessiond` binary, started as a child process, over a
+//! Postgres server this test owns (its own `initdb` in a temp folder, on its own loopback port),
+//! which the test stops and starts. The shared Postgres on 5432 is never touched; Redis is the
+//! shared one (`SESSIOND_TEST_REDIS_URL`, default `redis://127.0.0.1:6379`) under a fresh key
+//! prefix per sessiond.
+//!
+//! What is held:
+//! - while Postgres is down, every RPC that needs it (writes, and reads of uncached sessions)
+//!   fails with UNAVAILABLE / `STORE_UNAVAILABLE` within a bound, without leaking connection
+//!   details, and a failed write changes nothing;
+//! - `Validate` of sessions held in Redis or in the in-process tier keeps answering, fast;
+//! - readiness and liveness stay SERVING (a store outage does not pull every replica out of the
+//!   Service while `Validate` can still answer from the caches);
+//! - once Postgres is back, writes succeed again within seconds;
+//! - a session acknowledged to the caller survives `kill -9` of sessiond and a crash of Postgres;
+//! - (ignored until fixed) calls in flight when Postgres freezes, rather than exits, fail fast too.
+//!
+//! Needs the Postgres server binaries (`/usr/lib/postgresql/<version>/bin`, or the folder in
+//! `SESSIOND_TEST_PG_BIN`). As root, they run as the `postgres` user, since Postgres refuses root.
+
+// Tests may panic on a broken expectation; that is how they fail.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::{
+    fs::File,
+    future::Future,
+    io::Write as _,
+    net::{SocketAddr, TcpListener as StdTcpListener},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use ed25519_dalek::{
+    Signer,
+    pkcs8::{EncodePrivateKey, spki::der::pem::LineEnding},
+};
+use serde_json::Value;
+use sessiond::api::pb::{self, TokenStatus, session_service_client::SessionServiceClient};
+use tempfile::TempDir;
+use tonic::{Code, Status, transport::Channel};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+use tonic_types::StatusExt;
+
+/// sessiond's `SESSIOND_DATABASE_TIMEOUT` in these tests (passed as "1s").
+const DATABASE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long an RPC that needs the store may take to fail while Postgres is down.
+const FAIL_FAST_BOUND: Duration = Duration::from_secs(3);
+/// Past this, an RPC is reported as hung (and the test fails) instead of waited for.
+const HANG: Duration = Duration::from_secs(20);
+/// The readiness service name, and the liveness one.
+const READINESS: &str = "sessiond.v1.SessionService";
+const LIVENESS: &str = "liveness";
+
+#[tokio::test]
+async fn writes_fail_fast_and_cached_validates_answer_while_postgres_is_down() {
+    let mut postgres = Postgres::init_and_start();
+    let keys = Keys::generate();
+    let sessiond = Sessiond::start(&postgres, &keys, &fresh_prefix()).await;
+    let mut client = sessiond.client().await;
+
+    // Sessions made and validated while Postgres is up: each is now in Redis (and, briefly, in the
+    // in-process tier).
+    let mut sessions = Vec::new();
+    for i in 0..5 {
+        let created = create(&mut client, &format!("outage-user-{i}"), "phone")
+            .await
+            .expect("CreateSession works while Postgres is up");
+        let (access, _) = tokens(&created.tokens);
+        assert!(validate(&mut client, &access).await.valid);
+        sessions.push(created);
+    }
+    let forged = forge_unknown_session_token(&tokens(&sessions[0].tokens).0, &keys.signing);
+    // The same measurement as below with Postgres down, for comparison.
+    let up = percentiles(&mut validate_cached(&mut client, &sessions, "Postgres up").await);
+
+    postgres.stop_immediate();
+
+    // Health: liveness and readiness both stay SERVING.
+    assert_eq!(
+        health(&sessiond, READINESS).await,
+        ServingStatus::Serving,
+        "readiness with Postgres down\n{}",
+        sessiond.log()
+    );
+    assert_eq!(health(&sessiond, LIVENESS).await, ServingStatus::Serving);
+
+    // Every RPC that needs Postgres fails with UNAVAILABLE, fast.
+    let revoked_id = session_id(&sessions[0]);
+    let (_, unrotated_refresh) = tokens(&sessions[1].tokens);
+    let mut report = Vec::new();
+    let (result, took) = timed(create(&mut client, "outage-user-new", "phone")).await;
+    assert_store_unavailable("CreateSession", result, took, &postgres, &sessiond);
+    report.push(("CreateSession", took));
+    let (result, took) = timed(client.revoke_session(pb::RevokeSessionRequest {
+        session_id: revoked_id.clone(),
+        reason: "signed out during the outage".into(),
+    }))
+    .await;
+    assert_store_unavailable("RevokeSession", result, took, &postgres, &sessiond);
+    report.push(("RevokeSession", took));
+    let (result, took) = timed(refresh(&mut client, &unrotated_refresh)).await;
+    assert_store_unavailable("Refresh", result, took, &postgres, &sessiond);
+    report.push(("Refresh", took));
+    let (result, took) = timed(client.revoke_user_sessions(pb::RevokeUserSessionsRequest {
+        user_id: "outage-user-2".into(),
+        ..Default::default()
+    }))
+    .await;
+    assert_store_unavailable("RevokeUserSessions", result, took, &postgres, &sessiond);
+    report.push(("RevokeUserSessions", took));
+    let (result, took) = timed(get(&mut client, &session_id(&sessions[2]))).await;
+    assert_store_unavailable("GetSession", result, took, &postgres, &sessiond);
+    report.push(("GetSession", took));
+    let (result, took) = timed(client.list_user_sessions(pb::ListUserSessionsRequest {
+        user_id: "outage-user-3".into(),
+        ..Default::default()
+    }))
+    .await;
+    assert_store_unavailable("ListUserSessions", result, took, &postgres, &sessiond);
+    report.push(("ListUserSessions", took));
+
+    // More concurrent writes than the pool has connections (16): each still fails within the bound.
+    let started = Instant::now();
+    let concurrent = futures::future::join_all((0..40).map(|i| {
+        let mut client = client.clone();
+        async move { timed(create(&mut client, &format!("outage-burst-{i}"), "")).await }
+    }))
+    .await;
+    for (result, took) in concurrent {
+        assert_store_unavailable("CreateSession (burst)", result, took, &postgres, &sessiond);
+    }
+    report.push(("40 concurrent CreateSession, all", started.elapsed()));
+
+    // Validate of the cached sessions keeps answering, from Redis or the in-process tier, about
+    // as fast as with Postgres up.
+    let down = percentiles(&mut validate_cached(&mut client, &sessions, "Postgres down").await);
+
+    // A validly signed token whose session no tier holds must not get a guessed answer.
+    let (result, took) = timed(client.validate(pb::ValidateRequest {
+        access_token: forged.clone(),
+    }))
+    .await;
+    assert_store_unavailable("Validate (uncached)", result, took, &postgres, &sessiond);
+    report.push(("Validate of an uncached session", took));
+
+    // Still SERVING after all those failures.
+    assert_eq!(health(&sessiond, READINESS).await, ServingStatus::Serving);
+    assert_eq!(health(&sessiond, LIVENESS).await, ServingStatus::Serving);
+
+    // Recovery: Postgres comes back, and writes work again within seconds, with no restart.
+    postgres.start();
+    let back = Instant::now();
+    let recovered = loop {
+        match timed(create(&mut client, "outage-user-after", "phone")).await {
+            (Ok(created), _) => break created,
+            (Err(status), _) => assert!(
+                back.elapsed() < Duration::from_secs(15),
+                "CreateSession still fails {:?} after Postgres came back: {status:?}\n{}",
+                back.elapsed(),
+                sessiond.log()
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let recovery = back.elapsed();
+    assert!(
+        validate(&mut client, &tokens(&recovered.tokens).0)
+            .await
+            .valid
+    );
+
+    // The failed writes changed nothing: the session is not revoked, and the refresh token that
+    // failed to rotate is still the current one.
+    let stored = get(&mut client, &revoked_id)
+        .await
+        .expect("GetSession works again");
+    assert_eq!(
+        stored.revoked_at, None,
+        "a failed RevokeSession took effect"
+    );
+    assert!(
+        validate(&mut client, &tokens(&sessions[0].tokens).0)
+            .await
+            .valid
+    );
+    let rotated = refresh(&mut client, &unrotated_refresh)
+        .await
+        .expect("the refresh token that failed to rotate during the outage still works");
+    assert!(
+        validate(&mut client, &tokens(&rotated.tokens).0)
+            .await
+            .valid
+    );
+    // And the uncached session, now that the store can answer, is a normal refusal.
+    let response = validate(&mut client, &forged).await;
+    assert!(!response.valid);
+    assert_eq!(response.status(), TokenStatus::SessionNotFound);
+
+    let mut text = format!(
+        "postgres_outage: with Postgres down (SESSIOND_DATABASE_TIMEOUT={DATABASE_TIMEOUT:?}):\n"
+    );
+    for (what, took) in &report {
+        text.push_str(&format!("  {what}: UNAVAILABLE after {took:?}\n"));
+    }
+    text.push_str(&format!(
+        "  Validate of cached sessions, {VALIDATES} calls: p50 {:?}, p99 {:?}, max {:?} \
+         (Postgres up: p50 {:?}, p99 {:?}, max {:?})\n\
+         postgres_outage: CreateSession succeeded {recovery:?} after Postgres restarted\n",
+        down.0, down.1, down.2, up.0, up.1, up.2
+    ));
+    report_line(&text);
+    // Loose, since this machine is shared and noisy and the binary is a debug build: what matters
+    // is that no Validate waited on the store, which would take SESSIOND_DATABASE_TIMEOUT.
+    assert!(
+        down.1 < DATABASE_TIMEOUT / 2,
+        "p99 of cached Validates with Postgres down: {:?}",
+        down.1
+    );
+}
+
+#[tokio::test]
+async fn an_acknowledged_session_survives_kill_9_of_sessiond_and_a_postgres_crash() {
+    let mut postgres = Postgres::init_and_start();
+    let keys = Keys::generate();
+    let mut first = Sessiond::start(&postgres, &keys, &fresh_prefix()).await;
+    let mut client = first.client().await;
+
+    let mut created = Vec::new();
+    for i in 0..10 {
+        created.push(
+            create(&mut client, &format!("durable-user-{i}"), "phone")
+                .await
+                .expect("CreateSession works"),
+        );
+    }
+    // The last one was acknowledged an instant ago: nothing had time to happen after it.
+    first.kill_9();
+    drop(client);
+    postgres.stop_immediate();
+    postgres.start();
+
+    // A new sessiond on the same database and keys. A fresh Redis prefix: the answers below must
+    // come from Postgres, not from what the first sessiond cached.
+    let second = Sessiond::start(&postgres, &keys, &fresh_prefix()).await;
+    let mut client = second.client().await;
+    for session in &created {
+        let id = session_id(session);
+        let stored = get(&mut client, &id)
+            .await
+            .unwrap_or_else(|status| panic!("acknowledged session {id} was lost: {status:?}"));
+        assert_eq!(Some(&stored), session.session.as_ref());
+
+        let (access, refresh_token) = tokens(&session.tokens);
+        let validated = validate(&mut client, &access).await;
+        assert!(validated.valid, "{validated:?}");
+        assert_eq!(validated.session.map(|s| s.session_id), Some(id.clone()));
+
+        let refreshed = refresh(&mut client, &refresh_token)
+            .await
+            .unwrap_or_else(|status| panic!("Refresh of {id} failed: {status:?}"));
+        assert_eq!(refreshed.session.as_ref().map(|s| &s.session_id), Some(&id));
+        assert!(
+            validate(&mut client, &tokens(&refreshed.tokens).0)
+                .await
+                .valid
+        );
+    }
+}
+
+/// How many Validates are timed, each time.
+const VALIDATES: usize = 200;
+
+/// Validates the sessions' access tokens in turn, `VALIDATES` calls in all; every answer must be
+/// valid and name its session. The latency of each call.
+async fn validate_cached(
+    client: &mut SessionServiceClient<Channel>,
+    sessions: &[pb::CreateSessionResponse],
+    when: &str,
+) -> Vec<Duration> {
+    let mut latencies = Vec::with_capacity(VALIDATES);
+    for i in 0..VALIDATES {
+        let session = &sessions[i % sessions.len()];
+        let started = Instant::now();
+        let response = tokio::time::timeout(HANG, validate(client, &tokens(&session.tokens).0))
+            .await
+            .unwrap_or_else(|_| panic!("Validate hung ({when})"));
+        latencies.push(started.elapsed());
+        assert!(
+            response.valid && response.status() == TokenStatus::Valid,
+            "a cached session must validate ({when}): {response:?}"
+        );
+        assert_eq!(
+            response.session.map(|s| s.session_id),
+            Some(session_id(session)),
+            "{when}"
+        );
+    }
+    latencies
+}
+
+/// A Postgres that stops answering without closing its sockets (a hung host, a stuck disk, a
+/// network partition): calls that were already talking to it must fail fast too, not only new ones.
+///
+/// Ignored: this is a sessiond bug today. `statement_timeout` is enforced by the server, so it
+/// cannot fire while the server is frozen, and nothing bounds a statement on the client side:
+/// a write in flight hangs until Postgres comes back (new calls fail in ~1 s at the pool).
+/// Run it with `cargo test --test postgres_outage -- --ignored`.
+#[tokio::test]
+#[ignore = "sessiond bug: a call in flight when Postgres freezes hangs until Postgres answers again"]
+async fn calls_in_flight_fail_fast_when_postgres_freezes() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    };
+    let mut postgres = Postgres::init_and_start();
+    let keys = Keys::generate();
+    let sessiond = Sessiond::start(&postgres, &keys, &fresh_prefix()).await;
+    let client = sessiond.client().await;
+
+    // Writers keep calls in flight, so that some are mid-transaction when Postgres freezes.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..8)
+        .map(|writer| {
+            let mut client = client.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut calls = Vec::new();
+                for i in 0.. {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let started = Instant::now();
+                    let user = format!("freeze-{writer}-{i}");
+                    let result =
+                        tokio::time::timeout(HANG / 2, create(&mut client, &user, "phone")).await;
+                    calls.push((started, started.elapsed(), result.map(|r| r.map(|_| ()))));
+                }
+                calls
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let frozen_at = Instant::now();
+    postgres.freeze();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut slow = Vec::new();
+    let mut overlapping = 0;
+    for writer in writers {
+        for (started, took, result) in writer.await.unwrap() {
+            if started + took < frozen_at {
+                continue;
+            }
+            overlapping += 1;
+            let result = result.map(|r| r.map_err(|status| status.code()));
+            // Done before the freeze took hold, or UNAVAILABLE: either is fine, if it is fast.
+            let answered = matches!(result, Ok(Ok(()) | Err(Code::Unavailable)));
+            if took >= FAIL_FAST_BOUND || !answered {
+                slow.push(format!("CreateSession: {result:?} after {took:?}"));
+            }
+        }
+    }
+    postgres.thaw();
+    report_line(&format!(
+        "postgres_outage (freeze): {overlapping} calls overlapped the freeze; {} were not \
+         UNAVAILABLE within {FAIL_FAST_BOUND:?}\n",
+        slow.len()
+    ));
+    assert!(
+        slow.is_empty(),
+        "calls in flight when Postgres froze: {slow:#?}\n{}",
+        sessiond.log()
+    );
+}
+
+// --- RPCs ---------------------------------------------------------------------------------------
+
+async fn create(
+    client: &mut SessionServiceClient<Channel>,
+    user_id: &str,
+    device_id: &str,
+) -> Result<pb::CreateSessionResponse, Status> {
+    client
+        .create_session(pb::CreateSessionRequest {
+            user_id: user_id.into(),
+            device: Some(pb::Device {
+                device_id: device_id.into(),
+                name: "outage test".into(),
+                user_agent: "tests/1.0".into(),
+                ip_address: "203.0.113.7".into(),
+            }),
+            metadata: [("app".to_owned(), "tests".to_owned())].into(),
+            lifetime: None,
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+async fn validate(client: &mut SessionServiceClient<Channel>, token: &str) -> pb::ValidateResponse {
+    client
+        .validate(pb::ValidateRequest {
+            access_token: token.into(),
+        })
+        .await
+        .expect("Validate answers")
+        .into_inner()
+}
+
+async fn refresh(
+    client: &mut SessionServiceClient<Channel>,
+    token: &str,
+) -> Result<pb::RefreshResponse, Status> {
+    client
+        .refresh(pb::RefreshRequest {
+            refresh_token: token.into(),
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+async fn get(client: &mut SessionServiceClient<Channel>, id: &str) -> Result<pb::Session, Status> {
+    client
+        .get_session(pb::GetSessionRequest {
+            session_id: id.into(),
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+async fn health(sessiond: &Sessiond, service: &str) -> ServingStatus {
+    HealthClient::new(channel(sessiond.addr).await)
+        .check(HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .expect("the health service answers")
+        .into_inner()
+        .status()
+}
+
+/// Runs `call`, failing the test if it hangs; its result and how long it took.
+async fn timed<T>(call: impl Future<Output = T>) -> (T, Duration) {
+    let started = Instant::now();
+    let result = tokio::time::timeout(HANG, call)
+        .await
+        .unwrap_or_else(|_| panic!("the call hung for {HANG:?}"));
+    (result, started.elapsed())
+}
+
+/// `result` is UNAVAILABLE with reason STORE_UNAVAILABLE, arrived within the bound, and says
+/// nothing about where Postgres is.
+fn assert_store_unavailable<T: std::fmt::Debug>(
+    what: &str,
+    result: Result<T, Status>,
+    took: Duration,
+    postgres: &Postgres,
+    sessiond: &Sessiond,
+) {
+    let status = match result {
+        Ok(answer) => panic!("{what} succeeded with Postgres down: {answer:?}"),
+        Err(status) => status,
+    };
+    assert_eq!(
+        status.code(),
+        Code::Unavailable,
+        "{what}: {status:?}\n{}",
+        sessiond.log()
+    );
+    let info = status
+        .get_details_error_info()
+        .unwrap_or_else(|| panic!("{what}: no ErrorInfo in {status:?}"));
+    assert_eq!(info.reason, "STORE_UNAVAILABLE", "{what}");
+    assert_eq!(info.domain, "sessiond", "{what}");
+    assert!(
+        took < FAIL_FAST_BOUND,
+        "{what} took {took:?} to fail (bound {FAIL_FAST_BOUND:?})"
+    );
+    let port = postgres.port.to_string();
+    let said = format!("{} {:?}", status.message(), info.metadata).to_lowercase();
+    for detail in [
+        "127.0.0.1",
+        port.as_str(),
+        "postgres",
+        "refused",
+        "pool",
+        "sqlx",
+        "timed out",
+        "connect",
+    ] {
+        assert!(
+            !said.contains(detail),
+            "{what}: the error leaks {detail:?}: {said}"
+        );
+    }
+}
+
+// --- Tokens -------------------------------------------------------------------------------------
+
+/// The access and refresh tokens of a response.
+fn tokens(pair: &Option<pb::TokenPair>) -> (String, String) {
+    let pair = pair.as_ref().expect("a token pair");
+    (pair.access_token.clone(), pair.refresh_token.clone())
+}
+
+fn session_id(created: &pb::CreateSessionResponse) -> String {
+    created
+        .session
+        .as_ref()
+        .expect("a session")
+        .session_id
+        .clone()
+}
+
+/// A token like `real` (same header, so same `kid`; same user), for a session that never
+/// existed, properly signed with sessiond's key: only the store can say it is unknown.
+fn forge_unknown_session_token(real: &str, key: &ed25519_dalek::SigningKey) -> String {
+    let decode = |part: &str| -> Value {
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
+    };
+    let encode = |value: &Value| URL_SAFE_NO_PAD.encode(serde_json::to_vec(value).unwrap());
+    let mut parts = real.split('.');
+    let header = decode(parts.next().unwrap());
+    let mut claims = decode(parts.next().unwrap());
+    claims["sid"] = uuid::Uuid::now_v7().to_string().into();
+    claims["jti"] = uuid::Uuid::now_v7().to_string().into();
+    let input = format!("{}.{}", encode(&header), encode(&claims));
+    let signature = key.sign(input.as_bytes());
+    format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature.to_bytes()))
+}
+
+/// p50, p99 and max.
+fn percentiles(latencies: &mut [Duration]) -> (Duration, Duration, Duration) {
+    latencies.sort_unstable();
+    let at = |q: f64| {
+        let rank = (q * latencies.len() as f64).ceil() as usize;
+        latencies[rank.clamp(1, latencies.len()) - 1]
+    };
+    (at(0.50), at(0.99), latencies[latencies.len() - 1])
+}
+
+/// Writes to the real stderr, past the test harness's capture, so the measurements show in a plain
+/// `cargo test` run.
+fn report_line(text: &str) {
+    let _ = std::io::stderr().write_all(text.as_bytes());
+}
+
+/// Keys sessiond signs with and derives refresh tokens with; both sessionds of a test share them.
+struct Keys {
+    dir: TempDir,
+    signing: ed25519_dalek::SigningKey,
+}
+
+impl Keys {
+    fn generate() -> Self {
+        let dir = TempDir::new().unwrap();
+        let signing = ed25519_dalek::SigningKey::from_bytes(&random_bytes());
+        std::fs::write(
+            dir.path().join("signing.pem"),
+            signing.to_pkcs8_pem(LineEnding::LF).unwrap().as_bytes(),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("refresh.key"), random_bytes()).unwrap();
+        Self { dir, signing }
+    }
+
+    fn signing_file(&self) -> PathBuf {
+        self.dir.path().join("signing.pem")
+    }
+
+    fn refresh_file(&self) -> PathBuf {
+        self.dir.path().join("refresh.key")
+    }
+}
+
+fn random_bytes() -> [u8; 32] {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).unwrap();
+    bytes
+}
+
+fn fresh_prefix() -> String {
+    format!("sessiond-test:outage:{}:", uuid::Uuid::now_v7())
+}
+
+// --- The test's own Postgres --------------------------------------------------------------------
+
+/// A Postgres server in a temp folder, on a free loopback port. Dropping it stops it (immediate
+/// mode) and deletes the folder, also when the test panics.
+struct Postgres {
+    bin: PathBuf,
+    dir: TempDir,
+    port: u16,
+    running: bool,
+    /// Whether its processes are stopped (SIGSTOP): alive, holding their sockets, answering nothing.
+    frozen: bool,
+}
+
+impl Postgres {
+    /// `initdb` (trust auth, superuser `postgres`), then starts it.
+    fn init_and_start() -> Self {
+        let bin = postgres_bin();
+        let dir = TempDir::new().unwrap();
+        if running_as_root() {
+            run(
+                Command::new("chown").arg("postgres:").arg(dir.path()),
+                "chown",
+            );
+        }
+        let port = free_port().port();
+        let mut postgres = Self {
+            bin,
+            dir,
+            port,
+            running: false,
+            frozen: false,
+        };
+        run(
+            postgres
+                .command("initdb")
+                .arg("-D")
+                .arg(postgres.data())
+                .args(["--auth=trust", "-U", "postgres", "--no-sync", "-E", "UTF8"]),
+            "initdb",
+        );
+        let mut conf = std::fs::OpenOptions::new()
+            .append(true)
+            .open(postgres.data().join("postgresql.conf"))
+            .unwrap();
+        write!(
+            conf,
+            "\n# postgres_outage test server\n\
+             listen_addresses = '127.0.0.1'\n\
+             port = {port}\n\
+             unix_socket_directories = '{}'\n\
+             max_connections = 50\n\
+             shared_buffers = 16MB\n\
+             # The defaults, spelled out: a commit is acknowledged once it is in the WAL.\n\
+             fsync = on\n\
+             synchronous_commit = on\n",
+            postgres.dir.path().display()
+        )
+        .unwrap();
+        postgres.start();
+        postgres
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Starts the server and waits until it accepts connections (after crash recovery, if any).
+    fn start(&mut self) {
+        let log = self.dir.path().join("postgres.log");
+        run(
+            self.command("pg_ctl")
+                .args(["start", "-w", "-t", "60", "-D"])
+                .arg(self.data())
+                .arg("-l")
+                .arg(&log),
+            "pg_ctl start",
+        );
+        self.running = true;
+    }
+
+    /// Stops the server as a crash would: no checkpoint, connections cut.
+    fn stop_immediate(&mut self) {
+        run(
+            self.command("pg_ctl")
+                .args(["stop", "-w", "-m", "immediate", "-D"])
+                .arg(self.data()),
+            "pg_ctl stop",
+        );
+        self.running = false;
+    }
+
+    /// Stops (SIGSTOP) the postmaster and every backend, as a hung host or a stuck disk would: the
+    /// kernel still accepts connections and acknowledges data, but nothing answers.
+    fn freeze(&mut self) {
+        self.signal_all("-STOP");
+        self.frozen = true;
+    }
+
+    /// Lets a frozen server run again.
+    fn thaw(&mut self) {
+        self.signal_all("-CONT");
+        self.frozen = false;
+    }
+
+    /// Sends `signal` to this server's postmaster and its children, by pid.
+    fn signal_all(&self, signal: &str) {
+        let pid_file = std::fs::read_to_string(self.data().join("postmaster.pid")).unwrap();
+        let postmaster: u32 = pid_file.lines().next().unwrap().trim().parse().unwrap();
+        let mut pids = vec![postmaster];
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            // pid (comm) state ppid ...: comm may hold spaces, so read after the last ')'.
+            let parent = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|ppid| ppid.parse::<u32>().ok());
+            if parent == Some(postmaster) {
+                pids.push(pid);
+            }
+        }
+        let _ = Command::new("kill")
+            .arg(signal)
+            .args(pids.iter().map(u32::to_string))
+            .status();
+    }
+
+    /// A command running `program` from the server binaries, as `postgres` when we are root.
+    fn command(&self, program: &str) -> Command {
+        let path = self.bin.join(program);
+        let mut command = if running_as_root() {
+            let mut command = Command::new("runuser");
+            command.args(["-u", "postgres", "--"]).arg(path);
+            command
+        } else {
+            Command::new(path)
+        };
+        command.current_dir(self.dir.path()).stdin(Stdio::null());
+        command
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        if self.frozen {
+            self.signal_all("-CONT");
+        }
+        if self.running {
+            let _ = self
+                .command("pg_ctl")
+                .args(["stop", "-w", "-m", "immediate", "-D"])
+                .arg(self.data())
+                .output();
+        }
+    }
+}
+
+/// The folder of the newest installed Postgres server binaries.
+fn postgres_bin() -> PathBuf {
+    if let Some(dir) = std::env::var_os("SESSIOND_TEST_PG_BIN") {
+        return dir.into();
+    }
+    let root = Path::new("/usr/lib/postgresql");
+    let newest = std::fs::read_dir(root)
+        .ok()
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let version: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let bin = entry.path().join("bin");
+            bin.join("pg_ctl").exists().then_some((version, bin))
+        })
+        .max_by_key(|(version, _)| *version);
+    newest.map(|(_, bin)| bin).unwrap_or_else(|| {
+        panic!("no Postgres server binaries in {root:?}/<version>/bin; set SESSIOND_TEST_PG_BIN")
+    })
+}
+
+fn running_as_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|output| output.stdout.trim_ascii() == b"0")
+}
+
+fn run(command: &mut Command, what: &str) {
+    let output = command
+        .output()
+        .unwrap_or_else(|error| panic!("cannot run {what}: {error}"));
+    assert!(
+        output.status.success(),
+        "{what} failed with {}\n{}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+// --- The sessiond child ---------------------------------------------------------------------------
+
+/// The real sessiond binary as a child process; killed (SIGKILL) when dropped.
+struct Sessiond {
+    addr: SocketAddr,
+    child: Option<Child>,
+    log: PathBuf,
+    _dir: TempDir,
+}
+
+impl Sessiond {
+    /// Starts sessiond on `postgres`, with `keys` and Redis key prefix `prefix`, and waits until
+    /// readiness reports SERVING.
+    async fn start(postgres: &Postgres, keys: &Keys, prefix: &str) -> Self {
+        let dir = TempDir::new().unwrap();
+        let addr = free_port();
+        let log = dir.path().join("sessiond.log");
+        let out = File::create(&log).unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_sessiond"));
+        for (name, _) in std::env::vars() {
+            if name.starts_with("SESSIOND_") || name.starts_with("OTEL_") {
+                command.env_remove(name);
+            }
+        }
+        let redis_url = std::env::var("SESSIOND_TEST_REDIS_URL")
+            .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+        let child = command
+            .env("SESSIOND_DATABASE_URL", postgres.url())
+            .env("SESSIOND_REDIS_URL", redis_url)
+            .env("SESSIOND_REDIS_KEY_PREFIX", prefix)
+            .env("SESSIOND_DATABASE_TIMEOUT", "1s")
+            .env("SESSIOND_LISTEN_ADDR", addr.to_string())
+            .env("SESSIOND_OPS_ADDR", "127.0.0.1:0")
+            .env("SESSIOND_SIGNING_KEY_FILE", keys.signing_file())
+            .env("SESSIOND_REFRESH_KEY_FILE", keys.refresh_file())
+            .env("SESSIOND_SHUTDOWN_DRAIN", "0s")
+            .env("RUST_LOG", "info")
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        let mut sessiond = Self {
+            addr,
+            child: Some(child),
+            log,
+            _dir: dir,
+        };
+        sessiond.wait_until_serving().await;
+        sessiond
+    }
+
+    async fn wait_until_serving(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("sessiond exited with {status} at start\n{}", self.log());
+            }
+            if self.serving().await {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sessiond did not report SERVING within 60 s\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn serving(&self) -> bool {
+        let Ok(channel) = Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+        else {
+            return false;
+        };
+        HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: READINESS.into(),
+            })
+            .await
+            .is_ok_and(|response| response.into_inner().status() == ServingStatus::Serving)
+    }
+
+    async fn client(&self) -> SessionServiceClient<Channel> {
+        SessionServiceClient::new(channel(self.addr).await)
+    }
+
+    /// SIGKILL: no shutdown, no flush, nothing.
+    fn kill_9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// What sessiond printed, for failure messages.
+    fn log(&self) -> String {
+        format!(
+            "--- sessiond log ({}) ---\n{}",
+            self.log.display(),
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        )
+    }
+}
+
+impl Drop for Sessiond {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A loopback port nothing listens on right now.
+fn free_port() -> SocketAddr {
+    let listener = StdTcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+async fn channel(addr: SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
