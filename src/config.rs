@@ -146,6 +146,19 @@ pub struct Settings {
     /// Log format: `text` for people, `json` for collectors. The level comes from `RUST_LOG`.
     #[arg(long, env = "SESSIOND_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// How often the sweeper deletes ended sessions (one replica at a time).
+    #[arg(long, env = "SESSIOND_SWEEP_INTERVAL", default_value = "1m", value_parser = parse_duration)]
+    pub sweep_interval: Duration,
+
+    /// Most sessions the sweeper deletes in one statement.
+    #[arg(long, env = "SESSIOND_SWEEP_BATCH_SIZE", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
+    pub sweep_batch_size: u32,
+
+    /// How long a revoked or expired session is kept (still readable by GetSession and
+    /// ListUserSessions with include_revoked) before the sweeper deletes it.
+    #[arg(long, env = "SESSIOND_REVOKED_RETENTION", default_value = "7d", value_parser = parse_duration)]
+    pub revoked_retention: Duration,
 }
 
 /// What CreateSession does for a user who already holds the maximum number of live sessions.
@@ -179,6 +192,7 @@ impl Settings {
             ("SESSIOND_ACCESS_TOKEN_TTL", self.access_token_ttl),
             ("SESSIOND_SESSION_LIFETIME", self.session_lifetime),
             ("SESSIOND_IDLE_TIMEOUT", self.idle_timeout),
+            ("SESSIOND_SWEEP_INTERVAL", self.sweep_interval),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, value)| value.is_zero()) {
             return Err(format!("{name} must be longer than zero"));
@@ -260,6 +274,21 @@ mod tests {
                 .local_cache
         );
         assert!(parse(&["--local-cache", "on"]).expect("parses").local_cache);
+    }
+
+    #[test]
+    fn the_sweeper_settings_default_and_refuse_zero() {
+        let settings = parse(&[]).expect("defaults parse");
+        assert_eq!(settings.sweep_interval, Duration::from_secs(60));
+        assert_eq!(settings.sweep_batch_size, 500);
+        assert_eq!(settings.revoked_retention, Duration::from_secs(7 * 86_400));
+        let error = parse(&["--sweep-interval", "0s"])
+            .expect("parses")
+            .validate()
+            .expect_err("must fail");
+        assert!(error.contains("SESSIOND_SWEEP_INTERVAL"), "{error}");
+        let error = parse(&["--sweep-batch-size", "0"]).expect_err("must fail");
+        assert!(error.to_string().contains("--sweep-batch-size"), "{error}");
     }
 
     #[test]

@@ -13,5 +13,6 @@ pub mod error;
 pub mod metrics;
 pub mod startup;
 pub mod store;
+pub mod sweeper;
 pub mod telemetry;
 pub mod token;

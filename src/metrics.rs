@@ -22,6 +22,7 @@ const SESSIONS_REVOKED: &str = "sessiond_sessions_revoked_total";
 const REFRESH_TOKEN_REUSE: &str = "sessiond_refresh_token_reuse_total";
 const SIGNING_KEYS: &str = "sessiond_signing_keys";
 const REDIS_BREAKER_OPEN: &str = "sessiond_redis_breaker_open";
+const SWEEPER_DELETED: &str = "sessiond_sweeper_deleted_total";
 
 /// The process-wide Prometheus recorder, installed on first use.
 pub fn handle() -> Option<&'static PrometheusHandle> {
@@ -85,6 +86,10 @@ fn describe() {
         REDIS_BREAKER_OPEN,
         "1 while the Redis circuit breaker is open (Redis skipped), else 0."
     );
+    describe_counter!(
+        SWEEPER_DELETED,
+        "Ended sessions (expired or revoked, past retention) the sweeper deleted."
+    );
 }
 
 /// One SessionService call ended with `code` after `elapsed`.
@@ -133,6 +138,11 @@ pub fn sessions_revoked(reason: &str, count: usize) {
 
 pub fn refresh_token_reuse() {
     counter!(REFRESH_TOKEN_REUSE).increment(1);
+}
+
+/// The sweeper deleted `count` sessions.
+pub fn sessions_swept(count: u64) {
+    counter!(SWEEPER_DELETED).increment(count);
 }
 
 /// The key ring now holds `count` verification keys.

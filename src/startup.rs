@@ -25,6 +25,7 @@ use crate::{
     config::Settings,
     metrics,
     store::{PostgresStore, SessionStore, SqliteStore},
+    sweeper::{self, SweepSettings},
     token::{KeySource, Keys},
 };
 
@@ -42,6 +43,9 @@ pub struct Application {
     ops_addr: SocketAddr,
     authority: Arc<Authority>,
     store: Arc<dyn SessionStore>,
+    /// The clock the authority reads, for the sweeper.
+    clock: Arc<dyn Clock>,
+    sweep: SweepSettings,
     /// Whether the store answered and is migrated.
     store_ready: bool,
     key_reload_interval: Duration,
@@ -83,7 +87,7 @@ impl Application {
         );
 
         let (store, cache) = build_storage(&settings)?;
-        let authority = Authority::new(store.clone(), cache, keys, policy, clock);
+        let authority = Authority::new(store.clone(), cache, keys, policy, clock.clone());
 
         let listener = bind("SESSIOND_LISTEN_ADDR", settings.listen_addr).await?;
         let ops_listener = bind("SESSIOND_OPS_ADDR", settings.ops_addr).await?;
@@ -95,6 +99,8 @@ impl Application {
             authority: Arc::new(authority),
             store_ready: migrate(store.as_ref()).await,
             store,
+            clock,
+            sweep: SweepSettings::from_settings(&settings),
             key_reload_interval: settings.key_reload_interval,
             shutdown_drain: settings.shutdown_drain,
             shutdown_grace: settings.shutdown_grace,
@@ -131,6 +137,11 @@ impl Application {
         let key_reloader = tokio::spawn(reload_keys(
             self.authority.clone(),
             self.key_reload_interval,
+        ));
+        let sweeper = tokio::spawn(sweeper::run(
+            self.store.clone(),
+            self.clock.clone(),
+            self.sweep,
         ));
 
         // `stopping` flips when the drain is over: the listeners close then.
@@ -173,6 +184,7 @@ impl Application {
             }
         };
         key_reloader.abort();
+        sweeper.abort();
         ops.abort();
         health
             .set_service_status(LIVENESS, ServingStatus::NotServing)

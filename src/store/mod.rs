@@ -156,7 +156,27 @@ pub trait SessionStore: Send + Sync + 'static {
         after: Option<SessionId>,
         limit: i64,
     ) -> Result<Vec<Session>>;
+
+    /// Deletes, with their refresh tokens, the sessions that ended more than `retention` before
+    /// `now`: revoked before `now - retention`, or past `expires_at` or `idle_expires_at` by more
+    /// than `retention`. Deletes `batch_size` rows per statement, each statement its own short
+    /// transaction, until a batch comes back short. Returns how many it deleted, or `None` when
+    /// another replica is sweeping (it holds [`SWEEP_LOCK_KEY`]).
+    ///
+    /// Expired sessions get the same retention as revoked ones so that a session that has just
+    /// ended still reads as expired, not as not-found, for a while (GetSession,
+    /// ListUserSessions with `include_revoked`).
+    async fn sweep(
+        &self,
+        now: DateTime<Utc>,
+        retention: chrono::Duration,
+        batch_size: i64,
+    ) -> Result<Option<u64>>;
 }
+
+/// The Postgres advisory lock (session level) a replica holds while it sweeps, so only one sweeps
+/// at a time. Fixed, and the same on every replica: "sessweep" in ASCII.
+pub const SWEEP_LOCK_KEY: i64 = 0x7365_7373_7765_6570;
 
 /// A stored 32-byte hash column as a [`TokenHash`].
 fn token_hash(bytes: Vec<u8>) -> Result<TokenHash> {

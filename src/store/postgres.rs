@@ -12,7 +12,9 @@ use sqlx::{
 };
 use uuid::Uuid;
 
-use super::{Backend, PostgresStore, Statements, StoredRefreshToken, all, one, token_hash};
+use super::{
+    Backend, PostgresStore, SWEEP_LOCK_KEY, Statements, StoredRefreshToken, all, one, token_hash,
+};
 use crate::{
     domain::{RevokeReason, Session, SessionId, UserId},
     error::{Error, Result},
@@ -333,5 +335,45 @@ impl Statements for PgConnection {
             .execute(self)
             .await?;
         Ok(())
+    }
+
+    async fn try_lock_sweep(&mut self) -> Result<bool> {
+        Ok(sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(SWEEP_LOCK_KEY)
+            .fetch_one(self)
+            .await?)
+    }
+
+    async fn unlock_sweep(&mut self) -> Result<()> {
+        let released: bool = sqlx::query_scalar("SELECT pg_advisory_unlock($1)")
+            .bind(SWEEP_LOCK_KEY)
+            .fetch_one(self)
+            .await?;
+        if !released {
+            tracing::warn!("the sweep lock was not held at unlock");
+        }
+        Ok(())
+    }
+
+    async fn delete_ended_before(&mut self, cutoff: DateTime<Utc>, limit: i64) -> Result<u64> {
+        // One bounded index scan per condition (session_expires_at_idx,
+        // session_idle_expires_at_idx, session_revoked_at_idx), deduplicated: the union holds
+        // min($2, rows to delete) ids, so a short batch means nothing is left. ORDER BY and
+        // `= ANY(ARRAY(..))` keep even the generic plan of this prepared statement on indexes
+        // (with `IN (..)` or ORed conditions it seq-scans `session`).
+        let sql = "DELETE FROM session WHERE session_id = ANY(ARRAY( \
+                     SELECT session_id FROM (SELECT session_id FROM session WHERE expires_at < $1 \
+                                             ORDER BY expires_at LIMIT $2) AS e \
+                     UNION SELECT session_id FROM (SELECT session_id FROM session WHERE idle_expires_at < $1 \
+                                                   ORDER BY idle_expires_at LIMIT $2) AS i \
+                     UNION SELECT session_id FROM (SELECT session_id FROM session WHERE revoked_at < $1 \
+                                                   ORDER BY revoked_at LIMIT $2) AS r \
+                     LIMIT $2))";
+        Ok(sqlx::query(sql)
+            .bind(cutoff)
+            .bind(limit)
+            .execute(self)
+            .await?
+            .rows_affected())
     }
 }

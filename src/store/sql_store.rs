@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::{Database, Pool, Transaction};
+use sqlx::{Database, Pool, Transaction, pool::PoolConnection};
 
 use super::{
     Admission, RefreshDecision, RefreshOutcome, RefreshRule, RefreshState, Revocation,
@@ -99,6 +99,15 @@ pub trait Statements: Send {
         session_id: SessionId,
         generation: i32,
     ) -> Result<()>;
+    /// Takes the sweep lock ([`super::SWEEP_LOCK_KEY`]) for this connection, without waiting;
+    /// false if another connection holds it.
+    async fn try_lock_sweep(&mut self) -> Result<bool>;
+    /// Releases what [`Statements::try_lock_sweep`] took.
+    async fn unlock_sweep(&mut self) -> Result<()>;
+    /// Deletes at most `limit` sessions (their refresh tokens cascade) revoked before `cutoff` or
+    /// past either expiry before `cutoff`; returns how many. One statement, run outside any
+    /// transaction, so its locks last only as long as it does.
+    async fn delete_ended_before(&mut self, cutoff: DateTime<Utc>, limit: i64) -> Result<u64>;
 }
 
 /// What differs between databases beyond their statements.
@@ -296,5 +305,58 @@ where
             .await?
             .list_sessions(user_id, include_revoked, now, after, limit)
             .await
+    }
+
+    async fn sweep(
+        &self,
+        now: DateTime<Utc>,
+        retention: chrono::Duration,
+        batch_size: i64,
+    ) -> Result<Option<u64>> {
+        // A retention too long to subtract keeps everything.
+        let Some(cutoff) = now.checked_sub_signed(retention) else {
+            return Ok(Some(0));
+        };
+        let batch_size = batch_size.max(1);
+        // From the lock attempt until the unlock, any way out (an error, a timeout, the task
+        // aborted at shutdown) closes the connection rather than pooling it, and so drops the
+        // lock with it.
+        let mut lock = SweepLock {
+            conn: self.pool.acquire().await?,
+            held: true,
+        };
+        if !lock.conn.try_lock_sweep().await? {
+            lock.held = false;
+            return Ok(None);
+        }
+        let mut deleted = 0;
+        loop {
+            let batch = lock.conn.delete_ended_before(cutoff, batch_size).await?;
+            deleted += batch;
+            if batch < batch_size.unsigned_abs() {
+                break;
+            }
+            // Let requests have the pool and the runtime between batches.
+            tokio::task::yield_now().await;
+        }
+        lock.conn.unlock_sweep().await?;
+        // Unlocked: the connection may go back to the pool.
+        lock.held = false;
+        Ok(Some(deleted))
+    }
+}
+
+/// A pooled connection that may hold the sweep lock: dropped while `held`, the connection is
+/// closed instead of pooled, which releases the lock.
+struct SweepLock<DB: Database> {
+    conn: PoolConnection<DB>,
+    held: bool,
+}
+
+impl<DB: Database> Drop for SweepLock<DB> {
+    fn drop(&mut self) {
+        if self.held {
+            self.conn.close_on_drop();
+        }
     }
 }

@@ -98,6 +98,8 @@ pub struct TestApp {
     pub pool: Option<PgPool>,
     /// The key sessiond signs with, so tests can forge tokens.
     pub signing_key: ed25519_dalek::SigningKey,
+    /// The embedded store's data folder (used only when the test runs on SQLite).
+    pub data_dir: std::path::PathBuf,
     /// Keys and, for SQLite, the data folder; deleted when the test ends.
     _files: TempDir,
 }
@@ -142,6 +144,7 @@ pub async fn spawn_app_with(store: Store, configure: impl FnOnce(&mut Settings))
 pub async fn spawn(mut settings: Settings, pool: Option<PgPool>) -> TestApp {
     let keys = TempDir::new().unwrap();
     settings.data_dir = keys.path().join("data");
+    let data_dir = settings.data_dir.clone();
     let signing_key = ed25519_dalek::SigningKey::from_bytes(&random_seed());
     // A test that brings its own key folders keeps them as they are.
     if settings.signing_keys_dir.is_none() {
@@ -171,6 +174,7 @@ pub async fn spawn(mut settings: Settings, pool: Option<PgPool>) -> TestApp {
         clock,
         pool,
         signing_key,
+        data_dir,
         _files: keys,
     }
 }

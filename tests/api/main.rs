@@ -36,4 +36,5 @@ mod outages;
 mod refresh;
 mod revoke;
 mod serving;
+mod sweeper;
 mod validate;

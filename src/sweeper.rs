@@ -1,0 +1,81 @@
+//! The sweeper: every `SESSIOND_SWEEP_INTERVAL`, deletes the sessions that ended more than
+//! `SESSIOND_REVOKED_RETENTION` ago (revoked, or past either expiry), with their refresh tokens.
+//!
+//! It stays off the `Validate` path: it holds one pooled connection while it runs, deletes in
+//! batches of `SESSIOND_SWEEP_BATCH_SIZE` rows (each its own short statement, through the expiry
+//! and revocation indexes), and yields between batches. With Postgres, only the replica that takes
+//! the sweep advisory lock sweeps; the others skip that round (see [`SessionStore::sweep`]).
+//!
+//! Redis needs no sweeping: it holds no per-user index, only one hash per session
+//! (`<prefix>{u:<user>}:s:<sid>`), and every entry is written with a TTL of at most
+//! `SESSIOND_CACHE_TTL` and never past the session's end (`RedisTier::entry_ttl`), so entries
+//! expire by themselves. A revoked session's entry may last to its absolute expiry, capped by
+//! the cache TTL; only with a cache TTL longer than the retention can it outlive the swept row, and
+//! then it still only refuses the session's tokens (as revoked rather than not found).
+//!
+//! Rows deleted are logged (`swept`, with `deleted`) and counted in
+//! `sessiond_sweeper_deleted_total`.
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::time::MissedTickBehavior;
+
+use crate::{clock::Clock, config::Settings, metrics, store::SessionStore};
+
+/// What the sweeper is told.
+#[derive(Debug, Clone, Copy)]
+pub struct SweepSettings {
+    /// Time between sweeps.
+    pub interval: Duration,
+    /// Most rows one delete statement removes.
+    pub batch_size: i64,
+    /// How long an ended session is kept before it is deleted.
+    ///
+    /// Expired sessions get the same retention as revoked ones, counted from `expires_at` or
+    /// `idle_expires_at`: a session that has just expired then still reads as expired (GetSession,
+    /// ListUserSessions with `include_revoked`) instead of vanishing into not-found at once.
+    pub retention: chrono::Duration,
+}
+
+impl SweepSettings {
+    pub fn from_settings(settings: &Settings) -> Self {
+        Self {
+            interval: settings.sweep_interval,
+            batch_size: i64::from(settings.sweep_batch_size),
+            // Too long to represent: keep everything (the store refuses to subtract it).
+            retention: chrono::Duration::from_std(settings.revoked_retention)
+                .unwrap_or(chrono::Duration::MAX),
+        }
+    }
+}
+
+/// Sweeps every `settings.interval`, first one interval after start, until the task is aborted.
+/// Errors are logged and the next round tries again.
+pub async fn run(store: Arc<dyn SessionStore>, clock: Arc<dyn Clock>, settings: SweepSettings) {
+    let mut ticker = tokio::time::interval(settings.interval);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // The first tick is immediate; start sweeping one interval in, not in the middle of startup.
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        sweep_once(store.as_ref(), clock.as_ref(), &settings).await;
+    }
+}
+
+/// One round: sweeps, then logs and counts what it did.
+#[tracing::instrument(name = "sweeper.sweep", skip_all)]
+async fn sweep_once(store: &dyn SessionStore, clock: &dyn Clock, settings: &SweepSettings) {
+    match store
+        .sweep(clock.now(), settings.retention, settings.batch_size)
+        .await
+    {
+        Ok(Some(deleted)) => {
+            if deleted > 0 {
+                tracing::info!(deleted, "swept");
+                metrics::sessions_swept(deleted);
+            }
+        }
+        Ok(None) => tracing::debug!("another replica is sweeping; skipping this round"),
+        Err(error) => tracing::warn!(error = %error, "sweep failed; trying again next round"),
+    }
+}
