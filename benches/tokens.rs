@@ -5,8 +5,7 @@
 //! - `refresh_token/hash`: what every Refresh does to find the presented token;
 //! - `refresh_token/successor`: the HMAC that derives the next token in a Refresh.
 //!
-//! The in-process cache tier gets its own group here (`local_cache/*`) once it exists; see the
-//! placeholder at the bottom.
+//! The in-process cache tier has its own: `cargo bench --bench local_cache`.
 
 // A benchmark's setup failing should stop it loudly, as a test's does.
 #![allow(clippy::expect_used)]
@@ -71,9 +70,6 @@ fn refresh_tokens(c: &mut Criterion) {
     });
     group.finish();
 }
-
-// The in-process cache tier (SESSIOND_LOCAL_CACHE) goes here: a `local_cache` group with a hit
-// and a miss of its lookup, added to `criterion_group!` below.
 
 criterion_group!(benches, access_tokens, refresh_tokens);
 criterion_main!(benches);

@@ -129,6 +129,13 @@ impl LocalTier {
             .await;
     }
 
+    /// Finishes moka's deferred bookkeeping (eviction order, weights), which otherwise runs a
+    /// little later; for measurements that need the tier settled.
+    pub async fn settle(&self) {
+        self.sessions.run_pending_tasks().await;
+        self.tokens.run_pending_tasks().await;
+    }
+
     /// Drops a session, as told by another replica.
     pub async fn evict(&self, session_id: SessionId) {
         self.sessions.invalidate(&session_id).await;
