@@ -13,7 +13,7 @@
 //!   Service while `Validate` can still answer from the caches);
 //! - once Postgres is back, writes succeed again within seconds;
 //! - a session acknowledged to the caller survives `kill -9` of sessiond and a crash of Postgres;
-//! - (ignored until fixed) calls in flight when Postgres freezes, rather than exits, fail fast too.
+//! - calls in flight when Postgres freezes, rather than exits, fail fast too.
 //!
 //! Needs the Postgres server binaries (`/usr/lib/postgresql/<version>/bin`, or the folder in
 //! `SESSIOND_TEST_PG_BIN`). As root, they run as the `postgres` user, since Postgres refuses root.
@@ -305,12 +305,9 @@ async fn validate_cached(
 /// A Postgres that stops answering without closing its sockets (a hung host, a stuck disk, a
 /// network partition): calls that were already talking to it must fail fast too, not only new ones.
 ///
-/// Ignored: this is a sessiond bug today. `statement_timeout` is enforced by the server, so it
-/// cannot fire while the server is frozen, and nothing bounds a statement on the client side:
-/// a write in flight hangs until Postgres comes back (new calls fail in ~1 s at the pool).
-/// Run it with `cargo test --test postgres_outage -- --ignored`.
+/// `statement_timeout` is enforced by the server, so it cannot fire while the server is frozen:
+/// sessiond bounds each store operation itself (`SqlStore::with_op_timeout`).
 #[tokio::test]
-#[ignore = "sessiond bug: a call in flight when Postgres freezes hangs until Postgres answers again"]
 async fn calls_in_flight_fail_fast_when_postgres_freezes() {
     use std::sync::{
         Arc,

@@ -161,9 +161,6 @@ async fn a_replica_that_lost_its_subscription_does_not_trust_its_in_process_tier
 /// The cut held open: B's SUBSCRIBE is refused (`ACL SETUSER default -subscribe`), so B is not
 /// subscribed and must keep bypassing its in-process tier, however long that lasts.
 #[tokio::test]
-#[ignore = "sessiond bug: src/cache/redis.rs trusts the in-process tier as soon as SUBSCRIBE is \
-            written; fred resolves subscribe() without waiting for Redis' reply, so a refused \
-            SUBSCRIBE (NOPERM) counts as subscribed and revocations are missed for the local TTL"]
 async fn a_replica_whose_resubscription_is_refused_keeps_bypassing_its_in_process_tier() {
     let redis = RedisServer::start();
     let cluster = Replicas::start(&redis).await;

@@ -131,15 +131,20 @@ impl RedisTier {
         format!("{}invalidate", self.key_prefix)
     }
 
-    /// Runs one command through the breaker: skipped while it is open, and counted.
+    /// Runs one command through the breaker: skipped while it is open (unless `always`), and
+    /// counted.
     async fn guarded<T>(
         &self,
         what: &'static str,
+        always: bool,
         command: impl Future<Output = Result<T, fred::error::Error>>,
     ) -> Option<T> {
-        if !self.breaker.allow() {
+        if !self.breaker.allow() && !always {
             return None;
         }
+        // A probe whose caller gave up (its future dropped mid-command) must not hold the
+        // half-open slot forever.
+        let _probe = ProbeSlot(&self.breaker);
         match command.await {
             Ok(value) => {
                 self.breaker.success();
@@ -163,7 +168,11 @@ impl RedisTier {
         let key = self.key(user_id, session_id);
         let client = self.client.with_options(&self.options);
         let data: String = self
-            .guarded("read", client.hget::<Option<String>, _, _>(&key, "data"))
+            .guarded(
+                "read",
+                false,
+                client.hget::<Option<String>, _, _>(&key, "data"),
+            )
             .await??;
         let session: Session = match serde_json::from_str(&data) {
             Ok(session) => session,
@@ -192,21 +201,22 @@ impl RedisTier {
             keys.push(self.key(&session.user_id, session.id));
             args.extend([rank(session).to_string(), data, ttl.as_millis().to_string()]);
         }
-        if !keys.is_empty() {
-            self.guarded("write", self.merge(keys, args)).await;
-        }
         let revoked: Vec<String> = sessions
             .iter()
             .filter(|session| session.revoked_at.is_some())
             .map(|session| session.id.to_string())
             .collect();
-        if !revoked.is_empty() {
+        // A revocation is tried even through an open breaker (bounded by the timeout): a Redis
+        // that was only slow would otherwise keep serving the live copy until its TTL.
+        let revoking = !revoked.is_empty();
+        if !keys.is_empty() {
+            self.guarded("write", revoking, self.merge(keys, args))
+                .await;
+        }
+        if revoking {
             let client = self.client.with_options(&self.options);
-            self.guarded(
-                "publish",
-                client.publish::<(), _, _>(self.channel(), revoked.join(",")),
-            )
-            .await;
+            let announce = client.publish::<(), _, _>(self.channel(), revoked.join(","));
+            self.guarded("publish", true, announce).await;
         }
     }
 
@@ -244,6 +254,7 @@ impl RedisTier {
             anyhow::anyhow!("cannot configure the Redis subscriber: {}", e.details())
         })?;
         local.distrust();
+        let publisher = self.clone();
         let channel = self.channel();
         let mut messages = subscriber.message_rx();
         let mut errors = subscriber.error_rx();
@@ -252,22 +263,39 @@ impl RedisTier {
             drop(subscriber.connect());
             // Resubscribes after every reconnect.
             let _manager = subscriber.manage_subscriptions();
-            let mut subscribed = false;
+            let mut state = Subscription::Down;
             loop {
-                if !subscribed {
-                    subscribed = subscriber.subscribe(channel.as_str()).await.is_ok();
-                    if subscribed {
-                        // Announcements made before this moment are lost: start from empty.
-                        local.clear();
-                        local.trust();
-                        tracing::info!("subscribed to invalidations; in-process tier trusted");
-                    }
+                if matches!(state, Subscription::Down)
+                    && subscriber.subscribe(channel.as_str()).await.is_ok()
+                {
+                    // fred does not wait for Redis to accept SUBSCRIBE (an ACL may refuse it):
+                    // trust the channel only once a probe sent on it has come back.
+                    let nonce = format!("probe:{}", uuid::Uuid::now_v7());
+                    let client = publisher.client.with_options(&publisher.options);
+                    let _ = client
+                        .publish::<(), _, _>(channel.as_str(), nonce.as_str())
+                        .await;
+                    state = Subscription::Probing {
+                        nonce,
+                        since: Instant::now(),
+                    };
                 }
                 tokio::select! {
                     message = messages.recv() => match message {
-                        Ok(message) => evict_announced(&local, message.value.as_str().as_deref().unwrap_or_default()).await,
+                        Ok(message) => {
+                            let text = message.value.as_str().map(|text| text.to_string()).unwrap_or_default();
+                            if matches!(&state, Subscription::Probing { nonce, .. } if *nonce == text) {
+                                // Announcements made before this moment may be lost: start empty.
+                                local.clear();
+                                local.trust();
+                                state = Subscription::Up;
+                                tracing::info!("subscribed to invalidations; in-process tier trusted");
+                            } else {
+                                evict_announced(&local, &text).await;
+                            }
+                        }
                         // Lagged behind the channel: some announcements are lost.
-                        Err(_) => { local.clear(); }
+                        Err(_) => local.clear(),
                     },
                     error = errors.recv() => {
                         if let Ok((error, _)) = error {
@@ -275,16 +303,46 @@ impl RedisTier {
                                 tracing::warn!(error = %error, "lost the invalidation channel; in-process tier bypassed until resubscribed");
                             }
                             local.clear();
-                            subscribed = false;
+                            state = Subscription::Down;
                         }
                     },
-                    _ = reconnects.recv() => { subscribed = false; }
-                    // Not yet subscribed (Redis unreachable): try again shortly.
-                    () = tokio::time::sleep(Duration::from_secs(1)), if !subscribed => {}
+                    _ = reconnects.recv() => {
+                        local.distrust();
+                        state = Subscription::Down;
+                    }
+                    // Not subscribed yet, or the probe never came back: try again.
+                    () = tokio::time::sleep(SUBSCRIBE_RETRY), if !matches!(state, Subscription::Up) => {
+                        if matches!(state, Subscription::Probing { since, .. } if since.elapsed() >= SUBSCRIBE_RETRY) {
+                            state = Subscription::Down;
+                        }
+                    }
                 }
             }
         });
         Ok(())
+    }
+}
+
+/// Where the invalidation subscription stands.
+enum Subscription {
+    Down,
+    /// Subscribed as far as the client knows; waiting for `nonce` to come back on the channel.
+    Probing {
+        nonce: String,
+        since: Instant,
+    },
+    Up,
+}
+
+/// How long to wait before subscribing again, or for a probe to come back.
+const SUBSCRIBE_RETRY: Duration = Duration::from_secs(1);
+
+/// Frees the breaker's half-open slot when a guarded command ends, however it ends.
+struct ProbeSlot<'a>(&'a Breaker);
+
+impl Drop for ProbeSlot<'_> {
+    fn drop(&mut self) {
+        self.0.probing.store(false, Ordering::Release);
     }
 }
 

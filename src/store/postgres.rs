@@ -33,12 +33,14 @@ impl PostgresStore {
         let options = PgConnectOptions::from_str(url)?
             .application_name("sessiond")
             .options([("statement_timeout", timeout.as_millis().to_string())]);
+        // One timeout to get a connection, one for the work.
         Ok(Self::new(
             PgPoolOptions::new()
                 .max_connections(max_connections)
                 .acquire_timeout(timeout)
                 .connect_lazy_with(options),
-        ))
+        )
+        .with_op_timeout(timeout * 2))
     }
 }
 

@@ -1,5 +1,7 @@
 //! The one implementation of [`SessionStore`] over any database that provides [`Statements`].
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::{Database, Pool, Transaction, pool::PoolConnection};
@@ -125,12 +127,37 @@ where
 /// A [`SessionStore`] over a pool of `DB` connections.
 pub struct SqlStore<DB: Database> {
     pool: Pool<DB>,
+    /// Bound on one whole operation, enforced here: the database's own statement timeout cannot
+    /// fire while the server is frozen or cut off, and a call must not hang until it returns.
+    op_timeout: Option<Duration>,
 }
 
 impl<DB: Database> SqlStore<DB> {
-    /// A store over `pool`.
+    /// A store over `pool`, with no bound of its own on an operation.
     pub fn new(pool: Pool<DB>) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            op_timeout: None,
+        }
+    }
+
+    /// Fails any operation that takes longer than `limit` with UNAVAILABLE. If that happens
+    /// during a commit, whether the write landed is unknown, as with any lost connection.
+    pub fn with_op_timeout(mut self, limit: Duration) -> Self {
+        self.op_timeout = Some(limit);
+        self
+    }
+
+    async fn bounded<T>(&self, op: impl Future<Output = Result<T>> + Send) -> Result<T> {
+        match self.op_timeout {
+            None => op.await,
+            Some(limit) => tokio::time::timeout(limit, op).await.unwrap_or_else(|_| {
+                Err(Error::from(sqlx::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the store did not answer in time",
+                ))))
+            }),
+        }
     }
 
     /// The pool, for tests and tools that need to look underneath.
@@ -155,35 +182,39 @@ where
         admit: Admission<'_>,
         now: DateTime<Utc>,
     ) -> Result<Vec<Session>> {
-        let mut tx = DB::begin_write(&self.pool).await?;
-        let conn = &mut *tx;
-        conn.lock_user(&session.user_id).await?;
-        let mut revoked = Vec::new();
-        if let Some(device_id) = &session.device.device_id {
-            let reason = RevokeReason::internal(RevokeReason::DEVICE_REPLACED);
-            revoked.extend(
-                conn.revoke_device(&session.user_id, device_id, now, &reason)
-                    .await?,
-            );
-        }
-        // Returning early drops the transaction: a refusal rolls back the device replacement too.
-        let evict = admit(conn.count_live(&session.user_id, now).await?)?;
-        if evict > 0 {
-            let reason = RevokeReason::internal(RevokeReason::SESSION_LIMIT);
-            revoked.extend(
-                conn.revoke_oldest_live(&session.user_id, evict, now, &reason)
-                    .await?,
-            );
-        }
-        conn.insert_session(session).await?;
-        conn.insert_refresh_token(refresh_token, session.id, 0, now)
-            .await?;
-        tx.commit().await?;
-        Ok(revoked)
+        self.bounded(async move {
+            let mut tx = DB::begin_write(&self.pool).await?;
+            let conn = &mut *tx;
+            conn.lock_user(&session.user_id).await?;
+            let mut revoked = Vec::new();
+            if let Some(device_id) = &session.device.device_id {
+                let reason = RevokeReason::internal(RevokeReason::DEVICE_REPLACED);
+                revoked.extend(
+                    conn.revoke_device(&session.user_id, device_id, now, &reason)
+                        .await?,
+                );
+            }
+            // Returning early drops the transaction: a refusal rolls back the device replacement too.
+            let evict = admit(conn.count_live(&session.user_id, now).await?)?;
+            if evict > 0 {
+                let reason = RevokeReason::internal(RevokeReason::SESSION_LIMIT);
+                revoked.extend(
+                    conn.revoke_oldest_live(&session.user_id, evict, now, &reason)
+                        .await?,
+                );
+            }
+            conn.insert_session(session).await?;
+            conn.insert_refresh_token(refresh_token, session.id, 0, now)
+                .await?;
+            tx.commit().await?;
+            Ok(revoked)
+        })
+        .await
     }
 
     async fn find(&self, id: SessionId) -> Result<Option<Session>> {
-        self.pool.acquire().await?.find_session(id).await
+        self.bounded(async move { self.pool.acquire().await?.find_session(id).await })
+            .await
     }
 
     async fn record_activity(
@@ -193,15 +224,18 @@ where
         idle_expires_at: DateTime<Utc>,
         stale_before: DateTime<Utc>,
     ) -> Result<Option<Session>> {
-        let mut conn = self.pool.acquire().await?;
-        match conn
-            .record_activity(id, now, idle_expires_at, stale_before)
-            .await?
-        {
-            Some(updated) => Ok(Some(updated)),
-            // Not stale, or not live: the row as it stands.
-            None => conn.find_session(id).await,
-        }
+        self.bounded(async move {
+            let mut conn = self.pool.acquire().await?;
+            match conn
+                .record_activity(id, now, idle_expires_at, stale_before)
+                .await?
+            {
+                Some(updated) => Ok(Some(updated)),
+                // Not stale, or not live: the row as it stands.
+                None => conn.find_session(id).await,
+            }
+        })
+        .await
     }
 
     async fn refresh(
@@ -210,58 +244,63 @@ where
         now: DateTime<Utc>,
         decide: RefreshRule<'_>,
     ) -> Result<RefreshOutcome> {
-        let unknown = || Error::RefreshRefused(RefreshRefusal::Unknown);
-        let mut tx = DB::begin_write(&self.pool).await?;
-        let conn = &mut *tx;
-        let found = conn
-            .find_refresh_token(presented)
-            .await?
-            .ok_or_else(unknown)?;
-        // Concurrent refreshes of one session take turns here. Read the token again under the
-        // lock, since the one before us may have rotated it.
-        let session = conn
-            .find_session_for_update(found.session_id)
-            .await?
-            .ok_or_else(unknown)?;
-        let found = conn
-            .find_refresh_token(presented)
-            .await?
-            .ok_or_else(unknown)?;
-        let current = conn.current_refresh_token(session.id).await?;
-        let decision = decide(RefreshState {
-            session: &session,
-            presented: &found,
-            current,
-        });
-        let outcome = match decision {
-            RefreshDecision::Refuse(error) => return Err(error),
-            RefreshDecision::Repeat(successor) => RefreshOutcome::Repeated(session, successor),
-            RefreshDecision::Rotate {
-                successor,
-                idle_expires_at,
-                forget_before,
-            } => {
-                conn.retire_current_refresh_token(session.id, now).await?;
-                conn.insert_refresh_token(&successor, session.id, found.generation + 1, now)
-                    .await?;
-                conn.forget_refresh_tokens_before(session.id, forget_before)
-                    .await?;
-                // A refresh is activity, written every time rather than coalesced.
-                let updated = conn
-                    .record_activity(session.id, now, idle_expires_at, DateTime::<Utc>::MAX_UTC)
-                    .await?
-                    .ok_or_else(|| {
-                        Error::Internal(anyhow::anyhow!("a locked live session vanished"))
-                    })?;
-                RefreshOutcome::Rotated(updated, successor)
-            }
-            RefreshDecision::Revoke(reason) => match conn.revoke(session.id, now, &reason).await? {
-                Some(revoked) => RefreshOutcome::Revoked(revoked),
-                None => return Err(Error::RefreshRefused(RefreshRefusal::SessionRevoked)),
-            },
-        };
-        tx.commit().await?;
-        Ok(outcome)
+        self.bounded(async move {
+            let unknown = || Error::RefreshRefused(RefreshRefusal::Unknown);
+            let mut tx = DB::begin_write(&self.pool).await?;
+            let conn = &mut *tx;
+            let found = conn
+                .find_refresh_token(presented)
+                .await?
+                .ok_or_else(unknown)?;
+            // Concurrent refreshes of one session take turns here. Read the token again under the
+            // lock, since the one before us may have rotated it.
+            let session = conn
+                .find_session_for_update(found.session_id)
+                .await?
+                .ok_or_else(unknown)?;
+            let found = conn
+                .find_refresh_token(presented)
+                .await?
+                .ok_or_else(unknown)?;
+            let current = conn.current_refresh_token(session.id).await?;
+            let decision = decide(RefreshState {
+                session: &session,
+                presented: &found,
+                current,
+            });
+            let outcome = match decision {
+                RefreshDecision::Refuse(error) => return Err(error),
+                RefreshDecision::Repeat(successor) => RefreshOutcome::Repeated(session, successor),
+                RefreshDecision::Rotate {
+                    successor,
+                    idle_expires_at,
+                    forget_before,
+                } => {
+                    conn.retire_current_refresh_token(session.id, now).await?;
+                    conn.insert_refresh_token(&successor, session.id, found.generation + 1, now)
+                        .await?;
+                    conn.forget_refresh_tokens_before(session.id, forget_before)
+                        .await?;
+                    // A refresh is activity, written every time rather than coalesced.
+                    let updated = conn
+                        .record_activity(session.id, now, idle_expires_at, DateTime::<Utc>::MAX_UTC)
+                        .await?
+                        .ok_or_else(|| {
+                            Error::Internal(anyhow::anyhow!("a locked live session vanished"))
+                        })?;
+                    RefreshOutcome::Rotated(updated, successor)
+                }
+                RefreshDecision::Revoke(reason) => {
+                    match conn.revoke(session.id, now, &reason).await? {
+                        Some(revoked) => RefreshOutcome::Revoked(revoked),
+                        None => return Err(Error::RefreshRefused(RefreshRefusal::SessionRevoked)),
+                    }
+                }
+            };
+            tx.commit().await?;
+            Ok(outcome)
+        })
+        .await
     }
 
     async fn revoke(
@@ -270,12 +309,15 @@ where
         now: DateTime<Utc>,
         reason: &RevokeReason,
     ) -> Result<Revocation> {
-        let mut conn = self.pool.acquire().await?;
-        Ok(match conn.revoke(id, now, reason).await? {
-            Some(revoked) => Revocation::Revoked(Box::new(revoked)),
-            None if conn.find_session(id).await?.is_some() => Revocation::AlreadyRevoked,
-            None => Revocation::NotFound,
+        self.bounded(async move {
+            let mut conn = self.pool.acquire().await?;
+            Ok(match conn.revoke(id, now, reason).await? {
+                Some(revoked) => Revocation::Revoked(Box::new(revoked)),
+                None if conn.find_session(id).await?.is_some() => Revocation::AlreadyRevoked,
+                None => Revocation::NotFound,
+            })
         })
+        .await
     }
 
     async fn revoke_user(
@@ -285,11 +327,14 @@ where
         now: DateTime<Utc>,
         reason: &RevokeReason,
     ) -> Result<Vec<Session>> {
-        self.pool
-            .acquire()
-            .await?
-            .revoke_user(user_id, except, now, reason)
-            .await
+        self.bounded(async move {
+            self.pool
+                .acquire()
+                .await?
+                .revoke_user(user_id, except, now, reason)
+                .await
+        })
+        .await
     }
 
     async fn list(
@@ -300,11 +345,14 @@ where
         after: Option<SessionId>,
         limit: i64,
     ) -> Result<Vec<Session>> {
-        self.pool
-            .acquire()
-            .await?
-            .list_sessions(user_id, include_revoked, now, after, limit)
-            .await
+        self.bounded(async move {
+            self.pool
+                .acquire()
+                .await?
+                .list_sessions(user_id, include_revoked, now, after, limit)
+                .await
+        })
+        .await
     }
 
     async fn sweep(

@@ -47,7 +47,8 @@ impl SqliteStore {
                 .max_connections(4)
                 .acquire_timeout(timeout)
                 .connect_lazy_with(options),
-        ))
+        )
+        .with_op_timeout(timeout * 2))
     }
 }
 
