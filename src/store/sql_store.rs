@@ -171,10 +171,12 @@ impl<DB: Backend> SessionStore for SqlStore<DB>
 where
     DB::Connection: Statements,
 {
+    #[tracing::instrument(name = "store.migrate", skip_all)]
     async fn migrate(&self) -> Result<()> {
         DB::migrate(&self.pool).await
     }
 
+    #[tracing::instrument(name = "store.create", skip_all)]
     async fn create(
         &self,
         session: &Session,
@@ -212,11 +214,13 @@ where
         .await
     }
 
+    #[tracing::instrument(name = "store.find", skip_all)]
     async fn find(&self, id: SessionId) -> Result<Option<Session>> {
         self.bounded(async move { self.pool.acquire().await?.find_session(id).await })
             .await
     }
 
+    #[tracing::instrument(name = "store.record_activity", skip_all)]
     async fn record_activity(
         &self,
         id: SessionId,
@@ -238,6 +242,7 @@ where
         .await
     }
 
+    #[tracing::instrument(name = "store.refresh", skip_all)]
     async fn refresh(
         &self,
         presented: &TokenHash,
@@ -303,6 +308,7 @@ where
         .await
     }
 
+    #[tracing::instrument(name = "store.revoke", skip_all)]
     async fn revoke(
         &self,
         id: SessionId,
@@ -320,6 +326,7 @@ where
         .await
     }
 
+    #[tracing::instrument(name = "store.revoke_user", skip_all)]
     async fn revoke_user(
         &self,
         user_id: &UserId,
@@ -337,6 +344,7 @@ where
         .await
     }
 
+    #[tracing::instrument(name = "store.list", skip_all)]
     async fn list(
         &self,
         user_id: &UserId,
@@ -355,6 +363,7 @@ where
         .await
     }
 
+    #[tracing::instrument(name = "store.sweep", skip_all)]
     async fn sweep(
         &self,
         now: DateTime<Utc>,
