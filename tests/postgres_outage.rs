@@ -21,28 +21,24 @@
 // Tests may panic on a broken expectation; that is how they fail.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::{
-    fs::File,
     future::Future,
     io::Write as _,
-    net::{SocketAddr, TcpListener as StdTcpListener},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-use ed25519_dalek::{
-    Signer,
-    pkcs8::{EncodePrivateKey, spki::der::pem::LineEnding},
-};
+use common::{SessiondProcess, free_addr, keys::Keys};
+use ed25519_dalek::Signer;
 use serde_json::Value;
 use sessiond::api::pb::{self, TokenStatus, session_service_client::SessionServiceClient};
 use tempfile::TempDir;
 use tonic::{Code, Status, transport::Channel};
-use tonic_health::pb::{
-    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-};
+use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_types::StatusExt;
 
 /// sessiond's `SESSIOND_DATABASE_TIMEOUT` in these tests (passed as "1s").
@@ -59,7 +55,7 @@ const LIVENESS: &str = "liveness";
 async fn writes_fail_fast_and_cached_validates_answer_while_postgres_is_down() {
     let mut postgres = Postgres::init_and_start();
     let keys = Keys::generate();
-    let sessiond = Sessiond::start(&postgres, &keys, &fresh_prefix()).await;
+    let sessiond = start_sessiond(&postgres, &keys, &fresh_prefix()).await;
     let mut client = sessiond.client().await;
 
     // Sessions made and validated while Postgres is up: each is now in Redis (and, briefly, in the
@@ -226,7 +222,7 @@ async fn writes_fail_fast_and_cached_validates_answer_while_postgres_is_down() {
 async fn an_acknowledged_session_survives_kill_9_of_sessiond_and_a_postgres_crash() {
     let mut postgres = Postgres::init_and_start();
     let keys = Keys::generate();
-    let mut first = Sessiond::start(&postgres, &keys, &fresh_prefix()).await;
+    let mut first = start_sessiond(&postgres, &keys, &fresh_prefix()).await;
     let mut client = first.client().await;
 
     let mut created = Vec::new();
@@ -238,14 +234,14 @@ async fn an_acknowledged_session_survives_kill_9_of_sessiond_and_a_postgres_cras
         );
     }
     // The last one was acknowledged an instant ago: nothing had time to happen after it.
-    first.kill_9();
+    first.kill();
     drop(client);
     postgres.stop_immediate();
     postgres.start();
 
     // A new sessiond on the same database and keys. A fresh Redis prefix: the answers below must
     // come from Postgres, not from what the first sessiond cached.
-    let second = Sessiond::start(&postgres, &keys, &fresh_prefix()).await;
+    let second = start_sessiond(&postgres, &keys, &fresh_prefix()).await;
     let mut client = second.client().await;
     for session in &created {
         let id = session_id(session);
@@ -315,7 +311,7 @@ async fn calls_in_flight_fail_fast_when_postgres_freezes() {
     };
     let mut postgres = Postgres::init_and_start();
     let keys = Keys::generate();
-    let sessiond = Sessiond::start(&postgres, &keys, &fresh_prefix()).await;
+    let sessiond = start_sessiond(&postgres, &keys, &fresh_prefix()).await;
     let client = sessiond.client().await;
 
     // Writers keep calls in flight, so that some are mid-transaction when Postgres freezes.
@@ -428,15 +424,11 @@ async fn get(client: &mut SessionServiceClient<Channel>, id: &str) -> Result<pb:
         .map(tonic::Response::into_inner)
 }
 
-async fn health(sessiond: &Sessiond, service: &str) -> ServingStatus {
-    HealthClient::new(channel(sessiond.addr).await)
-        .check(HealthCheckRequest {
-            service: service.into(),
-        })
+async fn health(sessiond: &SessiondProcess, service: &str) -> ServingStatus {
+    sessiond
+        .health(service)
         .await
         .expect("the health service answers")
-        .into_inner()
-        .status()
 }
 
 /// Runs `call`, failing the test if it hangs; its result and how long it took.
@@ -455,7 +447,7 @@ fn assert_store_unavailable<T: std::fmt::Debug>(
     result: Result<T, Status>,
     took: Duration,
     postgres: &Postgres,
-    sessiond: &Sessiond,
+    sessiond: &SessiondProcess,
 ) {
     let status = match result {
         Ok(answer) => panic!("{what} succeeded with Postgres down: {answer:?}"),
@@ -545,40 +537,6 @@ fn report_line(text: &str) {
     let _ = std::io::stderr().write_all(text.as_bytes());
 }
 
-/// Keys sessiond signs with and derives refresh tokens with; both sessionds of a test share them.
-struct Keys {
-    dir: TempDir,
-    signing: ed25519_dalek::SigningKey,
-}
-
-impl Keys {
-    fn generate() -> Self {
-        let dir = TempDir::new().unwrap();
-        let signing = ed25519_dalek::SigningKey::from_bytes(&random_bytes());
-        std::fs::write(
-            dir.path().join("signing.pem"),
-            signing.to_pkcs8_pem(LineEnding::LF).unwrap().as_bytes(),
-        )
-        .unwrap();
-        std::fs::write(dir.path().join("refresh.key"), random_bytes()).unwrap();
-        Self { dir, signing }
-    }
-
-    fn signing_file(&self) -> PathBuf {
-        self.dir.path().join("signing.pem")
-    }
-
-    fn refresh_file(&self) -> PathBuf {
-        self.dir.path().join("refresh.key")
-    }
-}
-
-fn random_bytes() -> [u8; 32] {
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).unwrap();
-    bytes
-}
-
 fn fresh_prefix() -> String {
     format!("sessiond-test:outage:{}:", uuid::Uuid::now_v7())
 }
@@ -607,7 +565,7 @@ impl Postgres {
                 "chown",
             );
         }
-        let port = free_port().port();
+        let port = free_addr().port();
         let mut postgres = Self {
             bin,
             dir,
@@ -790,134 +748,19 @@ fn run(command: &mut Command, what: &str) {
     );
 }
 
-// --- The sessiond child ---------------------------------------------------------------------------
-
-/// The real sessiond binary as a child process; killed (SIGKILL) when dropped.
-struct Sessiond {
-    addr: SocketAddr,
-    child: Option<Child>,
-    log: PathBuf,
-    _dir: TempDir,
-}
-
-impl Sessiond {
-    /// Starts sessiond on `postgres`, with `keys` and Redis key prefix `prefix`, and waits until
-    /// readiness reports SERVING.
-    async fn start(postgres: &Postgres, keys: &Keys, prefix: &str) -> Self {
-        let dir = TempDir::new().unwrap();
-        let addr = free_port();
-        let log = dir.path().join("sessiond.log");
-        let out = File::create(&log).unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_sessiond"));
-        for (name, _) in std::env::vars() {
-            if name.starts_with("SESSIOND_") || name.starts_with("OTEL_") {
-                command.env_remove(name);
-            }
-        }
-        let redis_url = std::env::var("SESSIOND_TEST_REDIS_URL")
-            .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-        let child = command
-            .env("SESSIOND_DATABASE_URL", postgres.url())
-            .env("SESSIOND_REDIS_URL", redis_url)
-            .env("SESSIOND_REDIS_KEY_PREFIX", prefix)
-            .env("SESSIOND_DATABASE_TIMEOUT", "1s")
-            .env("SESSIOND_LISTEN_ADDR", addr.to_string())
-            .env("SESSIOND_OPS_ADDR", "127.0.0.1:0")
-            .env("SESSIOND_SIGNING_KEY_FILE", keys.signing_file())
-            .env("SESSIOND_REFRESH_KEY_FILE", keys.refresh_file())
-            .env("SESSIOND_SHUTDOWN_DRAIN", "0s")
-            .env("RUST_LOG", "info")
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .unwrap();
-        let mut sessiond = Self {
-            addr,
-            child: Some(child),
-            log,
-            _dir: dir,
-        };
-        sessiond.wait_until_serving().await;
-        sessiond
-    }
-
-    async fn wait_until_serving(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("sessiond exited with {status} at start\n{}", self.log());
-            }
-            if self.serving().await {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "sessiond did not report SERVING within 60 s\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    async fn serving(&self) -> bool {
-        let Ok(channel) = Channel::from_shared(format!("http://{}", self.addr))
-            .unwrap()
-            .connect()
-            .await
-        else {
-            return false;
-        };
-        HealthClient::new(channel)
-            .check(HealthCheckRequest {
-                service: READINESS.into(),
-            })
-            .await
-            .is_ok_and(|response| response.into_inner().status() == ServingStatus::Serving)
-    }
-
-    async fn client(&self) -> SessionServiceClient<Channel> {
-        SessionServiceClient::new(channel(self.addr).await)
-    }
-
-    /// SIGKILL: no shutdown, no flush, nothing.
-    fn kill_9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().unwrap();
-            child.wait().unwrap();
-        }
-    }
-
-    /// What sessiond printed, for failure messages.
-    fn log(&self) -> String {
-        format!(
-            "--- sessiond log ({}) ---\n{}",
-            self.log.display(),
-            std::fs::read_to_string(&self.log).unwrap_or_default()
-        )
-    }
-}
-
-impl Drop for Sessiond {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// A loopback port nothing listens on right now.
-fn free_port() -> SocketAddr {
-    let listener = StdTcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
-}
-
-async fn channel(addr: SocketAddr) -> Channel {
-    Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
+// --- The sessiond child -------------------------------------------------------------------------
+/// Starts the real sessiond binary on `postgres`, with `keys` and Redis key prefix `prefix`, and
+/// waits until readiness reports SERVING; killed (SIGKILL) when dropped.
+async fn start_sessiond(postgres: &Postgres, keys: &Keys, prefix: &str) -> SessiondProcess {
+    let redis_url = std::env::var("SESSIOND_TEST_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let mut env = vec![
+        ("SESSIOND_DATABASE_URL", postgres.url()),
+        ("SESSIOND_REDIS_URL", redis_url),
+        ("SESSIOND_REDIS_KEY_PREFIX", prefix.to_owned()),
+        ("SESSIOND_DATABASE_TIMEOUT", "1s".into()),
+        ("SESSIOND_SHUTDOWN_DRAIN", "0s".into()),
+    ];
+    env.extend(keys.env());
+    SessiondProcess::start(&env).await
 }

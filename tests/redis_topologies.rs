@@ -10,6 +10,8 @@
 // Tests may panic on a broken expectation; that is how they fail.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs::File,
@@ -21,14 +23,18 @@ use std::{
 
 use chrono::{SubsecRound, Utc};
 use clap::Parser;
-use ed25519_dalek::pkcs8::{EncodePrivateKey, spki::der::pem::LineEnding};
+use common::{
+    keys::Keys,
+    postgres::fresh_migrated_database,
+    redis::{redis_cli, redis_cli_try},
+};
 use sessiond::{
     api::pb::{self, TokenStatus, session_service_client::SessionServiceClient},
     clock::ManualClock,
     config::Settings,
     startup::Application,
 };
-use sqlx::{Connection, Executor, PgConnection, PgPool};
+use sqlx::PgPool;
 use tempfile::TempDir;
 use tonic::transport::Channel;
 
@@ -133,25 +139,6 @@ fn free_ports(count: usize) -> Vec<u16> {
         ports.push(port);
     }
     ports
-}
-
-/// `redis-cli -p port args...`: its trimmed stdout, or `None` if it failed to run or exited
-/// non-zero.
-fn redis_cli_try(port: u16, args: &[&str]) -> Option<String> {
-    let output = Command::new("redis-cli")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .ok()?;
-    output
-        .status
-        .success()
-        .then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned())
-}
-
-fn redis_cli(port: u16, args: &[&str]) -> String {
-    redis_cli_try(port, args).unwrap_or_else(|| panic!("redis-cli -p {port} {args:?} failed"))
 }
 
 /// Every key matching `<prefix>*` on the one server at `port` (no cluster redirection).
@@ -308,44 +295,12 @@ fn start_sentinel() -> (RedisProcesses, u16, u16) {
 // sessiond (as tests/api/helpers.rs starts it)
 // ---------------------------------------------------------------------------------------------
 
-fn database_server_url() -> String {
-    std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
-
-/// An empty, migrated database named like helpers.rs names them (so its cleanup drops it later).
-async fn fresh_database() -> (String, PgPool) {
-    let server = database_server_url();
-    let mut admin = PgConnection::connect(&server)
-        .await
-        .expect("Postgres answers at DATABASE_URL");
-    let now = Utc::now().timestamp();
-    let name = format!("sessiond_test_{now}_{}", uuid::Uuid::now_v7().simple());
-    admin
-        .execute(sqlx::AssertSqlSafe(format!(r#"CREATE DATABASE "{name}""#)))
-        .await
-        .unwrap();
-    let mut url = url::Url::parse(&server).unwrap();
-    url.set_path(&name);
-    let pool = PgPool::connect(url.as_str()).await.unwrap();
-    let store = sessiond::store::PostgresStore::new(pool.clone());
-    sessiond::store::SessionStore::migrate(&store)
-        .await
-        .unwrap();
-    (url.to_string(), pool)
-}
-
-fn random_seed() -> [u8; 32] {
-    let mut seed = [0u8; 32];
-    getrandom::fill(&mut seed).unwrap();
-    seed
-}
-
 struct TestApp {
     client: SessionServiceClient<Channel>,
     pool: PgPool,
     key_prefix: String,
     _files: TempDir,
+    _keys: Keys,
 }
 
 /// One session as the test knows it.
@@ -366,8 +321,9 @@ impl Created {
 /// sessiond over a fresh database and this Redis URL, with a fresh key prefix and keys, a manual
 /// clock, and the in-process tier off.
 async fn spawn_app(redis_url: String) -> TestApp {
-    let (database_url, pool) = fresh_database().await;
+    let (database_url, pool) = fresh_migrated_database().await;
     let files = TempDir::new().unwrap();
+    let keys = Keys::generate();
     let mut settings = Settings::parse_from(["sessiond"]);
     settings.listen_addr = "127.0.0.1:0".parse().unwrap();
     settings.ops_addr = "127.0.0.1:0".parse().unwrap();
@@ -379,17 +335,8 @@ async fn spawn_app(redis_url: String) -> TestApp {
     settings.local_cache = false;
     // A loaded CI machine must not turn a slow cache write into a silently dropped one.
     settings.redis_timeout = Duration::from_secs(2);
-    let signing_key = ed25519_dalek::SigningKey::from_bytes(&random_seed());
-    let signing_key_file = files.path().join("signing.pem");
-    std::fs::write(
-        &signing_key_file,
-        signing_key.to_pkcs8_pem(LineEnding::LF).unwrap().as_bytes(),
-    )
-    .unwrap();
-    settings.signing_key_file = Some(signing_key_file);
-    let refresh_key_file = files.path().join("refresh.key");
-    std::fs::write(&refresh_key_file, random_seed()).unwrap();
-    settings.refresh_key_file = Some(refresh_key_file);
+    settings.signing_key_file = Some(keys.signing_file());
+    settings.refresh_key_file = Some(keys.refresh_file());
     let key_prefix = settings.redis_key_prefix.clone();
 
     let clock = ManualClock::new(Utc::now().trunc_subsecs(0));
@@ -408,6 +355,7 @@ async fn spawn_app(redis_url: String) -> TestApp {
         pool,
         key_prefix,
         _files: files,
+        _keys: keys,
     }
 }
 

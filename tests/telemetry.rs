@@ -7,13 +7,11 @@
 // Tests may panic on a broken expectation; that is how they fail.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::{
-    fs::File,
-    net::{SocketAddr, TcpListener as StdTcpListener},
-    path::Path,
-    process::{Child, Command, ExitStatus, Stdio},
-    time::{Duration, Instant},
-};
+mod common;
+
+use std::{net::SocketAddr, process::ExitStatus, time::Duration};
+
+use common::SessiondProcess;
 
 use opentelemetry_proto::tonic::{
     collector::trace::v1::{
@@ -24,13 +22,9 @@ use opentelemetry_proto::tonic::{
     trace::v1::{Span, span::SpanKind},
 };
 use sessiond::api::pb::{self, session_service_client::SessionServiceClient};
-use tempfile::TempDir;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::{Request, Response, Status, transport::Channel};
-use tonic_health::pb::{
-    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-};
+use tonic::{Request, Response, Status};
 
 /// The caller's trace and span, as a W3C `traceparent` carries them.
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -39,7 +33,7 @@ const CALLER_SPAN_ID: &str = "00f067aa0ba902b7";
 #[tokio::test]
 async fn spans_reach_the_collector_in_the_callers_trace() {
     let mut collector = Collector::start().await;
-    let sessiond = Sessiond::start(collector.addr, "100").await;
+    let sessiond = start_sessiond(collector.addr, "100").await;
 
     let traceparent = format!("00-{TRACE_ID}-{CALLER_SPAN_ID}-01");
     let created = create_session(sessiond.addr, &traceparent).await;
@@ -104,7 +98,7 @@ async fn spans_reach_the_collector_in_the_callers_trace() {
         }
     }
 
-    let status = sessiond.stop().await;
+    let status = stop(sessiond).await;
     assert!(status.success(), "sessiond exited with {status}");
 }
 
@@ -114,10 +108,10 @@ async fn spans_reach_the_collector_in_the_callers_trace() {
 async fn stopping_flushes_the_buffered_spans() {
     const TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
     let mut collector = Collector::start().await;
-    let sessiond = Sessiond::start(collector.addr, "600000").await;
+    let sessiond = start_sessiond(collector.addr, "600000").await;
 
     create_session(sessiond.addr, &format!("00-{TRACE}-b7ad6b7169203331-01")).await;
-    let status = sessiond.stop().await;
+    let status = stop(sessiond).await;
     assert!(status.success(), "sessiond exited with {status}");
 
     let spans = collector
@@ -135,7 +129,7 @@ async fn stopping_flushes_the_buffered_spans() {
 
 /// `CreateSession` with the caller's `traceparent` (and a `tracestate`) in the metadata.
 async fn create_session(addr: SocketAddr, traceparent: &str) -> pb::CreateSessionResponse {
-    let mut client = SessionServiceClient::new(channel(addr).await);
+    let mut client = SessionServiceClient::new(common::channel(addr).await);
     let mut request = Request::new(pb::CreateSessionRequest {
         user_id: "user-traced".into(),
         device: Some(pb::Device {
@@ -250,145 +244,23 @@ impl Collector {
     }
 }
 
-/// The real sessiond binary as a child process; killed if the test ends without stopping it.
-struct Sessiond {
-    addr: SocketAddr,
-    child: Option<Child>,
-    dir: TempDir,
+/// Starts the real sessiond binary exporting to `collector` with batch delay
+/// `schedule_delay_ms`, and waits until it reports SERVING; killed if the test ends without
+/// stopping it.
+async fn start_sessiond(collector: SocketAddr, schedule_delay_ms: &str) -> SessiondProcess {
+    SessiondProcess::start(&[
+        // Nothing to drain from: stop as soon as SIGTERM arrives.
+        ("SESSIOND_SHUTDOWN_DRAIN", "100ms".into()),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{collector}")),
+        ("OTEL_SERVICE_NAME", "sessiond-test".into()),
+        ("OTEL_BSP_SCHEDULE_DELAY", schedule_delay_ms.into()),
+    ])
+    .await
 }
 
-impl Sessiond {
-    /// Starts sessiond exporting to `collector` with batch delay `schedule_delay_ms`, and waits
-    /// until it reports SERVING.
-    async fn start(collector: SocketAddr, schedule_delay_ms: &str) -> Self {
-        let dir = TempDir::new().unwrap();
-        let addr = free_port();
-        let log = File::create(dir.path().join("sessiond.log")).unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_sessiond"));
-        for (name, _) in std::env::vars() {
-            if name.starts_with("SESSIOND_") || name.starts_with("OTEL_") {
-                command.env_remove(name);
-            }
-        }
-        let child = command
-            .env("SESSIOND_LISTEN_ADDR", addr.to_string())
-            .env("SESSIOND_DATA_DIR", dir.path().join("data"))
-            .env("SESSIOND_OPS_ADDR", "127.0.0.1:0")
-            // Nothing to drain from: stop as soon as SIGTERM arrives.
-            .env("SESSIOND_SHUTDOWN_DRAIN", "100ms")
-            .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{collector}"))
-            .env("OTEL_SERVICE_NAME", "sessiond-test")
-            .env("OTEL_BSP_SCHEDULE_DELAY", schedule_delay_ms)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let mut sessiond = Self {
-            addr,
-            child: Some(child),
-            dir,
-        };
-        sessiond.wait_until_serving().await;
-        sessiond
-    }
-
-    async fn wait_until_serving(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("sessiond exited with {status} at start\n{}", self.log());
-            }
-            if self.serving().await {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "sessiond did not report SERVING within 30 s\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    async fn serving(&self) -> bool {
-        let Ok(channel) = Channel::from_shared(format!("http://{}", self.addr))
-            .unwrap()
-            .connect()
-            .await
-        else {
-            return false;
-        };
-        HealthClient::new(channel)
-            .check(HealthCheckRequest {
-                service: "sessiond.v1.SessionService".into(),
-            })
-            .await
-            .is_ok_and(|response| response.into_inner().status() == ServingStatus::Serving)
-    }
-
-    /// Sends SIGTERM and waits for the exit.
-    async fn stop(mut self) -> ExitStatus {
-        let mut child = self.child.take().unwrap();
-        let killed = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(killed.success(), "kill -TERM failed");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "sessiond did not stop within 30 s of SIGTERM\n{}",
-                    self.log()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// What sessiond printed, for failure messages.
-    fn log(&self) -> String {
-        let path = self.dir.path().join("sessiond.log");
-        format!(
-            "--- sessiond log ({}) ---\n{}",
-            path.display(),
-            read_or_empty(&path)
-        )
-    }
-}
-
-impl Drop for Sessiond {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn read_or_empty(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_default()
-}
-
-/// A port nothing listens on right now.
-fn free_port() -> SocketAddr {
-    let listener = StdTcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
-}
-
-async fn channel(addr: SocketAddr) -> Channel {
-    Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
+/// Sends SIGTERM and waits (up to 30 s) for the exit.
+async fn stop(mut sessiond: SessiondProcess) -> ExitStatus {
+    sessiond.terminate(Duration::from_secs(30)).await
 }
 
 fn span_named<'a>(spans: &'a [ReceivedSpan], name: &str) -> &'a ReceivedSpan {

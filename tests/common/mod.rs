@@ -1,7 +1,15 @@
 //! A real sessiond process for the tests that need one: signals, crashes, several replicas.
 //! Each test binary that uses it declares `mod common;`.
+//!
+//! Also here: `keys` (signing and refresh key files), `postgres` (a fresh database on the shared
+//! Postgres), `redis` (a `redis-server` child the test owns), and the ops-port helpers
+//! (`http_get`, `sum_samples`).
 
 #![allow(dead_code)] // Each test binary uses a different part of this harness.
+
+pub mod keys;
+pub mod postgres;
+pub mod redis;
 
 use std::{
     fs::File,
@@ -11,6 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use sessiond::api::pb::session_service_client::SessionServiceClient;
 use tempfile::TempDir;
 use tonic::transport::Channel;
 use tonic_health::pb::{
@@ -95,11 +104,12 @@ impl SessiondProcess {
 
     /// A channel to its gRPC port.
     pub async fn channel(&self) -> Channel {
-        Channel::from_shared(format!("http://{}", self.addr))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap()
+        channel(self.addr).await
+    }
+
+    /// A SessionService client on its gRPC port.
+    pub async fn client(&self) -> SessionServiceClient<Channel> {
+        SessionServiceClient::new(self.channel().await)
     }
 
     /// Sends `signal` (as `kill -<signal>` would).
@@ -132,6 +142,44 @@ impl SessiondProcess {
         }
     }
 
+    /// Sends SIGTERM and waits up to `within` for the exit.
+    pub async fn terminate(&mut self, within: Duration) -> ExitStatus {
+        self.signal("TERM");
+        self.wait(within).await
+    }
+
+    /// SIGKILL: no shutdown, no flush, nothing.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// The sum of the samples of metric `name` (on its ops port's `/metrics`) whose labels include
+    /// `labels`; 0 if none.
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        sum_samples(&http_get(self.ops_addr, "/metrics").await, name, labels)
+    }
+
+    /// Waits up to 10 s until `needle` has appeared `times` times in the log.
+    pub async fn wait_for_log(&self, needle: &str, times: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.log_text().matches(needle).count() < times {
+            assert!(
+                Instant::now() < deadline,
+                "{needle:?} not logged {times} time(s) within 10 s\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// What it printed so far.
+    pub fn log_text(&self) -> String {
+        read_or_empty(&self.log)
+    }
+
     /// What it printed, for failure messages.
     pub fn log(&self) -> String {
         format!(
@@ -151,6 +199,15 @@ impl Drop for SessiondProcess {
     }
 }
 
+/// A channel to `addr`.
+pub async fn channel(addr: SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
 /// A loopback address where nothing listens yet.
 pub fn free_addr() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -159,4 +216,37 @@ pub fn free_addr() -> SocketAddr {
 
 fn read_or_empty(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// GETs `path` over HTTP/1.1: the body (panics unless 200).
+pub async fn http_get(addr: SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_owned()
+}
+
+/// Sums the Prometheus text samples of `name` whose labels include every one of `labels`.
+pub fn sum_samples(body: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    body.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric, label_text) = match series.split_once('{') {
+                Some((metric, rest)) => (metric, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            (metric == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| label_text.split(',').any(|l| l == format!("{k}=\"{v}\""))))
+            .then(|| value.parse::<f64>().ok())
+            .flatten()
+        })
+        .fold(0.0, |sum, value| sum + value)
 }
