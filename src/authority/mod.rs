@@ -76,7 +76,14 @@ pub struct Authority {
     clock: Arc<dyn Clock>,
     /// Stale copies whose activity write has started, keyed by session and `last_seen_at`.
     activity_claims: moka::sync::Cache<(SessionId, i64), ()>,
+    /// Bounds the activity writes in flight, so they never take the store's connections from
+    /// the reads `Validate` is waiting on.
+    activity_writers: Arc<tokio::sync::Semaphore>,
 }
+
+/// Most activity writes in flight at once; beyond it a write is skipped (its claim stays, so it
+/// is retried after an interval: the idle deadline is a week away, a minute's delay is harmless).
+const MAX_ACTIVITY_WRITERS: usize = 4;
 
 /// Most activity writes remembered at once; older claims are forgotten, at worst costing one
 /// extra (harmless, conditional) write.
@@ -102,6 +109,7 @@ impl Authority {
             keys,
             policy,
             clock,
+            activity_writers: Arc::new(tokio::sync::Semaphore::new(MAX_ACTIVITY_WRITERS)),
             activity_claims: moka::sync::Cache::builder()
                 .max_capacity(MAX_ACTIVITY_CLAIMS)
                 .time_to_live(policy_interval)
@@ -227,9 +235,13 @@ impl Authority {
         if !self.activity_claims.entry(claim).or_insert(()).is_fresh() {
             return;
         }
+        let Ok(writer) = self.activity_writers.clone().try_acquire_owned() else {
+            return;
+        };
         let idle_expires_at = (now + self.policy.idle_timeout).min(session.expires_at);
         let (store, cache, id) = (self.store.clone(), self.cache.clone(), session.id);
         tokio::spawn(async move {
+            let _writer = writer;
             match store
                 .record_activity(id, now, idle_expires_at, stale_before)
                 .await
