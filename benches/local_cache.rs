@@ -13,14 +13,17 @@
 use std::{
     alloc::{GlobalAlloc, Layout, System},
     hint::black_box,
-    sync::atomic::{AtomicIsize, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicIsize, Ordering},
+    },
     time::Duration as StdDuration,
 };
 
 use chrono::{Duration, Utc};
 use criterion::{Criterion, criterion_group, criterion_main};
 use sessiond::{
-    cache::{LocalSettings, LocalTier},
+    cache::{LocalSettings, LocalTier, VerifiedTokens},
     domain::{Device, Metadata, Session, SessionId, UserId},
     token::{AccessTokens, SigningKey},
 };
@@ -77,25 +80,25 @@ fn session(user: usize) -> Session {
     }
 }
 
-fn tier() -> LocalTier {
-    LocalTier::new(&LocalSettings {
+fn settings() -> LocalSettings {
+    LocalSettings {
         ttl: StdDuration::from_secs(600),
         max_entries: 1_000_000,
         max_bytes: 1 << 30,
-    })
+    }
 }
 
-fn bytes_per_session(runtime: &tokio::runtime::Runtime) {
+fn bytes_per_session() {
     const COUNT: usize = 100_000;
-    let sessions: Vec<Session> = (0..COUNT).map(session).collect();
-    let tier = tier();
+    let sessions: Vec<Arc<Session>> = (0..COUNT).map(|user| Arc::new(session(user))).collect();
+    let tier = LocalTier::new(&settings());
     let before = HELD.load(Ordering::Relaxed);
-    runtime.block_on(async {
-        for session in &sessions {
-            tier.put(session).await;
-        }
-    });
-    runtime.block_on(tier.settle());
+    for session in &sessions {
+        tier.put(session);
+    }
+    // The tier shares the sessions: count them as its own.
+    drop(sessions);
+    tier.settle();
     let after = HELD.load(Ordering::Relaxed);
     println!(
         "local_cache/bytes_per_session: {} bytes ({} sessions, heap +{} bytes)",
@@ -106,38 +109,32 @@ fn bytes_per_session(runtime: &tokio::runtime::Runtime) {
 }
 
 fn lookups(c: &mut Criterion) {
-    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
-    bytes_per_session(&runtime);
+    bytes_per_session();
 
-    let tier = tier();
-    let warm = session(1);
-    runtime.block_on(tier.put(&warm));
+    let tier = LocalTier::new(&settings());
+    let tokens = VerifiedTokens::new(&settings());
+    let warm = Arc::new(session(1));
+    tier.put(&warm);
     let now = Utc::now();
-    let tokens = AccessTokens::new(
+    let signer = AccessTokens::new(
         SigningKey::generate().expect("a key"),
         "sessiond".into(),
         "sessiond".into(),
     );
-    let token = tokens
+    let token = signer
         .issue(&warm, now, Duration::minutes(15))
         .expect("signs")
         .token;
-    let verified = tokens.verify(&token, now).expect("verifies");
-    runtime.block_on(tier.remember_token(&token, verified));
+    tokens.remember(&token, signer.verify(&token, now).expect("verifies"));
     let cold = SessionId::generate();
 
     let mut group = c.benchmark_group("local_cache");
     group.bench_function("session_hit", |b| {
-        b.to_async(&runtime)
-            .iter(|| tier.get(black_box(&warm.user_id), black_box(warm.id)))
+        b.iter(|| tier.get(black_box(&warm.user_id), black_box(warm.id)))
     });
-    group.bench_function("token_hit", |b| {
-        b.to_async(&runtime)
-            .iter(|| tier.verified_token(black_box(&token)))
-    });
+    group.bench_function("token_hit", |b| b.iter(|| tokens.get(black_box(&token))));
     group.bench_function("session_miss", |b| {
-        b.to_async(&runtime)
-            .iter(|| tier.get(black_box(&warm.user_id), black_box(cold)))
+        b.iter(|| tier.get(black_box(&warm.user_id), black_box(cold)))
     });
     group.finish();
 }

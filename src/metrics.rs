@@ -6,7 +6,10 @@
 
 use std::{sync::OnceLock, time::Duration};
 
-use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics::{
+    Counter, Histogram, counter, describe_counter, describe_gauge, describe_histogram, gauge,
+    histogram,
+};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::domain::RevokeReason;
@@ -92,15 +95,90 @@ fn describe() {
     );
 }
 
+/// The SessionService methods, a fixed label set.
+#[derive(Debug, Clone, Copy)]
+pub enum Rpc {
+    CreateSession,
+    Validate,
+    Refresh,
+    RevokeSession,
+    RevokeUserSessions,
+    ListUserSessions,
+    GetSession,
+}
+
+impl Rpc {
+    const COUNT: usize = 7;
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::CreateSession => "CreateSession",
+            Self::Validate => "Validate",
+            Self::Refresh => "Refresh",
+            Self::RevokeSession => "RevokeSession",
+            Self::RevokeUserSessions => "RevokeUserSessions",
+            Self::ListUserSessions => "ListUserSessions",
+            Self::GetSession => "GetSession",
+        }
+    }
+}
+
+/// The cache tiers, a fixed label set.
+#[derive(Debug, Clone, Copy)]
+pub enum CacheTier {
+    Local,
+    Redis,
+    Token,
+}
+
+impl CacheTier {
+    const COUNT: usize = 3;
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Local => "local",
+            Self::Redis => "redis",
+            Self::Token => "token",
+        }
+    }
+}
+
+/// gRPC codes 0 (OK) to 16 (UNAUTHENTICATED).
+const GRPC_CODES: usize = 17;
+
+// The metrics on every request's path are registered once and then recorded through their
+// handles: the macros look a metric up by name and labels on each call, which costs more than the
+// warm Validate it measures. Registering goes through `handle()`, so the recorder is installed
+// first.
+static RPC_CALLS: [[OnceLock<Counter>; GRPC_CODES]; Rpc::COUNT] =
+    [const { [const { OnceLock::new() }; GRPC_CODES] }; Rpc::COUNT];
+static RPC_LATENCY: [OnceLock<Histogram>; Rpc::COUNT] = [const { OnceLock::new() }; Rpc::COUNT];
+static CACHE_LOOKUP_RESULTS: [[OnceLock<Counter>; 2]; CacheTier::COUNT] =
+    [const { [const { OnceLock::new() }; 2] }; CacheTier::COUNT];
+
 /// One SessionService call ended with `code` after `elapsed`.
-pub fn rpc(method: &'static str, code: tonic::Code, elapsed: Duration) {
-    counter!(RPC_REQUESTS, "method" => method, "code" => format!("{code:?}")).increment(1);
-    histogram!(RPC_DURATION, "method" => method).record(elapsed.as_secs_f64());
+pub fn rpc(method: Rpc, code: tonic::Code, elapsed: Duration) {
+    let by_code = &RPC_CALLS[method as usize];
+    let calls = by_code[(code as usize).min(GRPC_CODES - 1)].get_or_init(|| {
+        handle();
+        counter!(RPC_REQUESTS, "method" => method.name(), "code" => format!("{code:?}"))
+    });
+    calls.increment(1);
+    RPC_LATENCY[method as usize]
+        .get_or_init(|| {
+            handle();
+            histogram!(RPC_DURATION, "method" => method.name())
+        })
+        .record(elapsed.as_secs_f64());
 }
 
 /// A cache tier was asked.
-pub fn cache_lookup(tier: &'static str, hit: bool) {
-    counter!(CACHE_LOOKUPS, "tier" => tier, "result" => if hit { "hit" } else { "miss" })
+pub fn cache_lookup(tier: CacheTier, hit: bool) {
+    CACHE_LOOKUP_RESULTS[tier as usize][usize::from(hit)]
+        .get_or_init(|| {
+            handle();
+            counter!(CACHE_LOOKUPS, "tier" => tier.name(), "result" => if hit { "hit" } else { "miss" })
+        })
         .increment(1);
 }
 

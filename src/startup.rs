@@ -20,7 +20,7 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 use crate::{
     api::{SessionApi, pb, pb::session_service_server::SessionServiceServer},
     authority::{Authority, Policy},
-    cache::{LocalSettings, LocalTier, RedisSettings, RedisTier, SessionCache},
+    cache::{LocalSettings, LocalTier, RedisSettings, RedisTier, SessionCache, VerifiedTokens},
     clock::{Clock, SystemClock},
     config::Settings,
     metrics,
@@ -231,13 +231,14 @@ fn build_storage(settings: &Settings) -> anyhow::Result<(Arc<dyn SessionStore>, 
             (Arc::new(store), settings.cache_ttl)
         }
     };
-    let local = settings.local_cache.then(|| {
-        LocalTier::new(&LocalSettings {
-            ttl: local_ttl,
-            max_entries: settings.local_cache_max_entries,
-            max_bytes: settings.local_cache_max_bytes,
-        })
-    });
+    let local_settings = LocalSettings {
+        ttl: local_ttl,
+        max_entries: settings.local_cache_max_entries,
+        max_bytes: settings.local_cache_max_bytes,
+    };
+    let local = settings
+        .local_cache
+        .then(|| LocalTier::new(&local_settings));
     let redis = settings
         .redis_url
         .as_ref()
@@ -255,7 +256,8 @@ fn build_storage(settings: &Settings) -> anyhow::Result<(Arc<dyn SessionStore>, 
     if let (Some(local), Some(redis)) = (&local, &redis) {
         redis.subscribe(local.clone())?;
     }
-    Ok((store, SessionCache::new(local, redis)))
+    let tokens = VerifiedTokens::new(&local_settings);
+    Ok((store, SessionCache::new(local, redis, tokens)))
 }
 
 /// Applies the store's migrations; false (and a warning) if the store cannot be reached.

@@ -106,28 +106,33 @@ pub fn timestamp(time: DateTime<Utc>) -> prost_types::Timestamp {
     }
 }
 
-impl From<Session> for pb::Session {
-    fn from(session: Session) -> Self {
+impl From<&Session> for pb::Session {
+    fn from(session: &Session) -> Self {
         Self {
             session_id: session.id.to_string(),
-            user_id: session.user_id.into(),
+            user_id: session.user_id.as_str().to_owned(),
             device: Some(pb::Device {
-                device_id: session.device.device_id.unwrap_or_default(),
-                name: session.device.name,
-                user_agent: session.device.user_agent,
+                device_id: session.device.device_id.clone().unwrap_or_default(),
+                name: session.device.name.clone(),
+                user_agent: session.device.user_agent.clone(),
                 ip_address: session
                     .device
                     .ip_address
                     .map(|ip| ip.to_string())
                     .unwrap_or_default(),
             }),
-            metadata: session.metadata.entries().clone().into_iter().collect(),
+            metadata: session
+                .metadata
+                .entries()
+                .iter()
+                .map(|(key, value)| (key.clone(), value.clone()))
+                .collect(),
             created_at: Some(timestamp(session.created_at)),
             last_seen_at: Some(timestamp(session.last_seen_at)),
             expires_at: Some(timestamp(session.expires_at)),
             idle_expires_at: Some(timestamp(session.idle_expires_at)),
             revoked_at: session.revoked_at.map(timestamp),
-            revoke_reason: session.revoke_reason.unwrap_or_default(),
+            revoke_reason: session.revoke_reason.clone().unwrap_or_default(),
         }
     }
 }
@@ -140,7 +145,7 @@ pub fn issued(issued: Issued) -> (Option<pb::Session>, Option<pb::TokenPair>) {
         refresh_token: issued.refresh_token.expose().to_owned(),
         refresh_token_expires_at: Some(timestamp(issued.refresh_token_expires_at)),
     };
-    (Some(issued.session.into()), Some(tokens))
+    (Some((&issued.session).into()), Some(tokens))
 }
 
 pub fn token_status(refusal: Refusal) -> pb::TokenStatus {

@@ -11,7 +11,8 @@ use tonic::{Code, Request, Response, Status};
 
 use crate::{
     authority::{Authority, Verdict},
-    metrics,
+    error::Error,
+    metrics::{self, Rpc},
 };
 use pb::session_service_server::SessionService;
 
@@ -34,7 +35,7 @@ impl SessionService for SessionApi {
         &self,
         request: Request<pb::CreateSessionRequest>,
     ) -> Result<Response<pb::CreateSessionResponse>, Status> {
-        observed("CreateSession", async {
+        observed(Rpc::CreateSession, async {
             let new = convert::new_session(request.into_inner())?;
             let (session, tokens) = convert::issued(self.authority.create_session(new).await?);
             Ok(Response::new(pb::CreateSessionResponse { session, tokens }))
@@ -47,7 +48,7 @@ impl SessionService for SessionApi {
         &self,
         request: Request<pb::ValidateRequest>,
     ) -> Result<Response<pb::ValidateResponse>, Status> {
-        observed("Validate", async {
+        observed(Rpc::Validate, async {
             let response = match self
                 .authority
                 .validate(&request.into_inner().access_token)
@@ -56,7 +57,7 @@ impl SessionService for SessionApi {
                 Verdict::Valid(session) => pb::ValidateResponse {
                     valid: true,
                     status: pb::TokenStatus::Valid.into(),
-                    session: Some((*session).into()),
+                    session: Some(session.as_ref().into()),
                 },
                 Verdict::Refused(refusal) => pb::ValidateResponse {
                     valid: false,
@@ -74,7 +75,7 @@ impl SessionService for SessionApi {
         &self,
         request: Request<pb::RefreshRequest>,
     ) -> Result<Response<pb::RefreshResponse>, Status> {
-        observed("Refresh", async {
+        observed(Rpc::Refresh, async {
             let token = convert::refresh_token(request.into_inner().refresh_token)?;
             let (session, tokens) = convert::issued(self.authority.refresh(token).await?);
             Ok(Response::new(pb::RefreshResponse { session, tokens }))
@@ -87,7 +88,7 @@ impl SessionService for SessionApi {
         &self,
         request: Request<pb::RevokeSessionRequest>,
     ) -> Result<Response<pb::RevokeSessionResponse>, Status> {
-        observed("RevokeSession", async {
+        observed(Rpc::RevokeSession, async {
             let request = request.into_inner();
             let id = convert::session_id("session_id", &request.session_id)?;
             let reason = convert::reason("reason", request.reason)?;
@@ -102,7 +103,7 @@ impl SessionService for SessionApi {
         &self,
         request: Request<pb::RevokeUserSessionsRequest>,
     ) -> Result<Response<pb::RevokeUserSessionsResponse>, Status> {
-        observed("RevokeUserSessions", async {
+        observed(Rpc::RevokeUserSessions, async {
             let request = request.into_inner();
             let user_id = convert::user_id("user_id", request.user_id)?;
             let except =
@@ -124,7 +125,7 @@ impl SessionService for SessionApi {
         &self,
         request: Request<pb::ListUserSessionsRequest>,
     ) -> Result<Response<pb::ListUserSessionsResponse>, Status> {
-        observed("ListUserSessions", async {
+        observed(Rpc::ListUserSessions, async {
             let request = request.into_inner();
             let user_id = convert::user_id("user_id", request.user_id)?;
             let page_size = convert::page_size(request.page_size)?;
@@ -134,7 +135,7 @@ impl SessionService for SessionApi {
                 .list_user_sessions(&user_id, request.include_revoked, page_size, after)
                 .await?;
             Ok(Response::new(pb::ListUserSessionsResponse {
-                sessions: page.sessions.into_iter().map(Into::into).collect(),
+                sessions: page.sessions.iter().map(Into::into).collect(),
                 next_page_token: page
                     .next
                     .map(convert::encode_page_token)
@@ -149,21 +150,23 @@ impl SessionService for SessionApi {
         &self,
         request: Request<pb::GetSessionRequest>,
     ) -> Result<Response<pb::Session>, Status> {
-        observed("GetSession", async {
+        observed(Rpc::GetSession, async {
             let id = convert::session_id("session_id", &request.into_inner().session_id)?;
-            Ok(Response::new(self.authority.get_session(id).await?.into()))
+            Ok(Response::new(
+                (&self.authority.get_session(id).await?).into(),
+            ))
         })
         .await
     }
 }
 
-/// Runs one call and records its code and latency.
+/// Runs one call, answers its error, and records its code and latency.
 async fn observed<T>(
-    method: &'static str,
-    call: impl Future<Output = Result<T, Status>>,
+    method: Rpc,
+    call: impl Future<Output = Result<T, Error>>,
 ) -> Result<T, Status> {
     let started = Instant::now();
-    let result = call.await;
+    let result = call.await.map_err(|error| status::answer(method, error));
     let code = result.as_ref().map_or_else(Status::code, |_| Code::Ok);
     metrics::rpc(method, code, started.elapsed());
     result

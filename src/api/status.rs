@@ -1,12 +1,13 @@
 //! The one place a domain error becomes a gRPC `Status`. Internal causes are logged here with
-//! their whole chain and never sent: the caller sees only the stable code and a safe message.
+//! their whole chain and the method that met them, and never sent: the caller sees only the
+//! stable code and a safe message.
 
 use std::collections::HashMap;
 
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::error::Error;
+use crate::{error::Error, metrics::Rpc};
 
 /// The `ErrorInfo.domain` of every error sessiond sends.
 const ERROR_DOMAIN: &str = "sessiond";
@@ -21,15 +22,21 @@ impl From<Error> for Status {
             Error::StoreUnavailable(_) => Code::Unavailable,
             Error::Internal(_) => Code::Internal,
         };
-        if matches!(code, Code::Unavailable | Code::Internal) {
-            tracing::error!(error.code = error.code(), error.cause_chain = %error_chain(&error), "request failed");
-        }
         let mut details = ErrorDetails::with_error_info(error.code(), ERROR_DOMAIN, HashMap::new());
         if let Error::InvalidArgument { field, description } = &error {
             details.add_bad_request_violation(*field, description.clone());
         }
         Status::with_error_details(code, error.to_string(), details)
     }
+}
+
+/// The answer to a call of `rpc` that failed with `error`; a failure of sessiond or of the store
+/// is logged.
+pub fn answer(rpc: Rpc, error: Error) -> Status {
+    if matches!(error, Error::StoreUnavailable(_) | Error::Internal(_)) {
+        tracing::error!(rpc = rpc.name(), error.code = error.code(), error.cause_chain = %error_chain(&error), "request failed");
+    }
+    Status::from(error)
 }
 
 /// The error with its sources, for the log.

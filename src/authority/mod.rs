@@ -55,7 +55,7 @@ pub enum Refusal {
 /// The answer of `Validate`.
 #[derive(Debug)]
 pub enum Verdict {
-    Valid(Box<Session>),
+    Valid(Arc<Session>),
     Refused(Refusal),
 }
 
@@ -161,7 +161,7 @@ impl Authority {
         }
         changed.push(session.clone());
         self.cache.put(&changed, now).await;
-        tracing::info!(session_id = %session.id, revoked = changed.len() - 1, "session created");
+        tracing::info!(session_id = %session.id, user_id = %session.user_id, revoked = changed.len() - 1, "session created");
         self.issue(session, refresh_token, now)
     }
 
@@ -169,7 +169,7 @@ impl Authority {
     #[tracing::instrument(name = "authority.validate", skip_all)]
     pub async fn validate(&self, access_token: &str) -> Result<Verdict> {
         let now = self.now();
-        let claims = match self.verify(access_token, now).await {
+        let claims = match self.verify(access_token, now) {
             Ok(claims) => claims,
             Err(rejection) => return Ok(Verdict::Refused(Refusal::Token(rejection))),
         };
@@ -187,7 +187,7 @@ impl Authority {
                 match stored.filter(|session| session.user_id == claims.user_id) {
                     Some(session) => {
                         self.cache.put(std::slice::from_ref(&session), now).await;
-                        session
+                        Arc::new(session)
                     }
                     None => return Ok(Verdict::Refused(Refusal::SessionNotFound)),
                 }
@@ -198,19 +198,19 @@ impl Authority {
             SessionState::Expired => Verdict::Refused(Refusal::SessionExpired),
             SessionState::Live => {
                 self.record_activity(&session, now);
-                Verdict::Valid(Box::new(session))
+                Verdict::Valid(session)
             }
         })
     }
 
     /// Verifies an access token, or recalls that its exact bytes verified before; either way,
     /// judges its expiry at `now`.
-    async fn verify(
+    fn verify(
         &self,
         access_token: &str,
         now: DateTime<Utc>,
     ) -> Result<VerifiedAccessToken, TokenRejection> {
-        if let Some(verified) = self.cache.verified_token(access_token).await {
+        if let Some(verified) = self.cache.verified_token(access_token) {
             return if now < verified.expires_at {
                 Ok(VerifiedAccessToken::clone(&verified))
             } else {
@@ -218,7 +218,7 @@ impl Authority {
             };
         }
         let verified = self.keys.access_tokens.verify(access_token, now)?;
-        self.cache.remember_token(access_token, &verified).await;
+        self.cache.remember_token(access_token, &verified);
         Ok(verified)
     }
 

@@ -131,6 +131,11 @@ struct Args {
     #[arg(long)]
     no_baseline: bool,
 
+    /// Closed loop: split each scenario's run into this many slices, each after a slice of the
+    /// no-op, and take its `x noop` ratio from those paired slices (steadier on a noisy machine).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: u32,
+
     /// Also write the results as JSON to this file ("-": standard output, after the table).
     #[arg(long)]
     json: Option<PathBuf>,
@@ -325,7 +330,8 @@ async fn run_scenario(
         Scenario::Mix => format!("{name} ({})", args.mix),
         _ => name.to_owned(),
     };
-    let mut outcome = measure_with(args, clients, &work, &prefix, args.rate).await?;
+    let (mut outcome, paired_noop) = measure_with(args, clients, &work, &prefix, args.rate).await?;
+    let noop = paired_noop.or(noop);
     rows.push(Row::new(&label, mode(args, args.rate), &outcome, noop));
     push_kinds(rows, &work, &outcome, noop);
     if let Some(fraction) = args.rate_of_peak {
@@ -334,7 +340,9 @@ async fn run_scenario(
             "## {name}: open loop at {fraction} x {:.0} = {rate:.0} req/s",
             outcome.throughput()
         );
-        outcome = measure_with(args, clients, &work, &prefix, Some(rate)).await?;
+        outcome = measure_with(args, clients, &work, &prefix, Some(rate))
+            .await?
+            .0;
         rows.push(Row::new(
             &format!("{label} @ {fraction} x peak"),
             mode(args, Some(rate)),
@@ -358,14 +366,15 @@ fn push_kinds(rows: &mut Vec<Row>, work: &Work, outcome: &Outcome, noop: Option<
     }
 }
 
-/// Prepares per-worker state (refresh chains) and measures `work`.
+/// Prepares per-worker state (refresh chains) and measures `work`; closed-loop, also the no-op in
+/// slices paired with it, whose throughput it returns.
 async fn measure_with(
     args: &Args,
     clients: &Clients,
     work: &Arc<Work>,
     prefix: &str,
     rate: Option<f64>,
-) -> anyhow::Result<Outcome> {
+) -> anyhow::Result<(Outcome, Option<f64>)> {
     let states = work::worker_states(clients, work, prefix, args.concurrency).await?;
     let load = Load {
         concurrency: args.concurrency,
@@ -373,7 +382,13 @@ async fn measure_with(
         duration: args.duration,
         rate,
     };
-    runner::run(clients, work, states, &load).await
+    if args.no_baseline || rate.is_some() {
+        return Ok((runner::run(clients, work, states, &load).await?, None));
+    }
+    let baseline = Arc::new(Work::Health);
+    let (outcome, noop) =
+        runner::run_paired(clients, work, states, &baseline, &load, args.rounds).await?;
+    Ok((outcome, Some(noop.throughput())))
 }
 
 async fn measure(

@@ -11,11 +11,15 @@
 
 mod local;
 mod redis;
+mod tokens;
+
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
 pub use local::{LocalSettings, LocalTier};
 pub use redis::{RedisSettings, RedisTier};
+pub use tokens::VerifiedTokens;
 
 use crate::{
     domain::{Session, SessionId, UserId},
@@ -35,33 +39,38 @@ fn rank(session: &Session) -> i64 {
     }
 }
 
-/// Both tiers.
-#[derive(Clone, Default)]
+/// Both tiers, and the verified-token memo.
+#[derive(Clone)]
 pub struct SessionCache {
     local: Option<LocalTier>,
     redis: Option<RedisTier>,
+    tokens: VerifiedTokens,
 }
 
 impl SessionCache {
     /// A cache over these tiers.
-    pub fn new(local: Option<LocalTier>, redis: Option<RedisTier>) -> Self {
-        Self { local, redis }
+    pub fn new(local: Option<LocalTier>, redis: Option<RedisTier>, tokens: VerifiedTokens) -> Self {
+        Self {
+            local,
+            redis,
+            tokens,
+        }
     }
 
     /// The cached copy of a session, from the nearest tier that has it.
-    pub async fn get(&self, user_id: &UserId, session_id: SessionId) -> Option<Session> {
+    pub async fn get(&self, user_id: &UserId, session_id: SessionId) -> Option<Arc<Session>> {
         if let Some(local) = &self.local {
-            let session = local.get(user_id, session_id).await;
-            metrics::cache_lookup("local", session.is_some());
+            let session = local.get(user_id, session_id);
+            metrics::cache_lookup(metrics::CacheTier::Local, session.is_some());
             if session.is_some() {
                 return session;
             }
         }
         let session = self.redis.as_ref()?.get(user_id, session_id).await;
-        metrics::cache_lookup("redis", session.is_some());
-        let session = session?;
+        metrics::cache_lookup(metrics::CacheTier::Redis, session.is_some());
+        let session = Arc::new(session?);
         if let Some(local) = &self.local {
-            local.put(&session).await;
+            local.put(&session);
         }
         Some(session)
     }
@@ -70,7 +79,7 @@ impl SessionCache {
     pub async fn put(&self, sessions: &[Session], now: DateTime<Utc>) {
         if let Some(local) = &self.local {
             for session in sessions {
-                local.put(session).await;
+                local.put(&Arc::new(session.clone()));
             }
         }
         if let Some(redis) = &self.redis {
@@ -78,24 +87,20 @@ impl SessionCache {
         }
     }
 
-    /// The verification of a token seen before, if the local tier is on.
-    pub async fn verified_token(&self, token: &str) -> Option<std::sync::Arc<VerifiedAccessToken>> {
-        let verified = self.local.as_ref()?.verified_token(token).await;
-        metrics::cache_lookup("token", verified.is_some());
+    /// The verification of a token seen before.
+    pub fn verified_token(&self, token: &str) -> Option<Arc<VerifiedAccessToken>> {
+        let verified = self.tokens.get(token);
+        metrics::cache_lookup(metrics::CacheTier::Token, verified.is_some());
         verified
     }
 
-    /// Remembers a token that verified, if the local tier is on.
-    pub async fn remember_token(&self, token: &str, verified: &VerifiedAccessToken) {
-        if let Some(local) = &self.local {
-            local.remember_token(token, verified.clone()).await;
-        }
+    /// Remembers a token that verified.
+    pub fn remember_token(&self, token: &str, verified: &VerifiedAccessToken) {
+        self.tokens.remember(token, verified.clone());
     }
 
     /// Drops every verified token (a verification key was removed).
     pub fn forget_tokens(&self) {
-        if let Some(local) = &self.local {
-            local.forget_tokens();
-        }
+        self.tokens.clear();
     }
 }

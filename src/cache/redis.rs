@@ -291,7 +291,7 @@ impl RedisTier {
                                 state = Subscription::Up;
                                 tracing::info!("subscribed to invalidations; in-process tier trusted");
                             } else {
-                                evict_announced(&local, &text).await;
+                                evict_announced(&local, &text);
                             }
                         }
                         // Lagged behind the channel: some announcements are lost.
@@ -346,10 +346,10 @@ impl Drop for ProbeSlot<'_> {
     }
 }
 
-async fn evict_announced(local: &LocalTier, announced: &str) {
+fn evict_announced(local: &LocalTier, announced: &str) {
     for id in announced.split(',') {
         if let Ok(id) = id.parse::<SessionId>() {
-            local.evict(id).await;
+            local.evict(id);
         }
     }
 }

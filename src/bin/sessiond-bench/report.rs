@@ -16,7 +16,10 @@ pub struct Row {
     pub seconds: f64,
     /// Calls per second.
     pub throughput: f64,
-    /// `throughput` over the Health/Check throughput of this run.
+    /// The Health/Check throughput this row is compared with: measured in slices paired with
+    /// this row's (closed loop), else in the run's own baseline.
+    pub noop_throughput: Option<f64>,
+    /// `throughput` over `noop_throughput`.
     pub ratio_to_noop: Option<f64>,
     /// Latency percentiles, in microseconds.
     pub p50_us: u64,
@@ -54,6 +57,7 @@ impl Row {
             errors,
             seconds: outcome.elapsed.as_secs_f64(),
             throughput,
+            noop_throughput: noop,
             ratio_to_noop: noop
                 .filter(|noop| *noop > 0.0)
                 .map(|noop| throughput / noop),
@@ -75,6 +79,7 @@ impl Row {
             errors: 0,
             seconds: 0.0,
             throughput: 0.0,
+            noop_throughput: None,
             ratio_to_noop: None,
             p50_us: 0,
             p90_us: 0,
@@ -94,8 +99,19 @@ fn ms(us: u64) -> String {
 /// Prints the rows as an aligned table, then the first error of each row that had any.
 pub fn print_table(rows: &[Row]) {
     let header = [
-        "scenario", "mode", "requests", "errors", "secs", "req/s", "x noop", "p50 ms", "p90 ms",
-        "p99 ms", "p99.9 ms", "max ms",
+        "scenario",
+        "mode",
+        "requests",
+        "errors",
+        "secs",
+        "req/s",
+        "noop req/s",
+        "x noop",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "p99.9 ms",
+        "max ms",
     ];
     let cells: Vec<Vec<String>> = rows
         .iter()
@@ -112,6 +128,8 @@ pub fn print_table(rows: &[Row]) {
                 row.errors.to_string(),
                 format!("{:.2}", row.seconds),
                 format!("{:.0}", row.throughput),
+                row.noop_throughput
+                    .map_or_else(|| "-".into(), |noop| format!("{noop:.0}")),
                 row.ratio_to_noop
                     .map_or_else(|| "-".into(), |r| format!("{r:.3}")),
                 ms(row.p50_us),

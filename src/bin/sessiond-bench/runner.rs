@@ -227,6 +227,38 @@ pub async fn run(
     .0)
 }
 
+/// Warms up, then measures `work` and the no-op `baseline` closed-loop in `rounds` alternating
+/// slices (baseline first) that together last `load.duration` each. On a shared machine whose
+/// speed drifts from second to second, the two then see the same machine, and their ratio is
+/// steadier than that of two runs one after the other. Returns (work, baseline).
+pub async fn run_paired(
+    clients: &Clients,
+    work: &Arc<Work>,
+    states: Vec<WorkerState>,
+    baseline: &Arc<Work>,
+    load: &Load,
+    rounds: u32,
+) -> anyhow::Result<(Outcome, Outcome)> {
+    let concurrency = load.concurrency;
+    let mut states = drive(clients, work, states, concurrency, load.warmup, None)
+        .await?
+        .1;
+    let slice = load.duration / rounds.max(1);
+    let mut measured = Outcome::empty(work.kinds().len())?;
+    let mut base = Outcome::empty(baseline.kinds().len())?;
+    let mut base_states = Vec::new();
+    for _ in 0..rounds.max(1) {
+        let (outcome, next) =
+            drive(clients, baseline, base_states, concurrency, slice, None).await?;
+        base.absorb(&outcome)?;
+        base_states = next;
+        let (outcome, next) = drive(clients, work, states, concurrency, slice, None).await?;
+        measured.absorb(&outcome)?;
+        states = next;
+    }
+    Ok((measured, base))
+}
+
 /// Runs `work` until `duration` has passed or the work is exhausted, and hands the worker states
 /// back for the next run.
 pub async fn drive(
