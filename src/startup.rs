@@ -13,8 +13,7 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 use anyhow::Context;
 use axum::{Router, http::header, response::IntoResponse, routing::get};
 use tokio::{net::TcpListener, sync::watch};
-use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::Server;
+use tonic::transport::{Server, server::TcpIncoming};
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
@@ -170,8 +169,10 @@ impl Application {
             .add_service(SessionServiceServer::from_arc(Arc::new(SessionApi::new(
                 self.authority,
             ))))
+            // Without TCP_NODELAY, a response written while the previous one is still unacked
+            // waits for the client's delayed ACK: up to 40 ms.
             .serve_with_incoming_shutdown(
-                TcpListenerStream::new(self.listener),
+                TcpIncoming::from(self.listener).with_nodelay(Some(true)),
                 stopped(stopping.clone()),
             );
 

@@ -136,10 +136,13 @@ pub fn init(format: LogFormat) -> TelemetryGuard {
             .with_filter(level_filter().and(filter_fn(|metadata| !is_transport(metadata.target()))))
     });
 
-    let installed = tracing_subscriber::registry()
-        .with(logs)
-        .with(traces)
-        .try_init();
+    // Not `.with(Option<Layer>)`: a `None` layer counts as interested in every span, so spans
+    // would be built on every request for nobody.
+    let subscriber = tracing_subscriber::registry().with(logs);
+    let installed = match traces {
+        Some(traces) => subscriber.with(traces).try_init(),
+        None => subscriber.try_init(),
+    };
     if let Err(error) = installed {
         eprintln!("sessiond: cannot install the log subscriber: {error}");
     }

@@ -18,7 +18,7 @@ use crate::{
     domain::{Device, Metadata, RevokeReason, Session, SessionId, SessionState, UserId},
     error::{Error, RefreshRefusal, Result},
     metrics,
-    store::{RefreshOutcome, RefreshState, Revocation, SessionStore},
+    store::{Admission, RefreshOutcome, RefreshState, Revocation, SessionStore},
     token::{Keys, RefreshToken, TokenHash, TokenRejection, VerifiedAccessToken},
 };
 
@@ -151,17 +151,28 @@ impl Authority {
         let refresh_token = RefreshToken::generate()?;
 
         let admit = |live| rules::admission(&self.policy, live);
-        let mut changed = self
+        let limited = self.policy.max_sessions_per_user > 0;
+        let revoked = self
             .store
-            .create(&session, &refresh_token.hash(), &admit, now)
+            .create(
+                &session,
+                &refresh_token.hash(),
+                limited.then_some(&admit as Admission<'_>),
+                now,
+            )
             .await?;
         metrics::session_created();
-        for revoked in &changed {
+        for revoked in &revoked {
             metrics::sessions_revoked(revoked.revoke_reason.as_deref().unwrap_or_default(), 1);
         }
-        changed.push(session.clone());
-        self.cache.put(&changed, now).await;
-        tracing::info!(session_id = %session.id, user_id = %session.user_id, revoked = changed.len() - 1, "session created");
+        // Revocations reach every tier (and replica) before the answer. The new session is kept
+        // in this replica only: a Redis write on every create would cost more than the one store
+        // read that fills Redis on the session's first miss elsewhere.
+        if !revoked.is_empty() {
+            self.cache.put(&revoked, now).await;
+        }
+        self.cache.put_local(&session);
+        tracing::info!(session_id = %session.id, user_id = %session.user_id, revoked = revoked.len(), "session created");
         self.issue(session, refresh_token, now)
     }
 
@@ -182,16 +193,12 @@ impl Authority {
             .filter(|session| session.state(now) != SessionState::Expired);
         let session = match cached {
             Some(session) => session,
-            None => {
-                let stored = self.store.find(claims.session_id).await?;
-                match stored.filter(|session| session.user_id == claims.user_id) {
-                    Some(session) => {
-                        self.cache.put(std::slice::from_ref(&session), now).await;
-                        Arc::new(session)
-                    }
-                    None => return Ok(Verdict::Refused(Refusal::SessionNotFound)),
-                }
-            }
+            // Boxed: the store's future is large, and would make every warm call's future as
+            // large (and as slow to move) if it were inline.
+            None => match Box::pin(self.load(&claims, now)).await? {
+                Some(session) => session,
+                None => return Ok(Verdict::Refused(Refusal::SessionNotFound)),
+            },
         };
         Ok(match session.state(now) {
             SessionState::Revoked => Verdict::Refused(Refusal::SessionRevoked),
@@ -201,6 +208,20 @@ impl Authority {
                 Verdict::Valid(session)
             }
         })
+    }
+
+    /// Reads the token's session from the store, and copies it into the cache.
+    async fn load(
+        &self,
+        claims: &VerifiedAccessToken,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Arc<Session>>> {
+        let stored = self.store.find(claims.session_id).await?;
+        let Some(session) = stored.filter(|session| session.user_id == claims.user_id) else {
+            return Ok(None);
+        };
+        self.cache.put(std::slice::from_ref(&session), now).await;
+        Ok(Some(Arc::new(session)))
     }
 
     /// Verifies an access token, or recalls that its exact bytes verified before; either way,

@@ -24,6 +24,11 @@ use anyhow::bail;
 use clap::{Parser, ValueEnum};
 use tokio::time::Instant;
 
+// The load generator shares the machine with the server it measures: the less it spends per
+// call, the more the figures say about the server.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use crate::{
     report::{Row, print_table},
     runner::{Clients, Load, Outcome},

@@ -66,7 +66,8 @@ impl SessionCache {
                 return session;
             }
         }
-        let session = self.redis.as_ref()?.get(user_id, session_id).await;
+        // Boxed, so that a local hit's future is not as large as a Redis command's.
+        let session = Box::pin(self.redis.as_ref()?.get(user_id, session_id)).await;
         metrics::cache_lookup(metrics::CacheTier::Redis, session.is_some());
         let session = Arc::new(session?);
         if let Some(local) = &self.local {
@@ -77,13 +78,18 @@ impl SessionCache {
 
     /// Tells every tier about these sessions, all of one user.
     pub async fn put(&self, sessions: &[Session], now: DateTime<Utc>) {
-        if let Some(local) = &self.local {
-            for session in sessions {
-                local.put(&Arc::new(session.clone()));
-            }
+        for session in sessions {
+            self.put_local(session);
         }
         if let Some(redis) = &self.redis {
             redis.put(sessions, now).await;
+        }
+    }
+
+    /// Tells the in-process tier only about `session`.
+    pub fn put_local(&self, session: &Session) {
+        if let Some(local) = &self.local {
+            local.put(&Arc::new(session.clone()));
         }
     }
 

@@ -96,13 +96,14 @@ pub trait SessionStore: Send + Sync + 'static {
     async fn migrate(&self) -> Result<()>;
 
     /// Inserts `session` with its first refresh token. First revokes the user's unrevoked session
-    /// on the same device (reason `device_replaced`), then lets `admit` decide on the limit.
-    /// Returns the sessions it revoked.
+    /// on the same device (reason `device_replaced`), then, under a per-user limit, lets `admit`
+    /// decide from the user's live sessions (`None`: no limit, nothing to count). Returns the
+    /// sessions it revoked.
     async fn create(
         &self,
         session: &Session,
         refresh_token: &TokenHash,
-        admit: Admission<'_>,
+        admit: Option<Admission<'_>>,
         now: DateTime<Utc>,
     ) -> Result<Vec<Session>>;
 

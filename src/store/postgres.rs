@@ -44,10 +44,90 @@ impl PostgresStore {
     }
 }
 
+/// The unique index that keeps one unrevoked session per device.
+const ONE_PER_DEVICE_INDEX: &str = "session_one_per_device_idx";
+
+/// How often a create that lost a race for its device is tried again.
+const DEVICE_RACE_ATTEMPTS: usize = 3;
+
+/// Replaces the device's session and inserts the new one with its first refresh token, in one
+/// statement (one round trip). `created` reads `replaced` so that the replacement runs first: the
+/// unique index then sees the device's old session revoked. (No device: `device_id = NULL`
+/// matches nothing.) The refresh token's foreign key is checked at the statement's end, when the
+/// session exists.
+async fn insert_replacing_device(
+    conn: &mut PgConnection,
+    session: &Session,
+    refresh_token: &TokenHash,
+    now: DateTime<Utc>,
+    reason: &RevokeReason,
+) -> Result<Vec<SessionRow>, sqlx::Error> {
+    let sql = concat!(
+        "WITH replaced AS (\
+            UPDATE session SET revoked_at = $12, revoke_reason = $13 \
+            WHERE user_id = $2 AND device_id = $3 AND revoked_at IS NULL RETURNING ",
+        columns!(),
+        "), created AS (\
+            INSERT INTO session (session_id, user_id, device_id, device_name, user_agent, \
+                                 ip_address, metadata, created_at, last_seen_at, expires_at, \
+                                 idle_expires_at) \
+            SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11 \
+            WHERE (SELECT count(*) FROM replaced) >= 0 \
+            RETURNING session_id \
+        ), token AS (\
+            INSERT INTO refresh_token (token_hash, session_id, generation, issued_at) \
+            SELECT $14, session_id, 0, $12 FROM created \
+        ) SELECT * FROM replaced"
+    );
+    sqlx::query_as::<_, SessionRow>(sql)
+        .bind(session.id.as_uuid())
+        .bind(session.user_id.as_str())
+        .bind(session.device.device_id.as_deref())
+        .bind(&session.device.name)
+        .bind(&session.device.user_agent)
+        .bind(session.device.ip_address.map(|ip| ip.to_string()))
+        .bind(Json(&session.metadata))
+        .bind(session.created_at)
+        .bind(session.last_seen_at)
+        .bind(session.expires_at)
+        .bind(session.idle_expires_at)
+        .bind(now)
+        .bind(reason.as_str())
+        .bind(refresh_token.0.as_slice())
+        .fetch_all(conn)
+        .await
+}
+
 #[async_trait]
 impl Backend for Postgres {
     async fn begin_write(pool: &PgPool) -> Result<Transaction<'static, Postgres>> {
         Ok(pool.begin().await?)
+    }
+
+    /// One statement, outside any transaction: it is atomic on its own, and costs one round trip
+    /// instead of four. Without the per-user lock, two creates on one device may race; the
+    /// loser's insert then meets the winner's session in the unique index, and its retry, which
+    /// sees that session, replaces it: the later create wins, as under the lock.
+    async fn create_unlimited(
+        pool: &PgPool,
+        session: &Session,
+        refresh_token: &TokenHash,
+        now: DateTime<Utc>,
+        reason: &RevokeReason,
+    ) -> Result<Vec<Session>> {
+        let mut conn = pool.acquire().await?;
+        let mut attempt = 1;
+        loop {
+            match insert_replacing_device(&mut conn, session, refresh_token, now, reason).await {
+                Err(sqlx::Error::Database(error))
+                    if error.constraint() == Some(ONE_PER_DEVICE_INDEX)
+                        && attempt < DEVICE_RACE_ATTEMPTS =>
+                {
+                    attempt += 1;
+                }
+                rows => return all(rows?),
+            }
+        }
     }
 
     async fn migrate(pool: &PgPool) -> Result<()> {
@@ -73,28 +153,14 @@ impl Statements for PgConnection {
         Ok(())
     }
 
-    async fn insert_session(&mut self, session: &Session) -> Result<()> {
-        sqlx::query(
-            r#"
-            INSERT INTO session (session_id, user_id, device_id, device_name, user_agent, ip_address, metadata,
-                                 created_at, last_seen_at, expires_at, idle_expires_at)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-            "#,
-        )
-        .bind(session.id.as_uuid())
-        .bind(session.user_id.as_str())
-        .bind(session.device.device_id.as_deref())
-        .bind(&session.device.name)
-        .bind(&session.device.user_agent)
-        .bind(session.device.ip_address.map(|ip| ip.to_string()))
-        .bind(Json(&session.metadata))
-        .bind(session.created_at)
-        .bind(session.last_seen_at)
-        .bind(session.expires_at)
-        .bind(session.idle_expires_at)
-        .execute(self)
-        .await?;
-        Ok(())
+    async fn insert_replacing_device(
+        &mut self,
+        session: &Session,
+        refresh_token: &TokenHash,
+        now: DateTime<Utc>,
+        reason: &RevokeReason,
+    ) -> Result<Vec<Session>> {
+        all(insert_replacing_device(self, session, refresh_token, now, reason).await?)
     }
 
     async fn find_session(&mut self, id: SessionId) -> Result<Option<Session>> {

@@ -21,7 +21,15 @@ use crate::{
 pub trait Statements: Send {
     /// Serialises every session-count decision for one user until the transaction ends.
     async fn lock_user(&mut self, user_id: &UserId) -> Result<()>;
-    async fn insert_session(&mut self, session: &Session) -> Result<()>;
+    /// Revokes the user's unrevoked session on the new session's device (when it names one), then
+    /// inserts the session and its first refresh token; returns the revoked sessions.
+    async fn insert_replacing_device(
+        &mut self,
+        session: &Session,
+        refresh_token: &TokenHash,
+        now: DateTime<Utc>,
+        reason: &RevokeReason,
+    ) -> Result<Vec<Session>>;
     async fn find_session(&mut self, id: SessionId) -> Result<Option<Session>>;
     /// Reads a session and locks it until the transaction ends, so concurrent rotations of its
     /// refresh token take turns.
@@ -120,6 +128,16 @@ where
 {
     /// Starts a transaction that will write.
     async fn begin_write(pool: &Pool<Self>) -> Result<Transaction<'static, Self>>;
+    /// CreateSession when no per-user limit applies (nothing to count, so no per-user lock):
+    /// [`Statements::insert_replacing_device`], atomically, in as few round trips as the
+    /// database allows.
+    async fn create_unlimited(
+        pool: &Pool<Self>,
+        session: &Session,
+        refresh_token: &TokenHash,
+        now: DateTime<Utc>,
+        reason: &RevokeReason,
+    ) -> Result<Vec<Session>>;
     /// Applies this database's migrations.
     async fn migrate(pool: &Pool<Self>) -> Result<()>;
 }
@@ -181,22 +199,35 @@ where
         &self,
         session: &Session,
         refresh_token: &TokenHash,
-        admit: Admission<'_>,
+        admit: Option<Admission<'_>>,
         now: DateTime<Utc>,
     ) -> Result<Vec<Session>> {
-        self.bounded(async move {
+        let replaced = RevokeReason::internal(RevokeReason::DEVICE_REPLACED);
+        let Some(admit) = admit else {
+            return self
+                .bounded(DB::create_unlimited(
+                    &self.pool,
+                    session,
+                    refresh_token,
+                    now,
+                    &replaced,
+                ))
+                .await;
+        };
+        self.bounded(async {
             let mut tx = DB::begin_write(&self.pool).await?;
             let conn = &mut *tx;
             conn.lock_user(&session.user_id).await?;
             let mut revoked = Vec::new();
+            // The limit counts the user's sessions once the device's own is replaced.
             if let Some(device_id) = &session.device.device_id {
-                let reason = RevokeReason::internal(RevokeReason::DEVICE_REPLACED);
                 revoked.extend(
-                    conn.revoke_device(&session.user_id, device_id, now, &reason)
+                    conn.revoke_device(&session.user_id, device_id, now, &replaced)
                         .await?,
                 );
             }
-            // Returning early drops the transaction: a refusal rolls back the device replacement too.
+            // Returning early drops the transaction: a refusal rolls back the device replacement
+            // too.
             let evict = admit(conn.count_live(&session.user_id, now).await?)?;
             if evict > 0 {
                 let reason = RevokeReason::internal(RevokeReason::SESSION_LIMIT);
@@ -205,9 +236,10 @@ where
                         .await?,
                 );
             }
-            conn.insert_session(session).await?;
-            conn.insert_refresh_token(refresh_token, session.id, 0, now)
-                .await?;
+            revoked.extend(
+                conn.insert_replacing_device(session, refresh_token, now, &replaced)
+                    .await?,
+            );
             tx.commit().await?;
             Ok(revoked)
         })

@@ -58,6 +58,21 @@ impl Backend for Sqlite {
         Ok(pool.begin_with("BEGIN IMMEDIATE").await?)
     }
 
+    async fn create_unlimited(
+        pool: &SqlitePool,
+        session: &Session,
+        refresh_token: &TokenHash,
+        now: DateTime<Utc>,
+        reason: &RevokeReason,
+    ) -> Result<Vec<Session>> {
+        let mut tx = Self::begin_write(pool).await?;
+        let revoked = tx
+            .insert_replacing_device(session, refresh_token, now, reason)
+            .await?;
+        tx.commit().await?;
+        Ok(revoked)
+    }
+
     async fn migrate(pool: &SqlitePool) -> Result<()> {
         sqlx::migrate!("./migrations/sqlite")
             .run(pool)
@@ -79,7 +94,21 @@ impl Statements for SqliteConnection {
         Ok(())
     }
 
-    async fn insert_session(&mut self, session: &Session) -> Result<()> {
+    async fn insert_replacing_device(
+        &mut self,
+        session: &Session,
+        refresh_token: &TokenHash,
+        now: DateTime<Utc>,
+        reason: &RevokeReason,
+    ) -> Result<Vec<Session>> {
+        // Statement by statement: SQLite runs in-process, so round trips cost nothing.
+        let replaced = match &session.device.device_id {
+            Some(device_id) => {
+                self.revoke_device(&session.user_id, device_id, now, reason)
+                    .await?
+            }
+            None => Vec::new(),
+        };
         sqlx::query(
             r#"
             INSERT INTO session (session_id, user_id, device_id, device_name, user_agent, ip_address, metadata,
@@ -98,9 +127,11 @@ impl Statements for SqliteConnection {
         .bind(micros(session.last_seen_at))
         .bind(micros(session.expires_at))
         .bind(micros(session.idle_expires_at))
-        .execute(self)
+        .execute(&mut *self)
         .await?;
-        Ok(())
+        self.insert_refresh_token(refresh_token, session.id, 0, now)
+            .await?;
+        Ok(replaced)
     }
 
     async fn find_session(&mut self, id: SessionId) -> Result<Option<Session>> {
