@@ -47,9 +47,6 @@ impl PostgresStore {
 /// The unique index that keeps one unrevoked session per device.
 const ONE_PER_DEVICE_INDEX: &str = "session_one_per_device_idx";
 
-/// How often a create that lost a race for its device is tried again.
-const DEVICE_RACE_ATTEMPTS: usize = 3;
-
 /// Replaces the device's session and inserts the new one with its first refresh token, in one
 /// statement (one round trip). `created` reads `replaced` so that the replacement runs first: the
 /// unique index then sees the device's old session revoked. (No device: `device_id = NULL`
@@ -107,7 +104,9 @@ impl Backend for Postgres {
     /// One statement, outside any transaction: it is atomic on its own, and costs one round trip
     /// instead of four. Without the per-user lock, two creates on one device may race; the
     /// loser's insert then meets the winner's session in the unique index, and its retry, which
-    /// sees that session, replaces it: the later create wins, as under the lock.
+    /// sees that session, replaces it: the later create wins, as under the lock. Each conflict
+    /// means another create committed, so retries make progress; the store's operation timeout
+    /// bounds them.
     async fn create_unlimited(
         pool: &PgPool,
         session: &Session,
@@ -116,15 +115,10 @@ impl Backend for Postgres {
         reason: &RevokeReason,
     ) -> Result<Vec<Session>> {
         let mut conn = pool.acquire().await?;
-        let mut attempt = 1;
         loop {
             match insert_replacing_device(&mut conn, session, refresh_token, now, reason).await {
                 Err(sqlx::Error::Database(error))
-                    if error.constraint() == Some(ONE_PER_DEVICE_INDEX)
-                        && attempt < DEVICE_RACE_ATTEMPTS =>
-                {
-                    attempt += 1;
-                }
+                    if error.constraint() == Some(ONE_PER_DEVICE_INDEX) => {}
                 rows => return all(rows?),
             }
         }

@@ -1,3 +1,4 @@
+use futures::future::join_all;
 use sessiond::api::pb;
 
 use crate::helpers::{DAY, Store, assert_invalid_field, spawn_app, spawn_app_with};
@@ -62,6 +63,24 @@ async fn a_new_session_on_the_same_device_revokes_the_previous_one(store: Store)
             .await
             .valid
     );
+}
+
+async fn racing_creates_on_one_device_leave_exactly_one_live_session(store: Store) {
+    let app = spawn_app(store).await;
+
+    // All succeed: a create that loses the race for the device replaces the winner's session.
+    let created = join_all((0..12).map(|_| app.create("carol", "tablet"))).await;
+
+    let mut live = Vec::new();
+    for response in &created {
+        let id = &response.session.as_ref().expect("session").session_id;
+        let stored = app.get(id).await.expect("stored");
+        match stored.revoked_at {
+            None => live.push(id.clone()),
+            Some(_) => assert_eq!(stored.revoke_reason, "device_replaced"),
+        }
+    }
+    assert_eq!(live.len(), 1, "one live session on the device: {live:?}");
 }
 
 async fn sessions_without_a_device_id_never_replace_each_other(store: Store) {
@@ -208,6 +227,7 @@ async fn bad_create_requests_are_invalid_arguments_naming_the_field(store: Store
 on_every_store!(
     create_session_returns_a_live_session_and_a_token_pair,
     a_new_session_on_the_same_device_revokes_the_previous_one,
+    racing_creates_on_one_device_leave_exactly_one_live_session,
     sessions_without_a_device_id_never_replace_each_other,
     a_requested_lifetime_is_kept_when_shorter_and_capped_when_longer,
     bad_create_requests_are_invalid_arguments_naming_the_field,
