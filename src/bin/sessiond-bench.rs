@@ -355,6 +355,17 @@ async fn run_scenario(
             noop,
         ));
         push_kinds(rows, &work, &outcome, noop);
+        if !args.no_baseline {
+            // The floor under that latency: the no-op at the same rate, on the same machine.
+            let health = Arc::new(Work::Health);
+            let floor = measure(args, clients, &health, args.concurrency, Some(rate)).await?;
+            rows.push(Row::new(
+                &format!("health-noop @ {fraction} x {name} peak"),
+                mode(args, Some(rate)),
+                &floor,
+                None,
+            ));
+        }
     }
     Ok(())
 }

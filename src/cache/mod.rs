@@ -1,7 +1,10 @@
-//! The hot path: in-process tier → Redis → (miss: the caller reads the store).
+//! The hot path: in-process tier → Redis → (miss: the caller reads the store), and beside it the
+//! memo of verified access tokens.
 //!
 //! Either tier may be off: the embedded single-node mode has no Redis, and the local tier can be
-//! disabled. The cache never fails a request; a tier in trouble reads as a miss.
+//! disabled. The cache never fails a request; a tier in trouble reads as a miss. The tiers are
+//! filled by reads (cache-aside) and told of every revocation; a new session is kept only in the
+//! tier of the replica that created it.
 //!
 //! Writers race: a validator may read a live row from the store just before a revocation commits,
 //! and write it back just after the revocation updated the cache. So both tiers keep, of two
