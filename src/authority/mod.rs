@@ -220,7 +220,7 @@ impl Authority {
         let Some(session) = stored.filter(|session| session.user_id == claims.user_id) else {
             return Ok(None);
         };
-        self.cache.put(std::slice::from_ref(&session), now).await;
+        self.cache.fill(&session, now);
         Ok(Some(Arc::new(session)))
     }
 

@@ -89,6 +89,17 @@ impl SessionCache {
         }
     }
 
+    /// Keeps a copy just read from the store: in process at once, and in Redis in the background,
+    /// so the caller does not wait for a write that only saves later reads. (Ranks make a late
+    /// write harmless: it cannot replace a newer copy or a revocation.)
+    pub fn fill(&self, session: &Session, now: DateTime<Utc>) {
+        self.put_local(session);
+        if let Some(redis) = &self.redis {
+            let (redis, session) = (redis.clone(), session.clone());
+            tokio::spawn(async move { redis.put(std::slice::from_ref(&session), now).await });
+        }
+    }
+
     /// Tells the in-process tier only about `session`.
     pub fn put_local(&self, session: &Session) {
         if let Some(local) = &self.local {

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use sessiond::api::pb::TokenStatus;
 use sha2::Sha256;
 
-use crate::helpers::{DAY, MINUTE, Store, TestApp, spawn_app, spawn_app_with, tokens};
+use crate::helpers::{DAY, MINUTE, Store, TestApp, redis_url, spawn_app, spawn_app_with, tokens};
 
 fn encode(value: &Value) -> String {
     URL_SAFE_NO_PAD.encode(serde_json::to_vec(value).unwrap())
@@ -237,10 +237,23 @@ async fn validate_writes_activity_at_most_once_a_minute(store: Store) {
 
 #[tokio::test]
 async fn a_cached_session_is_served_from_redis() {
-    let app = spawn_app(Store::Postgres).await;
+    let prefix = format!("sessiond-test:{}:", uuid::Uuid::now_v7());
+    // Without the in-process tier, so that only Redis can answer below.
+    let app = spawn_app_with(Store::Postgres, |settings| {
+        settings.redis_key_prefix.clone_from(&prefix);
+        settings.local_cache = false;
+    })
+    .await;
     let created = app.create("kim", "d").await;
     let (access, _) = tokens(&created.tokens);
+    // The first read misses Redis and copies the row there, in the background.
     assert!(app.validate(&access).await.valid);
+    let pattern = format!("{prefix}*");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while redis_keys(&pattern).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "never reached Redis");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 
     // Remove the row behind the cache's back: only Redis can still answer.
     sqlx::query("DELETE FROM session WHERE user_id = 'kim'")
@@ -249,6 +262,16 @@ async fn a_cached_session_is_served_from_redis() {
         .unwrap();
 
     assert!(app.validate(&access).await.valid);
+}
+
+/// The keys of the test Redis matching `pattern`.
+fn redis_keys(pattern: &str) -> String {
+    let output = std::process::Command::new("redis-cli")
+        .args(["-u", &redis_url(), "--scan", "--pattern", pattern])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "redis-cli failed");
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
 }
 
 on_every_store!(
