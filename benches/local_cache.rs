@@ -90,13 +90,13 @@ fn settings() -> LocalSettings {
 
 fn bytes_per_session() {
     const COUNT: usize = 100_000;
-    let sessions: Vec<Arc<Session>> = (0..COUNT).map(|user| Arc::new(session(user))).collect();
     let tier = LocalTier::new(&settings());
     let before = HELD.load(Ordering::Relaxed);
+    let sessions: Vec<Arc<Session>> = (0..COUNT).map(|user| Arc::new(session(user))).collect();
     for session in &sessions {
         tier.put(session);
     }
-    // The tier shares the sessions: count them as its own.
+    // Now the tier alone holds the sessions: what is left counts as its own.
     drop(sessions);
     tier.settle();
     let after = HELD.load(Ordering::Relaxed);
