@@ -125,7 +125,10 @@ fn lookups(c: &mut Criterion) {
         .issue(&warm, now, Duration::minutes(15))
         .expect("signs")
         .token;
-    tokens.remember(&token, signer.verify(&token, now).expect("verifies"));
+    tokens.remember(
+        &token,
+        Arc::new(signer.verify(&token, now).expect("verifies")),
+    );
     let cold = SessionId::generate();
 
     let mut group = c.benchmark_group("local_cache");

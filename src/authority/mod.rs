@@ -165,13 +165,13 @@ impl Authority {
         for revoked in &revoked {
             metrics::sessions_revoked(revoked.revoke_reason.as_deref().unwrap_or_default(), 1);
         }
-        // Revocations reach every tier (and replica) before the answer. The new session is kept
-        // in this replica only: a Redis write on every create would cost more than the one store
-        // read that fills Redis on the session's first miss elsewhere.
+        // Revocations reach every tier (and replica) before the answer. The new session reaches
+        // Redis in the background: the caller need not wait, but it should be there when
+        // Postgres is not, so that it keeps validating through an outage.
         if !revoked.is_empty() {
             self.cache.put(&revoked, now).await;
         }
-        self.cache.put_local(&session);
+        self.cache.fill(&session, now);
         tracing::info!(session_id = %session.id, user_id = %session.user_id, revoked = revoked.len(), "session created");
         self.issue(session, refresh_token, now)
     }
@@ -230,16 +230,16 @@ impl Authority {
         &self,
         access_token: &str,
         now: DateTime<Utc>,
-    ) -> Result<VerifiedAccessToken, TokenRejection> {
+    ) -> Result<Arc<VerifiedAccessToken>, TokenRejection> {
         if let Some(verified) = self.cache.verified_token(access_token) {
             return if now < verified.expires_at {
-                Ok(VerifiedAccessToken::clone(&verified))
+                Ok(verified)
             } else {
                 Err(TokenRejection::Expired)
             };
         }
-        let verified = self.keys.access_tokens.verify(access_token, now)?;
-        self.cache.remember_token(access_token, &verified);
+        let verified = Arc::new(self.keys.access_tokens.verify(access_token, now)?);
+        self.cache.remember_token(access_token, Arc::clone(&verified));
         Ok(verified)
     }
 

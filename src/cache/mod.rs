@@ -2,9 +2,9 @@
 //! memo of verified access tokens.
 //!
 //! Either tier may be off: the embedded single-node mode has no Redis, and the local tier can be
-//! disabled. The cache never fails a request; a tier in trouble reads as a miss. The tiers are
-//! filled by reads (cache-aside) and told of every revocation; a new session is kept only in the
-//! tier of the replica that created it.
+//! disabled. The cache never fails a request; a tier in trouble reads as a miss. Revocations are
+//! written to every tier before the caller is answered; new sessions and copies read from the
+//! store are written to Redis in the background.
 //!
 //! Writers race: a validator may read a live row from the store just before a revocation commits,
 //! and write it back just after the revocation updated the cache. So both tiers keep, of two
@@ -89,9 +89,9 @@ impl SessionCache {
         }
     }
 
-    /// Keeps a copy just read from the store: in process at once, and in Redis in the background,
-    /// so the caller does not wait for a write that only saves later reads. (Ranks make a late
-    /// write harmless: it cannot replace a newer copy or a revocation.)
+    /// Keeps a live copy just created or read from the store: in process at once, and in Redis in
+    /// the background, so the caller does not wait for it. (Ranks make a late write harmless: it
+    /// cannot replace a newer copy or a revocation.)
     pub fn fill(&self, session: &Session, now: DateTime<Utc>) {
         self.put_local(session);
         if let Some(redis) = &self.redis {
@@ -101,7 +101,7 @@ impl SessionCache {
     }
 
     /// Tells the in-process tier only about `session`.
-    pub fn put_local(&self, session: &Session) {
+    fn put_local(&self, session: &Session) {
         if let Some(local) = &self.local {
             local.put(&Arc::new(session.clone()));
         }
@@ -115,8 +115,8 @@ impl SessionCache {
     }
 
     /// Remembers a token that verified.
-    pub fn remember_token(&self, token: &str, verified: &VerifiedAccessToken) {
-        self.tokens.remember(token, verified.clone());
+    pub fn remember_token(&self, token: &str, verified: Arc<VerifiedAccessToken>) {
+        self.tokens.remember(token, verified);
     }
 
     /// Drops every verified token (a verification key was removed).

@@ -59,8 +59,8 @@ impl VerifiedTokens {
     }
 
     /// Remembers a token that verified.
-    pub fn remember(&self, token: &str, verified: VerifiedAccessToken) {
-        self.tokens.insert(Arc::from(token), Arc::new(verified));
+    pub fn remember(&self, token: &str, verified: Arc<VerifiedAccessToken>) {
+        self.tokens.insert(Arc::from(token), verified);
     }
 
     /// Drops every verification, as when a verification key is removed.
