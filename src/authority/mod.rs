@@ -239,7 +239,8 @@ impl Authority {
             };
         }
         let verified = Arc::new(self.keys.access_tokens.verify(access_token, now)?);
-        self.cache.remember_token(access_token, Arc::clone(&verified));
+        self.cache
+            .remember_token(access_token, Arc::clone(&verified));
         Ok(verified)
     }
 
