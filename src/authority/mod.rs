@@ -3,6 +3,7 @@
 //! Writes commit in the store first, then the cache is told; a cache failure never fails a
 //! request. Reads try the cache, then the store, and write what the store said back into the cache.
 
+mod activity;
 mod policy;
 mod rules;
 
@@ -10,6 +11,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 
+use activity::ActivityRecorder;
 pub use policy::Policy;
 
 use crate::{
@@ -74,20 +76,9 @@ pub struct Authority {
     keys: Keys,
     policy: Policy,
     clock: Arc<dyn Clock>,
-    /// Stale copies whose activity write has started, keyed by session and `last_seen_at`.
-    activity_claims: moka::sync::Cache<(SessionId, i64), ()>,
-    /// Bounds the activity writes in flight, so they never take the store's connections from
-    /// the reads `Validate` is waiting on.
-    activity_writers: Arc<tokio::sync::Semaphore>,
+    /// Notes validated sessions' activity, for a background writer.
+    activity: ActivityRecorder,
 }
-
-/// Most activity writes in flight at once; beyond it a write is skipped (its claim stays, so it
-/// is retried after an interval: the idle deadline is a week away, a minute's delay is harmless).
-const MAX_ACTIVITY_WRITERS: usize = 4;
-
-/// Most activity writes remembered at once; older claims are forgotten, at worst costing one
-/// extra (harmless, conditional) write.
-const MAX_ACTIVITY_CLAIMS: u64 = 100_000;
 
 impl Authority {
     /// An authority over these stores, keys and rules.
@@ -98,22 +89,15 @@ impl Authority {
         policy: Policy,
         clock: Arc<dyn Clock>,
     ) -> Self {
-        // A failed write may be retried after an interval.
-        let policy_interval = policy
-            .activity_write_interval
-            .to_std()
-            .unwrap_or(std::time::Duration::from_secs(60));
+        let activity =
+            ActivityRecorder::start(store.clone(), cache.clone(), clock.clone(), &policy);
         Self {
             store,
             cache,
             keys,
             policy,
             clock,
-            activity_writers: Arc::new(tokio::sync::Semaphore::new(MAX_ACTIVITY_WRITERS)),
-            activity_claims: moka::sync::Cache::builder()
-                .max_capacity(MAX_ACTIVITY_CLAIMS)
-                .time_to_live(policy_interval)
-                .build(),
+            activity,
         }
     }
 
@@ -204,7 +188,7 @@ impl Authority {
             SessionState::Revoked => Verdict::Refused(Refusal::SessionRevoked),
             SessionState::Expired => Verdict::Refused(Refusal::SessionExpired),
             SessionState::Live => {
-                self.record_activity(&session, now);
+                self.activity.note(&session, now, &self.policy);
                 Verdict::Valid(session)
             }
         })
@@ -242,39 +226,6 @@ impl Authority {
         self.cache
             .remember_token(access_token, Arc::clone(&verified));
         Ok(verified)
-    }
-
-    /// Pushes the idle deadline forward, writing at most once per activity interval, in the
-    /// background: a slow or unreachable store must not slow `Validate` down, and the session is
-    /// live either way. Each stale copy is written once (`activity_claims`), so a store outage
-    /// does not pile up one write per request.
-    fn record_activity(&self, session: &Session, now: DateTime<Utc>) {
-        let stale_before = now - self.policy.activity_write_interval;
-        if session.last_seen_at >= stale_before {
-            return;
-        }
-        let claim = (session.id, session.last_seen_at.timestamp_micros());
-        if !self.activity_claims.entry(claim).or_insert(()).is_fresh() {
-            return;
-        }
-        let Ok(writer) = self.activity_writers.clone().try_acquire_owned() else {
-            return;
-        };
-        let idle_expires_at = (now + self.policy.idle_timeout).min(session.expires_at);
-        let (store, cache, id) = (self.store.clone(), self.cache.clone(), session.id);
-        tokio::spawn(async move {
-            let _writer = writer;
-            match store
-                .record_activity(id, now, idle_expires_at, stale_before)
-                .await
-            {
-                Ok(Some(updated)) => cache.put(std::slice::from_ref(&updated), now).await,
-                Ok(None) => {}
-                Err(error) => {
-                    tracing::warn!(error = %error, session_id = %id, "could not record activity")
-                }
-            }
-        });
     }
 
     /// Exchanges a refresh token for its successor; see `rules::refresh` for the rotation rules.

@@ -43,6 +43,17 @@ pub struct StoredRefreshToken {
     pub retired_at: Option<DateTime<Utc>>,
 }
 
+/// A validator saw a live session in use: its idle deadline moves forward.
+#[derive(Debug, Clone)]
+pub struct Activity {
+    pub session_id: SessionId,
+    /// Becomes `last_seen_at`.
+    pub seen_at: DateTime<Utc>,
+    pub idle_expires_at: DateTime<Utc>,
+    /// Written only if the stored `last_seen_at` is older than this.
+    pub stale_before: DateTime<Utc>,
+}
+
 /// What a refresh decision sees, read under the session's lock.
 #[derive(Debug)]
 pub struct RefreshState<'a> {
@@ -110,16 +121,12 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Reads a session.
     async fn find(&self, id: SessionId) -> Result<Option<Session>>;
 
-    /// Moves `last_seen_at` to `now` and `idle_expires_at` forward, only for a live session last
-    /// seen before `stale_before`. Returns the session as it now stands (written or not), or
-    /// `None` if it does not exist.
-    async fn record_activity(
-        &self,
-        id: SessionId,
-        now: DateTime<Utc>,
-        idle_expires_at: DateTime<Utc>,
-        stale_before: DateTime<Utc>,
-    ) -> Result<Option<Session>>;
+    /// Writes a batch of [`Activity`], each only to a live session last seen before its
+    /// `stale_before`, never moving a time backwards. Best effort: a session another write holds
+    /// locked may be skipped, and Postgres does not wait for the commit to be flushed (a crash
+    /// may lose the last moment of activity, never a session or a revocation). Returns the
+    /// sessions it wrote, as they now stand.
+    async fn record_activity(&self, batch: &[Activity]) -> Result<Vec<Session>>;
 
     /// Looks up the refresh token `presented`, locks its session, and carries out what `decide`
     /// says. An unknown token is `RefreshRefused(Unknown)`.

@@ -13,7 +13,8 @@ use sqlx::{
 use uuid::Uuid;
 
 use super::{
-    Backend, PostgresStore, SWEEP_LOCK_KEY, Statements, StoredRefreshToken, all, one, token_hash,
+    Activity, Backend, PostgresStore, SWEEP_LOCK_KEY, Statements, StoredRefreshToken, all, one,
+    token_hash,
 };
 use crate::{
     domain::{RevokeReason, Session, SessionId, UserId},
@@ -122,6 +123,49 @@ impl Backend for Postgres {
                 rows => return all(rows?),
             }
         }
+    }
+
+    /// One statement for the whole batch, in a transaction that does not wait for its commit to
+    /// reach the disk: activity must not queue behind fsyncs, and losing its last moment in a
+    /// crash only leaves an idle deadline a little earlier. Rows locked by another write (a
+    /// revocation, a refresh, another replica's batch) are skipped, not waited for, so a batch
+    /// never deadlocks with them, whatever order it locks its rows in.
+    async fn record_activity(pool: &PgPool, batch: &[Activity]) -> Result<Vec<Session>> {
+        let sql = concat!(
+            "WITH batch AS ( \
+               SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::timestamptz[], $4::timestamptz[]) \
+                 AS batch(id, seen_at, idle_until, stale_before)), \
+             claimed AS ( \
+               SELECT session_id FROM session JOIN batch ON session_id = batch.id \
+               WHERE last_seen_at < batch.stale_before AND ",
+            live_at!("batch.seen_at"),
+            " FOR UPDATE OF session SKIP LOCKED) \
+             UPDATE session SET last_seen_at = GREATEST(last_seen_at, batch.seen_at), \
+                                idle_expires_at = GREATEST(idle_expires_at, batch.idle_until) \
+             FROM batch WHERE session_id = batch.id AND session_id IN (SELECT session_id FROM claimed) \
+             RETURNING ",
+            columns!()
+        );
+        let column =
+            |field: fn(&Activity) -> DateTime<Utc>| batch.iter().map(field).collect::<Vec<_>>();
+        let mut tx = pool.begin().await?;
+        sqlx::query("SET LOCAL synchronous_commit = off")
+            .execute(&mut *tx)
+            .await?;
+        let written = sqlx::query_as::<_, SessionRow>(sql)
+            .bind(
+                batch
+                    .iter()
+                    .map(|activity| activity.session_id.as_uuid())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(column(|activity| activity.seen_at))
+            .bind(column(|activity| activity.idle_expires_at))
+            .bind(column(|activity| activity.stale_before))
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        all(written)
     }
 
     async fn migrate(pool: &PgPool) -> Result<()> {

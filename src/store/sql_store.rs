@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{Database, Pool, Transaction, pool::PoolConnection};
 
 use super::{
-    Admission, RefreshDecision, RefreshOutcome, RefreshRule, RefreshState, Revocation,
+    Activity, Admission, RefreshDecision, RefreshOutcome, RefreshRule, RefreshState, Revocation,
     SessionStore, StoredRefreshToken,
 };
 use crate::{
@@ -138,6 +138,8 @@ where
         now: DateTime<Utc>,
         reason: &RevokeReason,
     ) -> Result<Vec<Session>>;
+    /// [`SessionStore::record_activity`].
+    async fn record_activity(pool: &Pool<Self>, batch: &[Activity]) -> Result<Vec<Session>>;
     /// Applies this database's migrations.
     async fn migrate(pool: &Pool<Self>) -> Result<()>;
 }
@@ -252,26 +254,9 @@ where
             .await
     }
 
-    #[tracing::instrument(name = "store.record_activity", skip_all)]
-    async fn record_activity(
-        &self,
-        id: SessionId,
-        now: DateTime<Utc>,
-        idle_expires_at: DateTime<Utc>,
-        stale_before: DateTime<Utc>,
-    ) -> Result<Option<Session>> {
-        self.bounded(async move {
-            let mut conn = self.pool.acquire().await?;
-            match conn
-                .record_activity(id, now, idle_expires_at, stale_before)
-                .await?
-            {
-                Some(updated) => Ok(Some(updated)),
-                // Not stale, or not live: the row as it stands.
-                None => conn.find_session(id).await,
-            }
-        })
-        .await
+    #[tracing::instrument(name = "store.record_activity", skip_all, fields(batch = batch.len()))]
+    async fn record_activity(&self, batch: &[Activity]) -> Result<Vec<Session>> {
+        self.bounded(DB::record_activity(&self.pool, batch)).await
     }
 
     #[tracing::instrument(name = "store.refresh", skip_all)]

@@ -14,7 +14,8 @@ use sqlx::{
 use uuid::Uuid;
 
 use super::{
-    Backend, SqliteStore, Statements, StoredRefreshToken, StoredTime, all, one, token_hash,
+    Activity, Backend, SqliteStore, Statements, StoredRefreshToken, StoredTime, all, one,
+    token_hash,
 };
 use crate::{
     domain::{RevokeReason, Session, SessionId, UserId},
@@ -71,6 +72,24 @@ impl Backend for Sqlite {
             .await?;
         tx.commit().await?;
         Ok(revoked)
+    }
+
+    async fn record_activity(pool: &SqlitePool, batch: &[Activity]) -> Result<Vec<Session>> {
+        let mut tx = Self::begin_write(pool).await?;
+        let mut written = Vec::with_capacity(batch.len());
+        for activity in batch {
+            written.extend(
+                tx.record_activity(
+                    activity.session_id,
+                    activity.seen_at,
+                    activity.idle_expires_at,
+                    activity.stale_before,
+                )
+                .await?,
+            );
+        }
+        tx.commit().await?;
+        Ok(written)
     }
 
     async fn migrate(pool: &SqlitePool) -> Result<()> {

@@ -14,6 +14,7 @@ use sessiond::{
     clock::ManualClock,
     config::Settings,
     startup::Application,
+    store::{PostgresStore, SessionStore, SqliteStore},
 };
 use sqlx::{Connection, Executor, PgConnection, PgPool};
 use tempfile::TempDir;
@@ -42,10 +43,8 @@ pub async fn fresh_database() -> (String, PgPool) {
     let mut url = url::Url::parse(&server).unwrap();
     url.set_path(&name);
     let pool = PgPool::connect(url.as_str()).await.unwrap();
-    let store = sessiond::store::PostgresStore::new(pool.clone());
-    sessiond::store::SessionStore::migrate(&store)
-        .await
-        .unwrap();
+    let store = PostgresStore::new(pool.clone());
+    store.migrate().await.unwrap();
     (url.to_string(), pool)
 }
 
@@ -247,6 +246,22 @@ impl TestApp {
             .map(tonic::Response::into_inner)
     }
 
+    /// Revokes a live session.
+    pub async fn revoke(&self, session_id: &str) {
+        let revoked = self
+            .client
+            .clone()
+            .revoke_session(pb::RevokeSessionRequest {
+                session_id: session_id.into(),
+                reason: "test".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .revoked;
+        assert!(revoked);
+    }
+
     pub async fn get(&self, session_id: &str) -> Result<pb::Session, Status> {
         self.client
             .clone()
@@ -313,3 +328,38 @@ pub fn assert_invalid_field(status: &Status, field: &str) {
 
 pub const MINUTE: Duration = Duration::from_secs(60);
 pub const DAY: Duration = Duration::from_secs(86_400);
+
+/// A store over the same data as `app`, to call by hand.
+pub enum Direct {
+    Postgres(PostgresStore),
+    Sqlite(SqliteStore),
+}
+
+impl Direct {
+    pub fn of(app: &TestApp, store: Store) -> Self {
+        match store {
+            Store::Postgres => Self::Postgres(PostgresStore::new(
+                app.pool.clone().expect("a Postgres test has a pool"),
+            )),
+            Store::Sqlite => Self::Sqlite(
+                SqliteStore::open(&app.data_dir, Duration::from_secs(5)).expect("opens"),
+            ),
+        }
+    }
+
+    pub fn store(&self) -> &dyn SessionStore {
+        match self {
+            Self::Postgres(store) => store,
+            Self::Sqlite(store) => store,
+        }
+    }
+
+    /// Runs `SELECT count(*) ...` on the underlying database.
+    pub async fn count(&self, sql: &'static str) -> i64 {
+        match self {
+            Self::Postgres(store) => sqlx::query_scalar(sql).fetch_one(store.pool()).await,
+            Self::Sqlite(store) => sqlx::query_scalar(sql).fetch_one(store.pool()).await,
+        }
+        .unwrap()
+    }
+}

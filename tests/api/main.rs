@@ -27,6 +27,7 @@ macro_rules! on_every_store {
     };
 }
 
+mod activity;
 mod create;
 mod helpers;
 mod limits;

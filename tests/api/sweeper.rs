@@ -6,48 +6,13 @@ use std::{sync::Arc, time::Duration};
 use sessiond::{
     api::pb,
     clock::Clock,
-    store::{PostgresStore, SWEEP_LOCK_KEY, SessionStore, SqliteStore},
+    store::{PostgresStore, SWEEP_LOCK_KEY, SessionStore},
 };
 use tonic::Code;
 
-use crate::helpers::{DAY, Store, TestApp, http_get, spawn_app_with, tokens};
+use crate::helpers::{DAY, Direct, Store, TestApp, http_get, spawn_app_with, tokens};
 
 const HOUR: Duration = Duration::from_secs(3600);
-
-/// A store over the same data as `app`, to sweep by hand.
-enum Direct {
-    Postgres(PostgresStore),
-    Sqlite(SqliteStore),
-}
-
-impl Direct {
-    fn of(app: &TestApp, store: Store) -> Self {
-        match store {
-            Store::Postgres => Self::Postgres(PostgresStore::new(
-                app.pool.clone().expect("a Postgres test has a pool"),
-            )),
-            Store::Sqlite => Self::Sqlite(
-                SqliteStore::open(&app.data_dir, Duration::from_secs(5)).expect("opens"),
-            ),
-        }
-    }
-
-    fn store(&self) -> &dyn SessionStore {
-        match self {
-            Self::Postgres(store) => store,
-            Self::Sqlite(store) => store,
-        }
-    }
-
-    /// Runs `SELECT count(*) ...` on the underlying database.
-    async fn count(&self, sql: &'static str) -> i64 {
-        match self {
-            Self::Postgres(store) => sqlx::query_scalar(sql).fetch_one(store.pool()).await,
-            Self::Sqlite(store) => sqlx::query_scalar(sql).fetch_one(store.pool()).await,
-        }
-        .unwrap()
-    }
-}
 
 /// A sessiond whose own sweeper never runs during the test, so only the test sweeps.
 async fn spawn(store: Store) -> TestApp {
@@ -73,21 +38,6 @@ async fn create_for(app: &TestApp, user_id: &str, lifetime: Option<Duration>) ->
     created.session.expect("a session").session_id
 }
 
-async fn revoke(app: &TestApp, session_id: &str) {
-    let revoked = app
-        .client
-        .clone()
-        .revoke_session(pb::RevokeSessionRequest {
-            session_id: session_id.into(),
-            reason: "test".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .revoked;
-    assert!(revoked);
-}
-
 async fn sweeping_deletes_ended_sessions_past_retention_and_keeps_the_rest(store: Store) {
     let app = spawn(store).await;
     let direct = Direct::of(&app, store);
@@ -99,10 +49,10 @@ async fn sweeping_deletes_ended_sessions_past_retention_and_keeps_the_rest(store
         create_for(&app, "ada", Some(HOUR)).await,
         create_for(&app, "ada", Some(HOUR)).await,
     ];
-    revoke(&app, &gone[1]).await;
+    app.revoke(&gone[1]).await;
     for _ in 0..3 {
         let id = create_for(&app, "bob", None).await;
-        revoke(&app, &id).await;
+        app.revoke(&id).await;
         gone.push(id);
     }
     for _ in 0..2 {
@@ -121,7 +71,7 @@ async fn sweeping_deletes_ended_sessions_past_retention_and_keeps_the_rest(store
     app.advance(DAY + 13 * HOUR);
     // Revoked at t0 + 7d13h: within retention at the sweep.
     let recently_revoked = create_for(&app, "eve", None).await;
-    revoke(&app, &recently_revoked).await;
+    app.revoke(&recently_revoked).await;
 
     // t0 + 8d1h: the cutoff is t0 + 7d1h.
     app.advance(12 * HOUR);
@@ -184,7 +134,7 @@ async fn a_batch_size_that_divides_the_total_still_deletes_everything(store: Sto
     let direct = Direct::of(&app, store);
     for _ in 0..4 {
         let id = create_for(&app, "gus", None).await;
-        revoke(&app, &id).await;
+        app.revoke(&id).await;
     }
     let live = create_for(&app, "gus", None).await;
     app.advance(2 * DAY);
@@ -209,7 +159,7 @@ async fn the_running_sweeper_deletes_and_counts(store: Store) {
     })
     .await;
     let id = create_for(&app, "ivy", None).await;
-    revoke(&app, &id).await;
+    app.revoke(&id).await;
     app.get(&id).await.expect("kept within retention");
     app.advance(2 * DAY);
     for _ in 0..100 {
@@ -243,7 +193,7 @@ async fn postgres_a_sweep_is_skipped_while_another_replica_holds_the_lock() {
     let pool = app.pool.clone().expect("a pool");
     let store: Arc<dyn SessionStore> = Arc::new(PostgresStore::new(pool.clone()));
     let id = create_for(&app, "hal", None).await;
-    revoke(&app, &id).await;
+    app.revoke(&id).await;
     app.advance(2 * DAY);
     let now = app.clock.now();
     let retention = chrono::Duration::days(1);
