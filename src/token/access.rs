@@ -113,6 +113,7 @@ impl std::fmt::Debug for AccessTokens {
 impl AccessTokens {
     /// Tokens signed by `signing` for `issuer` and `audience`.
     pub fn new(signing: SigningKey, issuer: String, audience: String) -> Self {
+        super::eddsa::install();
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.set_issuer(&[&issuer]);
         validation.set_audience(&[&audience]);

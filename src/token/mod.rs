@@ -2,6 +2,7 @@
 //! secrets, of which only hashes are stored).
 
 mod access;
+mod eddsa;
 mod keys;
 mod refresh;
 
