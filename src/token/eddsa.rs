@@ -1,17 +1,17 @@
-//! jsonwebtoken's RustCrypto provider, with each Ed25519 key decoded once instead of once per
-//! token. Its own factories decode the PKCS#8 private key and derive the public key (a scalar
-//! multiplication, as costly as the signature itself) for every token signed, and decompress the
-//! public point for every token verified. Every other algorithm goes to the stock provider.
+//! jsonwebtoken's RustCrypto provider, with each Ed25519 signing key decoded once instead of once
+//! per token: the stock signer decodes the PKCS#8 key and derives its public key (a scalar
+//! multiplication, as costly as the signature itself) for every token it signs. Everything else,
+//! verification included (its per-token decoding is cheap), is the stock provider's.
 
 use std::{
     collections::HashMap,
     sync::{LazyLock, PoisonError, RwLock},
 };
 
-use ed25519_dalek::{Signature, pkcs8::DecodePrivateKey};
+use ed25519_dalek::pkcs8::DecodePrivateKey;
 use jsonwebtoken::{
-    Algorithm, AlgorithmFamily, DecodingKey, EncodingKey,
-    crypto::{CryptoProvider, JwtSigner, JwtVerifier, rust_crypto},
+    Algorithm, AlgorithmFamily, EncodingKey,
+    crypto::{CryptoProvider, JwtSigner, rust_crypto},
     errors::{ErrorKind, Result},
     signature,
 };
@@ -22,8 +22,7 @@ use jsonwebtoken::{
 pub(super) fn install() {
     static PROVIDER: LazyLock<CryptoProvider> = LazyLock::new(|| CryptoProvider {
         signer_factory: signer,
-        verifier_factory: verifier,
-        key_utils: rust_crypto::DEFAULT_PROVIDER.key_utils.clone(),
+        ..rust_crypto::DEFAULT_PROVIDER.clone()
     });
     // Refused only when a provider is in place already: this one, from an earlier call.
     let _ = PROVIDER.install_default();
@@ -33,54 +32,32 @@ fn signer(algorithm: &Algorithm, key: &EncodingKey) -> Result<Box<dyn JwtSigner>
     if *algorithm != Algorithm::EdDSA || key.family() != AlgorithmFamily::Ed {
         return (rust_crypto::DEFAULT_PROVIDER.signer_factory)(algorithm, key);
     }
-    let key = decoded(&SIGNING_KEYS, key.as_bytes(), |der| {
-        ed25519_dalek::SigningKey::from_pkcs8_der(der).ok()
-    })?;
-    Ok(Box::new(EdSigner(key)))
+    Ok(Box::new(EdSigner(decoded(key.as_bytes())?)))
 }
 
-fn verifier(algorithm: &Algorithm, key: &DecodingKey) -> Result<Box<dyn JwtVerifier>> {
-    if *algorithm != Algorithm::EdDSA || key.family() != AlgorithmFamily::Ed {
-        return (rust_crypto::DEFAULT_PROVIDER.verifier_factory)(algorithm, key);
-    }
-    let public_key = key
-        .try_get_as_bytes()?
-        .get(..32)
-        .ok_or(ErrorKind::InvalidEddsaKey)?;
-    let key = decoded(&VERIFYING_KEYS, public_key, |raw| {
-        ed25519_dalek::VerifyingKey::from_bytes(raw.try_into().ok()?).ok()
-    })?;
-    Ok(Box::new(EdVerifier(key)))
-}
-
-/// Decoded keys, by their encoded bytes.
-type DecodedKeys<K> = LazyLock<RwLock<HashMap<Vec<u8>, K>>>;
-
-static SIGNING_KEYS: DecodedKeys<ed25519_dalek::SigningKey> = LazyLock::new(Default::default);
-static VERIFYING_KEYS: DecodedKeys<ed25519_dalek::VerifyingKey> = LazyLock::new(Default::default);
+/// Decoded signing keys, by their PKCS#8 bytes.
+static SIGNING_KEYS: LazyLock<RwLock<HashMap<Vec<u8>, ed25519_dalek::SigningKey>>> =
+    LazyLock::new(Default::default);
 
 /// Keys in use are few (one more per rotation); past this many, the memo starts over.
 const MAX_DECODED_KEYS: usize = 64;
 
-/// The key `encoded` decodes to, decoded once.
-fn decoded<K: Clone>(
-    memo: &DecodedKeys<K>,
-    encoded: &[u8],
-    decode: impl FnOnce(&[u8]) -> Option<K>,
-) -> Result<K> {
-    if let Some(key) = memo
+/// The signing key `der` decodes to, decoded once.
+fn decoded(der: &[u8]) -> Result<ed25519_dalek::SigningKey> {
+    if let Some(key) = SIGNING_KEYS
         .read()
         .unwrap_or_else(PoisonError::into_inner)
-        .get(encoded)
+        .get(der)
     {
         return Ok(key.clone());
     }
-    let key = decode(encoded).ok_or(ErrorKind::InvalidEddsaKey)?;
-    let mut memo = memo.write().unwrap_or_else(PoisonError::into_inner);
+    let key =
+        ed25519_dalek::SigningKey::from_pkcs8_der(der).map_err(|_| ErrorKind::InvalidEddsaKey)?;
+    let mut memo = SIGNING_KEYS.write().unwrap_or_else(PoisonError::into_inner);
     if memo.len() >= MAX_DECODED_KEYS {
         memo.clear();
     }
-    memo.insert(encoded.to_vec(), key.clone());
+    memo.insert(der.to_vec(), key.clone());
     Ok(key)
 }
 
@@ -93,24 +70,6 @@ impl signature::Signer<Vec<u8>> for EdSigner {
 }
 
 impl JwtSigner for EdSigner {
-    fn algorithm(&self) -> Algorithm {
-        Algorithm::EdDSA
-    }
-}
-
-struct EdVerifier(ed25519_dalek::VerifyingKey);
-
-impl signature::Verifier<Vec<u8>> for EdVerifier {
-    fn verify(
-        &self,
-        message: &[u8],
-        signature: &Vec<u8>,
-    ) -> std::result::Result<(), signature::Error> {
-        self.0.verify(message, &Signature::from_slice(signature)?)
-    }
-}
-
-impl JwtVerifier for EdVerifier {
     fn algorithm(&self) -> Algorithm {
         Algorithm::EdDSA
     }
@@ -141,22 +100,8 @@ mod tests {
                 .expect("signs");
             assert_eq!(signature, stock_signature(&key));
         }
-    }
-
-    #[test]
-    fn verifies_what_the_stock_provider_signed_and_nothing_else() {
-        let key = SigningKey::generate().expect("key");
-        let other = SigningKey::generate().expect("key");
-        let signature = stock_signature(&key);
-        let verify = |key: &SigningKey, message: &[u8]| {
-            verifier(&Algorithm::EdDSA, key.decoding())
-                .expect("a verifier")
-                .verify(message, &signature)
-                .is_ok()
-        };
-        assert!(verify(&key, MESSAGE));
-        assert!(!verify(&key, b"header.claimz"), "an altered message");
-        assert!(!verify(&other, MESSAGE), "another key");
+        let memo = SIGNING_KEYS.read().unwrap_or_else(PoisonError::into_inner);
+        assert!(memo.contains_key(key.encoding().as_bytes()), "decoded once, kept");
     }
 
     #[test]
