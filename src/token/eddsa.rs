@@ -101,7 +101,10 @@ mod tests {
             assert_eq!(signature, stock_signature(&key));
         }
         let memo = SIGNING_KEYS.read().unwrap_or_else(PoisonError::into_inner);
-        assert!(memo.contains_key(key.encoding().as_bytes()), "decoded once, kept");
+        assert!(
+            memo.contains_key(key.encoding().as_bytes()),
+            "decoded once, kept"
+        );
     }
 
     #[test]
