@@ -15,8 +15,9 @@
 //! copy with the higher [`rank`].
 
 use std::{
+    collections::VecDeque,
     sync::{
-        Arc,
+        Arc, Mutex, PoisonError,
         atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
@@ -51,6 +52,24 @@ end
 return 0
 "#;
 
+/// Most revocations kept for a retry while Redis refuses writes.
+const MAX_PENDING_REVOCATIONS: usize = 10_000;
+
+/// One run of the merge script: its keys, and (rank, data, ttl) per key.
+#[derive(Debug, Clone, PartialEq)]
+struct MergeWrite {
+    keys: Vec<String>,
+    args: Vec<String>,
+}
+
+/// Revocations whose write failed, for the retrier.
+#[derive(Default)]
+struct PendingRevocations {
+    writes: VecDeque<MergeWrite>,
+    /// A retrier is running.
+    retrying: bool,
+}
+
 /// Consecutive failures that open the breaker.
 const BREAKER_TRIP_AFTER: u32 = 3;
 /// How long an open breaker sends nothing to Redis before one probe may try again.
@@ -78,6 +97,7 @@ pub struct RedisTier {
     key_prefix: String,
     ttl: Duration,
     breaker: Arc<Breaker>,
+    pending: Arc<Mutex<PendingRevocations>>,
 }
 
 impl RedisTier {
@@ -120,6 +140,7 @@ impl RedisTier {
             key_prefix: settings.key_prefix.clone(),
             ttl: settings.ttl,
             breaker: Arc::new(Breaker::default()),
+            pending: Arc::default(),
         })
     }
 
@@ -206,12 +227,19 @@ impl RedisTier {
             .filter(|session| session.revoked_at.is_some())
             .map(|session| session.id.to_string())
             .collect();
-        // A revocation is tried even through an open breaker (bounded by the timeout): a Redis
-        // that was only slow would otherwise keep serving the live copy until its TTL.
+        // A revocation is tried even through an open breaker (bounded by the timeout), and kept
+        // for a retry if it fails: until it lands, Redis may serve the live copy to every
+        // replica, for as long as the copy's TTL.
         let revoking = !revoked.is_empty();
         if !keys.is_empty() {
-            self.guarded("write", revoking, self.merge(keys, args))
-                .await;
+            let write = MergeWrite { keys, args };
+            let written = self
+                .guarded("write", revoking, self.merge(&write))
+                .await
+                .is_some();
+            if revoking && !written {
+                self.retry_later(write);
+            }
         }
         if revoking {
             let client = self.client.with_options(&self.options);
@@ -220,8 +248,9 @@ impl RedisTier {
         }
     }
 
-    async fn merge(&self, keys: Vec<String>, args: Vec<String>) -> Result<(), fred::error::Error> {
+    async fn merge(&self, write: &MergeWrite) -> Result<(), fred::error::Error> {
         let client = self.client.with_options(&self.options);
+        let (keys, args) = (write.keys.clone(), write.args.clone());
         match client
             .evalsha::<(), _, _, _>(self.merge.sha1().clone(), keys.clone(), args.clone())
             .await
@@ -231,6 +260,58 @@ impl RedisTier {
                 client.eval(MERGE_LUA, keys, args).await
             }
             other => other,
+        }
+    }
+
+    /// Queues a revocation that did not reach Redis, and starts the retrier unless it runs.
+    fn retry_later(&self, write: MergeWrite) {
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        if pending.writes.len() >= MAX_PENDING_REVOCATIONS {
+            // The oldest copy expires first; the store still refuses it once the copy is gone.
+            pending.writes.pop_front();
+            tracing::warn!("too many revocations waiting for Redis; dropped the oldest");
+        }
+        pending.writes.push_back(write);
+        if !pending.retrying {
+            pending.retrying = true;
+            let tier = self.clone();
+            tokio::spawn(async move { tier.retry_pending().await });
+        }
+    }
+
+    /// Writes the queued revocations, oldest first, once per cool-down, until none is left. A
+    /// round stops at the first failure: Redis is still failing.
+    async fn retry_pending(&self) {
+        loop {
+            tokio::time::sleep(BREAKER_COOL_DOWN).await;
+            loop {
+                let next = self
+                    .pending
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .writes
+                    .front()
+                    .cloned();
+                let Some(write) = next else { break };
+                if self
+                    .guarded("write", true, self.merge(&write))
+                    .await
+                    .is_none()
+                {
+                    break;
+                }
+                let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+                // Written: drop it, unless the queue overflowed meanwhile and dropped it already.
+                if pending.writes.front() == Some(&write) {
+                    pending.writes.pop_front();
+                }
+            }
+            let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+            if pending.writes.is_empty() {
+                pending.retrying = false;
+                tracing::info!("revocations that had failed to reach Redis are written");
+                return;
+            }
         }
     }
 
