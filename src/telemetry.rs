@@ -28,11 +28,13 @@ use opentelemetry_sdk::{
     runtime,
     trace::{SdkTracerProvider, span_processor_with_async_runtime::BatchSpanProcessor},
 };
+use tracing::{Metadata, subscriber::Interest};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::{
     EnvFilter, Layer,
-    filter::{FilterExt, filter_fn},
+    filter::{FilterExt, LevelFilter, dynamic_filter_fn},
     fmt,
+    layer::Filter,
     prelude::*,
 };
 
@@ -102,13 +104,10 @@ impl Drop for TelemetryGuard {
 /// Installs the global subscriber: logs always, OTLP trace export when an endpoint is set.
 /// Call once, first thing in `main`, inside the tokio runtime, and keep the guard until exit.
 pub fn init(format: LogFormat) -> TelemetryGuard {
-    // One filter per layer (they cannot share one), both from RUST_LOG.
     let directives = std::env::var(EnvFilter::DEFAULT_ENV)
         .ok()
         .filter(|directives| !directives.trim().is_empty())
         .unwrap_or_else(|| "info".to_owned());
-    let level_filter =
-        || EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new("info"));
     let logs = match format {
         LogFormat::Text => fmt::layer().with_target(false).boxed(),
         LogFormat::Json => fmt::layer()
@@ -119,7 +118,7 @@ pub fn init(format: LogFormat) -> TelemetryGuard {
             .with_span_list(false)
             .boxed(),
     }
-    .with_filter(level_filter().and(filter_fn(|metadata| metadata.is_event())));
+    .with_filter(rust_log_and(&directives, |metadata| metadata.is_event()));
 
     let (provider, export_error) = match tracing_enabled() {
         false => (None, None),
@@ -133,7 +132,9 @@ pub fn init(format: LogFormat) -> TelemetryGuard {
         tracing_opentelemetry::layer()
             .with_tracer(tracer)
             // The exporter's own gRPC client must not trace itself into a feedback loop.
-            .with_filter(level_filter().and(filter_fn(|metadata| !is_transport(metadata.target()))))
+            .with_filter(rust_log_and(&directives, |metadata| {
+                !is_transport(metadata.target())
+            }))
     });
 
     // Not `.with(Option<Layer>)`: a `None` layer counts as interested in every span, so spans
@@ -158,6 +159,27 @@ pub fn init(format: LogFormat) -> TelemetryGuard {
         tracing::info!("exporting traces over OTLP/gRPC");
     }
     TelemetryGuard { provider }
+}
+
+/// `RUST_LOG`'s filter (each layer needs its own), narrowed to what `keep` accepts.
+///
+/// Works around tokio-rs/tracing#2519, which dropped every "session created" line: a per-layer
+/// filter hands its verdict to its layer through a thread-local, and a callsite it always
+/// enables skips the question, reading whatever verdict the last question left there. sqlx asks
+/// after each query (through `log`) whether its debug log is on, and the "no" it gets stays
+/// behind. So what `keep` accepts is asked about on every call (`sometimes`, never `always`), and
+/// the pair carries `RUST_LOG`'s most verbose level as its hint, so that `log` and `tracing`
+/// stop records below it before they reach the subscriber at all.
+fn rust_log_and<S>(directives: &str, keep: fn(&Metadata<'_>) -> bool) -> impl Filter<S> + use<S> {
+    let rust_log = EnvFilter::try_new(directives).unwrap_or_else(|_| EnvFilter::new("info"));
+    let hint = rust_log.max_level_hint().unwrap_or(LevelFilter::TRACE);
+    let narrowed = dynamic_filter_fn(move |metadata, _| keep(metadata))
+        .with_callsite_filter(move |metadata| match keep(metadata) {
+            true => Interest::sometimes(),
+            false => Interest::never(),
+        })
+        .with_max_level_hint(hint);
+    rust_log.and(narrowed)
 }
 
 /// The span of one incoming gRPC request, for `Server::builder().trace_fn(..)`.

@@ -1,8 +1,9 @@
-//! Trace export end to end: the real `sessiond` binary, started as a child process, sends its
-//! spans over OTLP/gRPC to a collector this test runs, and they continue the caller's W3C trace.
+//! Logs and trace export end to end: the real `sessiond` binary, started as a child process,
+//! logs its events, and sends its spans over OTLP/gRPC to a collector this test runs, where they
+//! continue the caller's W3C trace.
 //!
-//! The child runs on the embedded store (no `SESSIOND_DATABASE_URL`, no `SESSIOND_REDIS_URL`), so
-//! these tests need no Postgres or Redis.
+//! The trace tests run the child on the embedded store (no `SESSIOND_DATABASE_URL`, no
+//! `SESSIOND_REDIS_URL`); the log test runs it on a database of its own on the shared Postgres.
 
 // Tests may panic on a broken expectation; that is how they fail.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -11,7 +12,7 @@ mod common;
 
 use std::{net::SocketAddr, process::ExitStatus, time::Duration};
 
-use common::SessiondProcess;
+use common::{SessiondProcess, postgres::fresh_database};
 
 use opentelemetry_proto::tonic::{
     collector::trace::v1::{
@@ -125,6 +126,28 @@ async fn stopping_flushes_the_buffered_spans() {
         span_named(&spans, "grpc.request").span.parent_span_id,
         hex("b7ad6b7169203331")
     );
+}
+
+/// sqlx asks after every query whether its debug log is on. With per-layer filters, a question
+/// answered "no" used to leave stale state behind that dropped the next event on that thread
+/// (tokio-rs/tracing#2519): no "session created" line was ever logged, nor the "serving" line
+/// that follows the migrations at start. On Postgres, whose queries run on the request's thread
+/// (the embedded store's run on a thread of their own, and never showed it).
+#[tokio::test]
+async fn events_that_follow_store_queries_are_logged() {
+    let sessiond = SessiondProcess::start(&[
+        ("SESSIOND_DATABASE_URL", fresh_database().await),
+        ("SESSIOND_SHUTDOWN_DRAIN", "100ms".into()),
+    ])
+    .await;
+    sessiond
+        .wait_for_log("serving sessiond.v1.SessionService", 1)
+        .await;
+    for _ in 0..3 {
+        create_session(sessiond.addr, &format!("00-{TRACE_ID}-{CALLER_SPAN_ID}-01")).await;
+    }
+    sessiond.wait_for_log("session created", 3).await;
+    stop(sessiond).await;
 }
 
 /// `CreateSession` with the caller's `traceparent` (and a `tracestate`) in the metadata.
