@@ -6,7 +6,7 @@ use std::{str::FromStr, time::Duration};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::{
-    PgConnection, PgPool, Postgres, Transaction,
+    Connection, PgConnection, PgPool, Postgres, Transaction,
     postgres::{PgConnectOptions, PgPoolOptions},
     types::Json,
 };
@@ -39,11 +39,26 @@ impl PostgresStore {
             PgPoolOptions::new()
                 .max_connections(max_connections)
                 .acquire_timeout(timeout)
+                .test_before_acquire(false)
+                .before_acquire(|conn, meta| {
+                    Box::pin(async move {
+                        if meta.idle_for > PING_IF_IDLE_FOR {
+                            conn.ping().await?;
+                        }
+                        Ok(true)
+                    })
+                })
                 .connect_lazy_with(options),
         )
         .with_op_timeout(timeout * 2))
     }
 }
+
+/// A pooled connection idle for longer than this is pinged before use: it may have died with
+/// Postgres (a restart, a failover) while it waited. sqlx pings every connection it takes back, so
+/// a busier one was checked moments ago, and pinging it again would add a round trip to every
+/// statement.
+const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 
 /// The unique index that keeps one unrevoked session per device.
 const ONE_PER_DEVICE_INDEX: &str = "session_one_per_device_idx";
