@@ -29,6 +29,7 @@ use opentelemetry_sdk::{
     trace::{SdkTracerProvider, span_processor_with_async_runtime::BatchSpanProcessor},
 };
 use tracing::{Metadata, subscriber::Interest};
+use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::{
     EnvFilter, Layer,
@@ -47,12 +48,15 @@ const DEFAULT_SERVICE_NAME: &str = "sessiond";
 /// How long dropping the guard waits for the last spans to reach the collector.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Keeps the trace exporter alive; dropping it (or [`TelemetryGuard::shutdown`]) flushes the
-/// spans still buffered and stops the exporter. Hold it until the server has stopped.
-#[must_use = "dropping the guard stops trace export"]
+/// Keeps the trace exporter and the log writer alive; dropping it (or
+/// [`TelemetryGuard::shutdown`]) flushes the spans and log lines still buffered and stops both.
+/// Hold it until the server has stopped.
+#[must_use = "dropping the guard stops trace export and logging"]
 #[derive(Debug)]
 pub struct TelemetryGuard {
     provider: Option<SdkTracerProvider>,
+    /// Dropped after the exporter has shut down, so that what it logs is written too.
+    _log_writer: WorkerGuard,
 }
 
 impl TelemetryGuard {
@@ -108,10 +112,20 @@ pub fn init(format: LogFormat) -> TelemetryGuard {
         .ok()
         .filter(|directives| !directives.trim().is_empty())
         .unwrap_or_else(|| "info".to_owned());
+    // Lines are written to stdout by a thread of their own: a request never waits for a write
+    // (or for a slow reader of the pipe) unless 128 000 lines are already queued. None is dropped.
+    let (log_writer, log_writer_guard) = NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("sessiond-logs")
+        .finish(std::io::stdout());
     let logs = match format {
-        LogFormat::Text => fmt::layer().with_target(false).boxed(),
+        LogFormat::Text => fmt::layer()
+            .with_target(false)
+            .with_writer(log_writer)
+            .boxed(),
         LogFormat::Json => fmt::layer()
             .with_target(false)
+            .with_writer(log_writer)
             .json()
             .flatten_event(true)
             .with_current_span(false)
@@ -158,7 +172,10 @@ pub fn init(format: LogFormat) -> TelemetryGuard {
         ]));
         tracing::info!("exporting traces over OTLP/gRPC");
     }
-    TelemetryGuard { provider }
+    TelemetryGuard {
+        provider,
+        _log_writer: log_writer_guard,
+    }
 }
 
 /// `RUST_LOG`'s filter (each layer needs its own), narrowed to what `keep` accepts.
