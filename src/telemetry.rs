@@ -118,14 +118,10 @@ pub fn init(format: LogFormat) -> TelemetryGuard {
         .lossy(false)
         .thread_name("sessiond-logs")
         .finish(std::io::stdout());
+    let lines = fmt::layer().with_target(false).with_writer(log_writer);
     let logs = match format {
-        LogFormat::Text => fmt::layer()
-            .with_target(false)
-            .with_writer(log_writer)
-            .boxed(),
-        LogFormat::Json => fmt::layer()
-            .with_target(false)
-            .with_writer(log_writer)
+        LogFormat::Text => lines.boxed(),
+        LogFormat::Json => lines
             .json()
             .flatten_event(true)
             .with_current_span(false)

@@ -131,8 +131,8 @@ async fn stopping_flushes_the_buffered_spans() {
 /// sqlx asks after every query whether its debug log is on. With per-layer filters, a question
 /// answered "no" used to leave stale state behind that dropped the next event on that thread
 /// (tokio-rs/tracing#2519): no "session created" line was ever logged, nor the "serving" line
-/// that follows the migrations at start. On Postgres, whose queries run on the request's thread
-/// (the embedded store's run on a thread of their own, and never showed it).
+/// that follows the migrations at start. The test runs on Postgres, whose queries run on the
+/// caller's thread; the embedded store runs its queries on a thread of its own and never showed it.
 #[tokio::test]
 async fn events_that_follow_store_queries_are_logged() {
     let sessiond = SessiondProcess::start(&[
