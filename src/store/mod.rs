@@ -43,6 +43,14 @@ pub struct StoredRefreshToken {
     pub retired_at: Option<DateTime<Utc>>,
 }
 
+/// A session to insert, with its first refresh token, as decided at `now`.
+#[derive(Debug, Clone)]
+pub struct NewSession {
+    pub session: Session,
+    pub refresh_token: TokenHash,
+    pub now: DateTime<Utc>,
+}
+
 /// A validator saw a live session in use: its idle deadline moves forward.
 #[derive(Debug, Clone)]
 pub struct Activity {
@@ -298,6 +306,7 @@ fn all<T: StoredTime>(rows: Vec<SessionRow<T>>) -> Result<Vec<Session>> {
     rows.into_iter().map(Session::try_from).collect()
 }
 
+mod create_batch;
 // Declared after the macros above, which they use.
 mod postgres;
 mod sql_store;

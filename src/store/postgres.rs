@@ -13,8 +13,8 @@ use sqlx::{
 use uuid::Uuid;
 
 use super::{
-    Activity, Backend, PostgresStore, SWEEP_LOCK_KEY, Statements, StoredRefreshToken, all, one,
-    token_hash,
+    Activity, Backend, NewSession, PostgresStore, SWEEP_LOCK_KEY, Statements, StoredRefreshToken,
+    all, one, token_hash,
 };
 use crate::{
     domain::{RevokeReason, Session, SessionId, UserId},
@@ -63,50 +63,89 @@ const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 /// The unique index that keeps one unrevoked session per device.
 const ONE_PER_DEVICE_INDEX: &str = "session_one_per_device_idx";
 
-/// Replaces the device's session and inserts the new one with its first refresh token, in one
-/// statement (one round trip). `created` reads `replaced` so that the replacement runs first: the
-/// unique index then sees the device's old session revoked. (No device: `device_id = NULL`
-/// matches nothing.) The refresh token's foreign key is checked at the statement's end, when the
-/// session exists.
-async fn insert_replacing_device(
+/// For each create, replaces the device's session and inserts the new one with its first refresh
+/// token; all in one statement (one round trip), whatever the number of creates. `created` reads
+/// `replaced` so that the replacements run first: the unique index then sees the devices' old
+/// sessions revoked. (No device: `device_id = NULL` matches nothing.) The refresh tokens' foreign
+/// key is checked at the statement's end, when the sessions exist. At most one create per (user,
+/// device): two would both escape the replacement and meet in the unique index.
+///
+/// The creates' columns are named `new_*`, so that they never shadow the session's own.
+async fn insert_replacing_devices<'a>(
     conn: &mut PgConnection,
-    session: &Session,
-    refresh_token: &TokenHash,
-    now: DateTime<Utc>,
+    creates: impl Iterator<Item = (&'a Session, &'a TokenHash, DateTime<Utc>)> + Clone,
     reason: &RevokeReason,
 ) -> Result<Vec<SessionRow>, sqlx::Error> {
     let sql = concat!(
-        "WITH replaced AS (\
-            UPDATE session SET revoked_at = $12, revoke_reason = $13 \
-            WHERE user_id = $2 AND device_id = $3 AND revoked_at IS NULL RETURNING ",
+        "WITH new AS (\
+            SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], \
+                                 $6::text[], $7::jsonb[], $8::timestamptz[], $9::timestamptz[], \
+                                 $10::timestamptz[], $11::timestamptz[], $12::bytea[], \
+                                 $13::timestamptz[]) \
+              AS new(new_session_id, new_user_id, new_device_id, new_device_name, \
+                     new_user_agent, new_ip_address, new_metadata, new_created_at, \
+                     new_last_seen_at, new_expires_at, new_idle_expires_at, new_token_hash, \
+                     new_decided_at) \
+        ), replaced AS (\
+            UPDATE session SET revoked_at = new_decided_at, revoke_reason = $14 FROM new \
+            WHERE user_id = new_user_id AND device_id = new_device_id AND revoked_at IS NULL \
+            RETURNING ",
         columns!(),
         "), created AS (\
             INSERT INTO session (session_id, user_id, device_id, device_name, user_agent, \
                                  ip_address, metadata, created_at, last_seen_at, expires_at, \
                                  idle_expires_at) \
-            SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11 \
-            WHERE (SELECT count(*) FROM replaced) >= 0 \
+            SELECT new_session_id, new_user_id, new_device_id, new_device_name, new_user_agent, \
+                   new_ip_address, new_metadata, new_created_at, new_last_seen_at, \
+                   new_expires_at, new_idle_expires_at \
+            FROM new WHERE (SELECT count(*) FROM replaced) >= 0 \
             RETURNING session_id \
         ), token AS (\
             INSERT INTO refresh_token (token_hash, session_id, generation, issued_at) \
-            SELECT $14, session_id, 0, $12 FROM created \
+            SELECT new_token_hash, session_id, 0, new_decided_at \
+            FROM created JOIN new ON session_id = new_session_id \
         ) SELECT * FROM replaced"
     );
+    let column = |field: fn(&'a Session) -> DateTime<Utc>| {
+        creates.clone().map(move |(session, ..)| field(session))
+    };
+    let sessions = || creates.clone().map(|(session, ..)| session);
     sqlx::query_as::<_, SessionRow>(sql)
-        .bind(session.id.as_uuid())
-        .bind(session.user_id.as_str())
-        .bind(session.device.device_id.as_deref())
-        .bind(&session.device.name)
-        .bind(&session.device.user_agent)
-        .bind(session.device.ip_address.map(|ip| ip.to_string()))
-        .bind(Json(&session.metadata))
-        .bind(session.created_at)
-        .bind(session.last_seen_at)
-        .bind(session.expires_at)
-        .bind(session.idle_expires_at)
-        .bind(now)
+        .bind(sessions().map(|s| s.id.as_uuid()).collect::<Vec<_>>())
+        .bind(sessions().map(|s| s.user_id.as_str()).collect::<Vec<_>>())
+        .bind(
+            sessions()
+                .map(|s| s.device.device_id.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            sessions()
+                .map(|s| s.device.name.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            sessions()
+                .map(|s| s.device.user_agent.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            sessions()
+                .map(|s| s.device.ip_address.map(|ip| ip.to_string()))
+                .collect::<Vec<_>>(),
+        )
+        .bind(sessions().map(|s| Json(&s.metadata)).collect::<Vec<_>>())
+        .bind(column(|s| s.created_at).collect::<Vec<_>>())
+        .bind(column(|s| s.last_seen_at).collect::<Vec<_>>())
+        .bind(column(|s| s.expires_at).collect::<Vec<_>>())
+        .bind(column(|s| s.idle_expires_at).collect::<Vec<_>>())
+        .bind(
+            creates
+                .clone()
+                .map(|(_, token, _)| token.0.as_slice())
+                .collect::<Vec<_>>(),
+        )
+        .bind(creates.clone().map(|(.., now)| now).collect::<Vec<_>>())
         .bind(reason.as_str())
-        .bind(refresh_token.0.as_slice())
         .fetch_all(conn)
         .await
 }
@@ -117,27 +156,45 @@ impl Backend for Postgres {
         Ok(pool.begin().await?)
     }
 
-    /// One statement, outside any transaction: it is atomic on its own, and costs one round trip
-    /// instead of four. Without the per-user lock, two creates on one device may race; the
-    /// loser's insert then meets the winner's session in the unique index, and its retry, which
-    /// sees that session, replaces it: the later create wins, as under the lock. Each conflict
-    /// means another create committed, so retries make progress; the store's operation timeout
-    /// bounds them.
+    /// One statement for the whole batch, outside any transaction: it is atomic on its own, and
+    /// costs one round trip instead of four. Without the per-user lock, two creates on one device
+    /// may race; the loser's insert then meets the winner's session in the unique index, and its
+    /// retry, which sees that session, replaces it: the later create wins, as under the lock. Each
+    /// conflict means another create committed, so retries make progress; the store's operation
+    /// timeout bounds them.
     async fn create_unlimited(
         pool: &PgPool,
-        session: &Session,
-        refresh_token: &TokenHash,
-        now: DateTime<Utc>,
+        batch: &[NewSession],
         reason: &RevokeReason,
-    ) -> Result<Vec<Session>> {
+    ) -> Result<Vec<Vec<Session>>> {
+        let creates = batch
+            .iter()
+            .map(|create| (&create.session, &create.refresh_token, create.now));
         let mut conn = pool.acquire().await?;
-        loop {
-            match insert_replacing_device(&mut conn, session, refresh_token, now, reason).await {
+        let rows = loop {
+            match insert_replacing_devices(&mut conn, creates.clone(), reason).await {
                 Err(sqlx::Error::Database(error))
                     if error.constraint() == Some(ONE_PER_DEVICE_INDEX) => {}
-                rows => return all(rows?),
+                rows => break rows?,
+            }
+        };
+        // Each replaced session goes to the create on its device: there is one per device.
+        let mut replaced = vec![Vec::new(); batch.len()];
+        for session in all(rows)? {
+            let create = batch.iter().position(|create| {
+                create.session.user_id == session.user_id
+                    && create.session.device.device_id == session.device.device_id
+            });
+            match create {
+                Some(index) => replaced[index].push(session),
+                None => {
+                    return Err(Error::Internal(anyhow::anyhow!(
+                        "a create replaced a session on another device"
+                    )));
+                }
             }
         }
+        Ok(replaced)
     }
 
     /// One statement for the whole batch, in a transaction that does not wait for its commit to
@@ -213,7 +270,10 @@ impl Statements for PgConnection {
         now: DateTime<Utc>,
         reason: &RevokeReason,
     ) -> Result<Vec<Session>> {
-        all(insert_replacing_device(self, session, refresh_token, now, reason).await?)
+        all(
+            insert_replacing_devices(self, std::iter::once((session, refresh_token, now)), reason)
+                .await?,
+        )
     }
 
     async fn find_session(&mut self, id: SessionId) -> Result<Option<Session>> {

@@ -1,20 +1,36 @@
 //! The one implementation of [`SessionStore`] over any database that provides [`Statements`].
 
-use std::time::Duration;
+use std::{sync::OnceLock, time::Duration};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::{Database, Pool, Transaction, pool::PoolConnection};
 
 use super::{
-    Activity, Admission, RefreshDecision, RefreshOutcome, RefreshRule, RefreshState, Revocation,
-    SessionStore, StoredRefreshToken,
+    Activity, Admission, NewSession, RefreshDecision, RefreshOutcome, RefreshRule, RefreshState,
+    Revocation, SessionStore, StoredRefreshToken, create_batch::CreateBatcher,
 };
 use crate::{
     domain::{RevokeReason, Session, SessionId, UserId},
     error::{Error, RefreshRefusal, Result},
     token::TokenHash,
 };
+
+/// Runs `op`, failing it with UNAVAILABLE if it takes longer than `limit`.
+pub(super) async fn bounded<T>(
+    limit: Option<Duration>,
+    op: impl Future<Output = Result<T>> + Send,
+) -> Result<T> {
+    match limit {
+        None => op.await,
+        Some(limit) => tokio::time::timeout(limit, op).await.unwrap_or_else(|_| {
+            Err(Error::from(sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the store did not answer in time",
+            ))))
+        }),
+    }
+}
 
 /// The statements an operation is made of, run on one connection (usually inside a transaction).
 #[async_trait]
@@ -128,16 +144,15 @@ where
 {
     /// Starts a transaction that will write.
     async fn begin_write(pool: &Pool<Self>) -> Result<Transaction<'static, Self>>;
-    /// CreateSession when no per-user limit applies (nothing to count, so no per-user lock):
-    /// [`Statements::insert_replacing_device`], atomically, in as few round trips as the
-    /// database allows.
+    /// CreateSession for a batch of creates when no per-user limit applies (nothing to count, so
+    /// no per-user lock): [`Statements::insert_replacing_device`] for each, atomically, in as few
+    /// round trips as the database allows. The batch holds at most one create per (user,
+    /// device). Returns the sessions each create replaced, in the batch's order.
     async fn create_unlimited(
         pool: &Pool<Self>,
-        session: &Session,
-        refresh_token: &TokenHash,
-        now: DateTime<Utc>,
+        batch: &[NewSession],
         reason: &RevokeReason,
-    ) -> Result<Vec<Session>>;
+    ) -> Result<Vec<Vec<Session>>>;
     /// [`SessionStore::record_activity`].
     async fn record_activity(pool: &Pool<Self>, batch: &[Activity]) -> Result<Vec<Session>>;
     /// Applies this database's migrations.
@@ -147,6 +162,9 @@ where
 /// A [`SessionStore`] over a pool of `DB` connections.
 pub struct SqlStore<DB: Database> {
     pool: Pool<DB>,
+    /// Writes the creates no per-user limit applies to, in batches. Started by the first such
+    /// create, so that the store can be built outside a Tokio runtime.
+    batched_creates: OnceLock<CreateBatcher>,
     /// Bound on one whole operation, enforced here: the database's own statement timeout cannot
     /// fire while the server is frozen or cut off, and a call must not hang until it returns.
     op_timeout: Option<Duration>,
@@ -157,6 +175,7 @@ impl<DB: Database> SqlStore<DB> {
     pub fn new(pool: Pool<DB>) -> Self {
         Self {
             pool,
+            batched_creates: OnceLock::new(),
             op_timeout: None,
         }
     }
@@ -169,15 +188,7 @@ impl<DB: Database> SqlStore<DB> {
     }
 
     async fn bounded<T>(&self, op: impl Future<Output = Result<T>> + Send) -> Result<T> {
-        match self.op_timeout {
-            None => op.await,
-            Some(limit) => tokio::time::timeout(limit, op).await.unwrap_or_else(|_| {
-                Err(Error::from(sqlx::Error::Io(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "the store did not answer in time",
-                ))))
-            }),
-        }
+        bounded(self.op_timeout, op).await
     }
 
     /// The pool, for tests and tools that need to look underneath.
@@ -204,18 +215,19 @@ where
         admit: Option<Admission<'_>>,
         now: DateTime<Utc>,
     ) -> Result<Vec<Session>> {
-        let replaced = RevokeReason::internal(RevokeReason::DEVICE_REPLACED);
         let Some(admit) = admit else {
+            let batcher = self
+                .batched_creates
+                .get_or_init(|| CreateBatcher::start(self.pool.clone(), self.op_timeout));
             return self
-                .bounded(DB::create_unlimited(
-                    &self.pool,
-                    session,
-                    refresh_token,
+                .bounded(batcher.create(NewSession {
+                    session: session.clone(),
+                    refresh_token: *refresh_token,
                     now,
-                    &replaced,
-                ))
+                }))
                 .await;
         };
+        let replaced = RevokeReason::internal(RevokeReason::DEVICE_REPLACED);
         self.bounded(async {
             let mut tx = DB::begin_write(&self.pool).await?;
             let conn = &mut *tx;

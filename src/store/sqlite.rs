@@ -14,8 +14,8 @@ use sqlx::{
 use uuid::Uuid;
 
 use super::{
-    Activity, Backend, SqliteStore, Statements, StoredRefreshToken, StoredTime, all, one,
-    token_hash,
+    Activity, Backend, NewSession, SqliteStore, Statements, StoredRefreshToken, StoredTime, all,
+    one, token_hash,
 };
 use crate::{
     domain::{RevokeReason, Session, SessionId, UserId},
@@ -59,19 +59,27 @@ impl Backend for Sqlite {
         Ok(pool.begin_with("BEGIN IMMEDIATE").await?)
     }
 
+    /// One transaction for the whole batch: SQLite's cost is the commit.
     async fn create_unlimited(
         pool: &SqlitePool,
-        session: &Session,
-        refresh_token: &TokenHash,
-        now: DateTime<Utc>,
+        batch: &[NewSession],
         reason: &RevokeReason,
-    ) -> Result<Vec<Session>> {
+    ) -> Result<Vec<Vec<Session>>> {
         let mut tx = Self::begin_write(pool).await?;
-        let revoked = tx
-            .insert_replacing_device(session, refresh_token, now, reason)
-            .await?;
+        let mut replaced = Vec::with_capacity(batch.len());
+        for create in batch {
+            replaced.push(
+                tx.insert_replacing_device(
+                    &create.session,
+                    &create.refresh_token,
+                    create.now,
+                    reason,
+                )
+                .await?,
+            );
+        }
         tx.commit().await?;
-        Ok(revoked)
+        Ok(replaced)
     }
 
     async fn record_activity(pool: &SqlitePool, batch: &[Activity]) -> Result<Vec<Session>> {

@@ -1,7 +1,16 @@
 use futures::future::join_all;
-use sessiond::api::pb;
+use sessiond::{
+    api::pb,
+    clock::Clock,
+    domain::{Device, Metadata, Session, SessionId, UserId},
+    error::Error,
+    store::NewSession,
+    token::TokenHash,
+};
 
-use crate::helpers::{DAY, Store, assert_invalid_field, spawn_app, spawn_app_with};
+use crate::helpers::{
+    DAY, Direct, Store, TestApp, assert_invalid_field, random_seed, spawn_app, spawn_app_with,
+};
 
 async fn create_session_returns_a_live_session_and_a_token_pair(store: Store) {
     let app = spawn_app(store).await;
@@ -224,7 +233,111 @@ async fn bad_create_requests_are_invalid_arguments_naming_the_field(store: Store
     assert!(listed.into_inner().sessions.is_empty());
 }
 
+/// A session as CreateSession makes it, to hand to the store directly.
+fn new_session(app: &TestApp, user_id: &str, device_id: Option<&str>) -> NewSession {
+    let now = app.clock.now();
+    NewSession {
+        session: Session {
+            id: SessionId::generate(),
+            user_id: UserId::try_from(user_id.to_owned()).unwrap(),
+            device: Device {
+                device_id: device_id.map(str::to_owned),
+                ..Device::default()
+            },
+            metadata: Metadata::default(),
+            created_at: now,
+            last_seen_at: now,
+            expires_at: now + chrono::Duration::days(30),
+            idle_expires_at: now + chrono::Duration::days(7),
+            revoked_at: None,
+            revoke_reason: None,
+        },
+        refresh_token: TokenHash(random_seed()),
+        now,
+    }
+}
+
+fn session_id(created: &pb::CreateSessionResponse) -> String {
+    created
+        .session
+        .as_ref()
+        .expect("session")
+        .session_id
+        .clone()
+}
+
+/// Concurrent creates share one statement; each must replace its own device's session, and only
+/// that one.
+async fn a_batch_of_creates_replaces_each_devices_own_session(store: Store) {
+    let app = spawn_app(store).await;
+    let direct = Direct::of(&app, store);
+    let old_phone = session_id(&app.create("dave", "phone").await);
+    let old_laptop = session_id(&app.create("dave", "laptop").await);
+
+    let batch = [
+        new_session(&app, "dave", Some("laptop")),
+        new_session(&app, "dave", Some("phone")),
+        new_session(&app, "dave", None),
+        new_session(&app, "erin", Some("phone")),
+    ];
+    let replaced = direct.create_batch(&batch).await;
+
+    let ids = |sessions: &Vec<Session>| sessions.iter().map(|s| s.id.to_string()).collect();
+    assert_eq!(
+        replaced.iter().map(ids).collect::<Vec<Vec<String>>>(),
+        [
+            vec![old_laptop.clone()],
+            vec![old_phone.clone()],
+            vec![],
+            vec![]
+        ]
+    );
+    for old in [&old_phone, &old_laptop] {
+        assert_eq!(app.get(old).await.unwrap().revoke_reason, "device_replaced");
+    }
+    for create in &batch {
+        let stored = direct.store().find(create.session.id).await.unwrap();
+        assert_eq!(stored.expect("stored").revoked_at, None);
+    }
+    assert_eq!(
+        direct.count("SELECT count(*) FROM refresh_token").await,
+        6,
+        "a first refresh token per session"
+    );
+}
+
+/// Postgres refuses a NUL in text. Sessiond's own checks keep one out of any request; here it
+/// stands for a value that fails its batch's statement, which must fail only its own create.
+#[tokio::test]
+async fn postgres_a_create_the_database_refuses_fails_alone() {
+    let app = spawn_app(Store::Postgres).await;
+    let direct = Direct::of(&app, Store::Postgres);
+    let mut creates: Vec<_> = (0..20)
+        .map(|user| new_session(&app, &format!("user-{user}"), Some("phone")))
+        .collect();
+    creates[7].session.device.name = "nul\0byte".into();
+
+    // One batch: this test's runtime runs one task at a time, so the store's batch writer first
+    // runs when all twenty are queued.
+    let results = join_all(creates.iter().map(|create| {
+        direct
+            .store()
+            .create(&create.session, &create.refresh_token, None, create.now)
+    }))
+    .await;
+
+    for (index, result) in results.iter().enumerate() {
+        if index == 7 {
+            assert!(matches!(result, Err(Error::Internal(_))), "{result:?}");
+        } else {
+            assert!(result.is_ok(), "create {index}: {result:?}");
+        }
+    }
+    assert_eq!(direct.count("SELECT count(*) FROM session").await, 19);
+}
+
 on_every_store!(
+    a_batch_of_creates_replaces_each_devices_own_session,
     create_session_returns_a_live_session_and_a_token_pair,
     a_new_session_on_the_same_device_revokes_the_previous_one,
     racing_creates_on_one_device_leave_exactly_one_live_session,

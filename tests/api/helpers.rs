@@ -13,8 +13,9 @@ use sessiond::{
     api::pb::{self, session_service_client::SessionServiceClient},
     clock::ManualClock,
     config::Settings,
+    domain::{RevokeReason, Session},
     startup::Application,
-    store::{PostgresStore, SessionStore, SqliteStore},
+    store::{Backend, NewSession, PostgresStore, SessionStore, SqliteStore},
 };
 use sqlx::{Connection, Executor, PgConnection, PgPool};
 use tempfile::TempDir;
@@ -352,6 +353,21 @@ impl Direct {
             Self::Postgres(store) => store,
             Self::Sqlite(store) => store,
         }
+    }
+
+    /// Writes `batch` the way the store writes concurrent creates: one call to the database's
+    /// [`Backend::create_unlimited`]. Returns the sessions each create replaced.
+    pub async fn create_batch(&self, batch: &[NewSession]) -> Vec<Vec<Session>> {
+        let replaced = RevokeReason::internal(RevokeReason::DEVICE_REPLACED);
+        match self {
+            Self::Postgres(store) => {
+                sqlx::Postgres::create_unlimited(store.pool(), batch, &replaced).await
+            }
+            Self::Sqlite(store) => {
+                sqlx::Sqlite::create_unlimited(store.pool(), batch, &replaced).await
+            }
+        }
+        .unwrap()
     }
 
     /// Runs `SELECT count(*) ...` on the underlying database.

@@ -1,0 +1,181 @@
+//! CreateSession under load: concurrent creates share one statement and one commit.
+//!
+//! Most of what a single-row insert costs the database is paid once per statement and once per
+//! commit (a round trip, parsing and planning, the commit's WAL flush), so a batch of many creates
+//! costs it little more than one. A create never waits for a batch to fill: the writer sends what
+//! is queued as soon as one of its [`BATCHES_IN_FLIGHT`] slots is free. Alone, a create goes out
+//! at once, as it would unbatched; under load, the creates that arrive while earlier batches are
+//! in flight go out together in the next.
+
+use std::{collections::HashSet, sync::Arc, time::Duration};
+
+use sqlx::Pool;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use super::{Backend, NewSession, Statements, sql_store::bounded};
+use crate::{
+    domain::{RevokeReason, Session},
+    error::{Error, Result},
+};
+
+/// Batches written at once. More than one, so that a batch is being filled while another waits
+/// for its commit; few, so that each is large under load and the pool keeps connections for
+/// every other operation.
+const BATCHES_IN_FLIGHT: usize = 4;
+
+/// Most creates written by one statement.
+const MAX_BATCH: usize = 256;
+
+/// Most creates waiting for a slot. A create beyond it waits to be queued (still within its
+/// operation timeout).
+const QUEUE_CAPACITY: usize = 16 * MAX_BATCH;
+
+/// A create waiting for its batch, and where its answer goes: the sessions it replaced.
+type Queued = (NewSession, oneshot::Sender<Result<Vec<Session>>>);
+
+/// The handle the store's creates are queued through. The writer stops when it is dropped.
+pub(super) struct CreateBatcher {
+    queue: mpsc::Sender<Queued>,
+}
+
+impl CreateBatcher {
+    /// Starts the writer on the current Tokio runtime. Each batch is bounded by `op_timeout`.
+    pub(super) fn start<DB: Backend>(pool: Pool<DB>, op_timeout: Option<Duration>) -> Self
+    where
+        DB::Connection: Statements,
+    {
+        let (queue, queued) = mpsc::channel(QUEUE_CAPACITY);
+        tokio::spawn(write_batches(pool, queued, op_timeout));
+        Self { queue }
+    }
+
+    /// Writes `create` with whatever else is queued; returns the sessions it replaced.
+    pub(super) async fn create(&self, create: NewSession) -> Result<Vec<Session>> {
+        let (answer, answered) = oneshot::channel();
+        let writer_gone = || Error::Internal(anyhow::anyhow!("the create batch writer stopped"));
+        self.queue
+            .send((create, answer))
+            .await
+            .map_err(|_| writer_gone())?;
+        answered.await.map_err(|_| writer_gone())?
+    }
+}
+
+/// Takes queued creates into batches, one batch per free slot, until the batcher is dropped.
+async fn write_batches<DB: Backend>(
+    pool: Pool<DB>,
+    mut queued: mpsc::Receiver<Queued>,
+    op_timeout: Option<Duration>,
+) where
+    DB::Connection: Statements,
+{
+    let slots = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
+    // Creates taken from the queue but held back from the last batch (see `one_per_device`).
+    let mut waiting = Vec::with_capacity(MAX_BATCH);
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        if waiting.is_empty() {
+            if queued.recv_many(&mut waiting, MAX_BATCH).await == 0 {
+                return;
+            }
+        } else {
+            while waiting.len() < MAX_BATCH {
+                match queued.try_recv() {
+                    Ok(create) => waiting.push(create),
+                    Err(_) => break,
+                }
+            }
+        }
+        let (batch, held_back) = one_per_device(std::mem::take(&mut waiting));
+        waiting = held_back;
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            write_batch(&pool, batch, op_timeout).await;
+            drop(slot);
+        });
+    }
+}
+
+/// Splits `creates` into a batch with at most one create per (user, device), in queue order, and
+/// the rest. Two creates on one device cannot share a statement: each would replace only the
+/// sessions that were there before it, and the two new ones would meet in the unique index. The
+/// later one goes in a later batch, which replaces the earlier: the later create wins, as it
+/// would unbatched.
+fn one_per_device(creates: Vec<Queued>) -> (Vec<Queued>, Vec<Queued>) {
+    let mut devices = HashSet::with_capacity(creates.len());
+    creates.into_iter().partition(|(create, _)| {
+        let session = &create.session;
+        match &session.device.device_id {
+            // No device: it replaces nothing.
+            None => true,
+            Some(device_id) => devices.insert((session.user_id.clone(), device_id.clone())),
+        }
+    })
+}
+
+/// One call to the store for `creates`, bounded by `op_timeout`: the sessions each replaced.
+async fn write_creates<DB: Backend>(
+    pool: &Pool<DB>,
+    creates: &[NewSession],
+    op_timeout: Option<Duration>,
+) -> Result<Vec<Vec<Session>>>
+where
+    DB::Connection: Statements,
+{
+    let replaced_by = RevokeReason::internal(RevokeReason::DEVICE_REPLACED);
+    let replaced = bounded(
+        op_timeout,
+        DB::create_unlimited(pool, creates, &replaced_by),
+    )
+    .await?;
+    if replaced.len() != creates.len() {
+        return Err(Error::Internal(anyhow::anyhow!(
+            "the store answered {} creates of {}",
+            replaced.len(),
+            creates.len()
+        )));
+    }
+    Ok(replaced)
+}
+
+/// Writes one batch and answers each of its creates.
+#[tracing::instrument(name = "store.create_batch", skip_all, fields(batch = batch.len()))]
+async fn write_batch<DB: Backend>(pool: &Pool<DB>, batch: Vec<Queued>, op_timeout: Option<Duration>)
+where
+    DB::Connection: Statements,
+{
+    let (creates, answers): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+    let write = |creates| write_creates(pool, creates, op_timeout);
+    let outcomes: Vec<Result<Vec<Session>>> = match write(&creates).await {
+        Ok(replaced) => replaced.into_iter().map(Ok).collect(),
+        Err(error) if creates.len() == 1 => vec![Err(error)],
+        // Postgres is out of reach: each create alone would fail the same way.
+        Err(Error::StoreUnavailable(cause)) => {
+            let cause = cause.to_string();
+            creates
+                .iter()
+                .map(|_| {
+                    Err(Error::StoreUnavailable(sqlx::Error::Io(
+                        std::io::Error::other(cause.clone()),
+                    )))
+                })
+                .collect()
+        }
+        // Something in one create (a value the database refuses) fails the whole statement: each
+        // create is tried alone, so that it fails only its own caller. (Rare: sessiond's checks
+        // keep such values out of requests.)
+        Err(_) => {
+            let mut outcomes = Vec::with_capacity(creates.len());
+            for create in creates.chunks(1) {
+                outcomes.push(write(create).await.map(|replaced| replaced.concat()));
+            }
+            outcomes
+        }
+    };
+    for (answer, outcome) in answers.into_iter().zip(outcomes) {
+        // A caller that gave up (its timeout) has dropped its receiver; nothing to do.
+        let _ = answer.send(outcome);
+    }
+}
