@@ -88,6 +88,12 @@ async fn write_batches<DB: Backend>(
                 }
             }
         }
+        // A caller that gave up (its operation timeout) was answered UNAVAILABLE: writing its
+        // session now would leave one nobody holds tokens for.
+        waiting.retain(|(_, answer)| !answer.is_closed());
+        if waiting.is_empty() {
+            continue;
+        }
         let (batch, held_back) = one_per_device(std::mem::take(&mut waiting));
         waiting = held_back;
         let pool = pool.clone();
@@ -101,8 +107,8 @@ async fn write_batches<DB: Backend>(
 /// Splits `creates` into a batch with at most one create per (user, device), in queue order, and
 /// the rest. Two creates on one device cannot share a statement: each would replace only the
 /// sessions that were there before it, and the two new ones would meet in the unique index. The
-/// later one goes in a later batch, which replaces the earlier: the later create wins, as it
-/// would unbatched.
+/// later one goes in a later batch, which replaces the earlier one's session, or meets it in the
+/// unique index and retries, as racing creates do unbatched.
 fn one_per_device(creates: Vec<Queued>) -> (Vec<Queued>, Vec<Queued>) {
     let mut devices = HashSet::with_capacity(creates.len());
     creates.into_iter().partition(|(create, _)| {
