@@ -81,7 +81,7 @@ const ONE_PER_DEVICE_INDEX: &str = "session_one_per_device_idx";
 /// batch shares.
 async fn insert_replacing_devices<'a>(
     conn: &mut PgConnection,
-    creates: impl Iterator<Item = (&'a Session, &'a TokenHash, DateTime<Utc>)> + Clone,
+    creates: impl Iterator<Item = (&'a Session, &'a TokenHash, DateTime<Utc>)>,
     reason: &RevokeReason,
 ) -> Result<Vec<SessionRow>, sqlx::Error> {
     let sql = concat!(
@@ -115,49 +115,35 @@ async fn insert_replacing_devices<'a>(
             FROM created JOIN new ON session_id = new_session_id \
         ) SELECT * FROM replaced"
     );
-    let column = |field: fn(&'a Session) -> DateTime<Utc>| {
-        creates.clone().map(move |(session, ..)| field(session))
-    };
-    let sessions = || creates.clone().map(|(session, ..)| session);
+    let (sessions, rest): (Vec<_>, Vec<_>) = creates
+        .map(|(session, token, now)| (session, (token.0.as_slice(), now)))
+        .unzip();
+    let (tokens, decided_at): (Vec<_>, Vec<_>) = rest.into_iter().unzip();
     sqlx::query_as::<_, SessionRow>(sql)
         .persistent(false)
-        .bind(sessions().map(|s| s.id.as_uuid()).collect::<Vec<_>>())
-        .bind(sessions().map(|s| s.user_id.as_str()).collect::<Vec<_>>())
-        .bind(
-            sessions()
-                .map(|s| s.device.device_id.as_deref())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            sessions()
-                .map(|s| s.device.name.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            sessions()
-                .map(|s| s.device.user_agent.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            sessions()
-                .map(|s| s.device.ip_address.map(|ip| ip.to_string()))
-                .collect::<Vec<_>>(),
-        )
-        .bind(sessions().map(|s| Json(&s.metadata)).collect::<Vec<_>>())
-        .bind(column(|s| s.created_at).collect::<Vec<_>>())
-        .bind(column(|s| s.last_seen_at).collect::<Vec<_>>())
-        .bind(column(|s| s.expires_at).collect::<Vec<_>>())
-        .bind(column(|s| s.idle_expires_at).collect::<Vec<_>>())
-        .bind(
-            creates
-                .clone()
-                .map(|(_, token, _)| token.0.as_slice())
-                .collect::<Vec<_>>(),
-        )
-        .bind(creates.clone().map(|(.., now)| now).collect::<Vec<_>>())
+        .bind(each(&sessions, |s| s.id.as_uuid()))
+        .bind(each(&sessions, |s| s.user_id.as_str()))
+        .bind(each(&sessions, |s| s.device.device_id.as_deref()))
+        .bind(each(&sessions, |s| s.device.name.as_str()))
+        .bind(each(&sessions, |s| s.device.user_agent.as_str()))
+        .bind(each(&sessions, |s| {
+            s.device.ip_address.map(|ip| ip.to_string())
+        }))
+        .bind(each(&sessions, |s| Json(&s.metadata)))
+        .bind(each(&sessions, |s| s.created_at))
+        .bind(each(&sessions, |s| s.last_seen_at))
+        .bind(each(&sessions, |s| s.expires_at))
+        .bind(each(&sessions, |s| s.idle_expires_at))
+        .bind(tokens)
+        .bind(decided_at)
         .bind(reason.as_str())
         .fetch_all(conn)
         .await
+}
+
+/// One field of each session: an array parameter.
+fn each<'a, T>(sessions: &[&'a Session], field: impl Fn(&'a Session) -> T) -> Vec<T> {
+    sessions.iter().map(|session| field(session)).collect()
 }
 
 #[async_trait]
