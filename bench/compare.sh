@@ -3,7 +3,7 @@
 #
 #   warm Validate / no-op Health/Check             >= 0.8
 #   Validate without the local tier / Redis GET    >= 0.5
-#   CreateSession / pgbench single-row INSERT      >= 0.5
+#   CreateSession / pgbench single-row INSERT      >= 0.5    (alternated, like the warm ratio)
 #   Validate p99 at half its peak throughput       <= 1 ms   (next to the no-op's p99 at that rate)
 #   Validate p99 with Redis dead                   <  5 ms   (open loop at REDIS_DEAD_RATE)
 #   cold Validate p99 over 10M sessions            <  2 ms   (when bench/seed.sh's database exists)
@@ -25,7 +25,8 @@
 # SESSIONS (1000, for validate-spread), PGHOST (127.0.0.1), PGPORT (5432), PGUSER (postgres),
 # REDIS_HOST (127.0.0.1), REDIS_PORT (6379), REDIS_REQUESTS (200000, for redis-benchmark),
 # COLD_DB (sessiond_bench_10m: made by bench/seed.sh; the cold step is skipped if it has no rows),
-# COLD_SAMPLE (50000), COLD_RATE (500, open loop), REDIS_DEAD_RATE (1000), BIN_DIR (unset: build release and use target/release), OUT (a temp dir: where the JSON and logs are kept).
+# COLD_SAMPLE (50000), COLD_RATE (500, open loop), REDIS_DEAD_RATE (1000), CREATE_PAIRS (3) and
+# CREATE_PAIR_SECS (5: CreateSession and pgbench alternated, for their ratio), BIN_DIR (unset: build release and use target/release), OUT (a temp dir: where the JSON and logs are kept).
 set -euo pipefail
 
 concurrency="${CONCURRENCY:-32}"
@@ -40,6 +41,8 @@ cold_db="${COLD_DB:-sessiond_bench_10m}"
 cold_sample="${COLD_SAMPLE:-50000}"
 cold_rate="${COLD_RATE:-500}"
 redis_dead_rate="${REDIS_DEAD_RATE:-1000}"
+pairs="${CREATE_PAIRS:-3}"
+pair_secs="${CREATE_PAIR_SECS:-5}"
 export PGHOST="${PGHOST:-127.0.0.1}" PGPORT="${PGPORT:-5432}" PGUSER="${PGUSER:-postgres}"
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -117,6 +120,10 @@ start_server() {
   echo "== sessiond '$name' serving at $addr (database $database${*:+, $*})"
 }
 
+row() { # row FILE JQ-FILTER-ON-NAME FIELD
+  jq -r --arg field "$3" "[.results[] | select(.failed == null) | select(.name | $2)][0][\$field] // empty" "$1"
+}
+
 stop_last_server() {
   local pid="${pids[-1]}"
   kill "$pid" 2>/dev/null || true
@@ -180,7 +187,7 @@ echo "$redis_line"
 redis_rps="$(sed -nE 's/^GET: ([0-9.]+) requests per second.*/\1/p' <<<"$redis_line")"
 
 echo
-echo "== (d) pgbench: one session-shaped INSERT per transaction, $concurrency clients, 10 s"
+echo "== (d) CreateSession alternated with pgbench (one session-shaped INSERT per transaction), $concurrency clients, $pairs pairs of $pair_secs s"
 cat >"$work/insert.sql" <<'SQL'
 \set uid random(1, 1000000000000)
 INSERT INTO session (session_id, user_id, device_id, device_name, user_agent, ip_address, metadata,
@@ -191,18 +198,28 @@ VALUES (encode(set_bit(set_bit(overlay(uuid_send(gen_random_uuid())
         'pgbench-' || :uid, 'device-1', 'bench device', 'pgbench/1.0', '203.0.113.7', '{"app": "bench"}',
         now(), now(), now() + interval '30 days', now() + interval '7 days');
 SQL
-pgbench -n -f "$work/insert.sql" -c "$concurrency" -j 2 -T 10 "$db" 2>&1 | tee "$out/pgbench.txt" | grep -E '^(tps|latency|number of (transactions|failed))'
-pg_tps="$(sed -nE 's/^tps = ([0-9.]+).*/\1/p' "$out/pgbench.txt" | head -1)"
+# Like the warm ratio's paired slices: the VM's speed drifts, so each CreateSession slice is
+# followed by a pgbench slice on the same Postgres and database, and the means are compared.
+start_server create "$db"
+create_rates=() pg_rates=()
+for pair in $(seq 1 "$pairs"); do
+  "$bench" --addr "$addr" --concurrency "$concurrency" --connections "$connections" --duration "${pair_secs}s" \
+    --warmup 1s --no-baseline --rounds 1 --scenario create --json "$out/create-$pair.json" | grep -E '^create'
+  create_rates+=("$(row "$out/create-$pair.json" '. == "create"' throughput)")
+  pgbench -n -f "$work/insert.sql" -c "$concurrency" -j 2 -T "$pair_secs" "$db" >"$out/pgbench-$pair.txt" 2>&1
+  pg_rates+=("$(sed -nE 's/^tps = ([0-9.]+).*/\1/p' "$out/pgbench-$pair.txt" | head -1)")
+  echo "pgbench: tps = ${pg_rates[-1]}"
+done
+stop_last_server
+mean() { printf '%s\n' "$@" | awk '$1 != "" { s += $1; n++ } END { if (n) printf "%.1f", s / n }'; }
+create_paired="$(mean "${create_rates[@]}")"
+pg_tps="$(mean "${pg_rates[@]}")"
 
 # --- (e) the ratios -------------------------------------------------------------------------------
-row() { # row FILE JQ-FILTER-ON-NAME FIELD
-  jq -r --arg field "$3" "[.results[] | select(.failed == null) | select(.name | $2)][0][\$field] // empty" "$1"
-}
 noop="$(jq -r '.noop_throughput // empty' "$out/all.json")"
 warm="$(row "$out/all.json" '. == "validate-warm"' throughput)"
 warm_noop="$(row "$out/all.json" '. == "validate-warm"' noop_throughput)"
 no_local="$(row "$out/no-local.json" 'startswith("validate-no-local-cache")' throughput)"
-create="$(row "$out/all.json" '. == "create"' throughput)"
 peak="$(row "$out/half-peak.json" '. == "validate-warm"' throughput)"
 half_rate="$(row "$out/half-peak.json" 'startswith("validate-warm @")' throughput)"
 half_p99="$(row "$out/half-peak.json" 'startswith("validate-warm @")' p99_us)"
@@ -227,7 +244,7 @@ line() { printf '%-46s %-44s %-9s %-8s %s\n' "$@"; }
 r_warm="$(ratio "$warm" "$warm_noop")"
 r_redis="$(ratio "$no_local" "$redis_rps")"
 r_noop_redis="$(ratio "$noop" "$redis_rps")"
-r_pg="$(ratio "$create" "$pg_tps")"
+r_pg="$(ratio "$create_paired" "$pg_tps")"
 half_ms="$(ms "$half_p99")"
 dead_ms="$(ms "$dead_p99")"
 
@@ -241,7 +258,7 @@ line "Validate without local tier / Redis GET" \
 line "  ceiling: no-op Health/Check / Redis GET" \
   "$(printf '%.0f / %.0f req/s' "${noop:-0}" "${redis_rps:-0}")" "$r_noop_redis" "-" "(reported)"
 line "CreateSession / pgbench INSERT" \
-  "$(printf '%.0f req/s / %.0f tps' "${create:-0}" "${pg_tps:-0}")" "$r_pg" ">= 0.5" "$(verdict "$r_pg" '>=' 0.5)"
+  "$(printf '%.0f req/s / %.0f tps (alternated)' "${create_paired:-0}" "${pg_tps:-0}")" "$r_pg" ">= 0.5" "$(verdict "$r_pg" '>=' 0.5)"
 line "Validate p99 at half peak (ms)" \
   "$(printf 'at %.0f req/s (peak %.0f); no-op p99 %s' "${half_rate:-0}" "${peak:-0}" "$(ms "$half_noop_p99")")" "$half_ms" "<= 1 ms" "$(verdict "$half_ms" '<=' 1)"
 line "Validate p99 with Redis dead (ms)" \
