@@ -1,5 +1,5 @@
 //! Compiles `proto/` with protox (pure Rust, so no system `protoc` is needed) and writes the file
-//! descriptor set that server reflection serves.
+//! descriptor set that server reflection serves. Also rebuilds the crate when a migration changes.
 
 use std::{env, fs, path::PathBuf};
 
@@ -8,6 +8,9 @@ use prost::Message;
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = ["sessiond/v1/session.proto"];
     println!("cargo:rerun-if-changed=proto");
+    // `sqlx::migrate!` embeds migrations/ at compile time, but cannot ask to be rebuilt when a
+    // file is added there; a build script can (sqlx's documented workaround).
+    println!("cargo:rerun-if-changed=migrations");
 
     let descriptors = protox::compile(protos, ["proto"])?;
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);

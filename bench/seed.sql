@@ -45,7 +45,6 @@ LANGUAGE sql VOLATILE AS $$
 $$;
 
 DROP INDEX IF EXISTS session_user_id_idx;
-DROP INDEX IF EXISTS session_expires_at_idx;
 DROP INDEX IF EXISTS session_idle_expires_at_idx;
 DROP INDEX IF EXISTS session_revoked_at_idx;
 DROP INDEX IF EXISTS session_one_per_device_idx;
@@ -87,9 +86,9 @@ FROM generate_series(0::bigint, :count - 1, :batch) AS lo
 
 SET session_replication_role = origin;
 
--- The indexes of migrations/20261128000001_sessions.sql, rebuilt in one pass each.
+-- The indexes the migrations leave (20261128000001_sessions.sql, less the one that
+-- 20261128000002 drops), rebuilt in one pass each.
 CREATE INDEX session_user_id_idx ON session (user_id, session_id DESC);
-CREATE INDEX session_expires_at_idx ON session (expires_at);
 CREATE INDEX session_idle_expires_at_idx ON session (idle_expires_at);
 CREATE INDEX session_revoked_at_idx ON session (revoked_at) WHERE revoked_at IS NOT NULL;
 CREATE UNIQUE INDEX session_one_per_device_idx ON session (user_id, device_id)

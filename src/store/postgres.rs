@@ -533,16 +533,15 @@ impl Statements for PgConnection {
     }
 
     async fn delete_ended_before(&mut self, cutoff: DateTime<Utc>, limit: i64) -> Result<u64> {
-        // One bounded index scan per condition (session_expires_at_idx,
-        // session_idle_expires_at_idx, session_revoked_at_idx), deduplicated: the union holds
-        // min($2, rows to delete) ids, so a short batch means nothing is left. ORDER BY and
+        // One bounded index scan per condition (session_idle_expires_at_idx,
+        // session_revoked_at_idx), deduplicated: the union holds min($2, rows to delete) ids, so
+        // a short batch means nothing is left. A session past its absolute end is past its idle
+        // end too (idle_expires_at <= expires_at), so the idle scan finds it. ORDER BY and
         // `= ANY(ARRAY(..))` keep even the generic plan of this prepared statement on indexes
         // (with `IN (..)` or ORed conditions it seq-scans `session`).
         let sql = "DELETE FROM session WHERE session_id = ANY(ARRAY( \
-                     SELECT session_id FROM (SELECT session_id FROM session WHERE expires_at < $1 \
-                                             ORDER BY expires_at LIMIT $2) AS e \
-                     UNION SELECT session_id FROM (SELECT session_id FROM session WHERE idle_expires_at < $1 \
-                                                   ORDER BY idle_expires_at LIMIT $2) AS i \
+                     SELECT session_id FROM (SELECT session_id FROM session WHERE idle_expires_at < $1 \
+                                             ORDER BY idle_expires_at LIMIT $2) AS i \
                      UNION SELECT session_id FROM (SELECT session_id FROM session WHERE revoked_at < $1 \
                                                    ORDER BY revoked_at LIMIT $2) AS r \
                      LIMIT $2))";

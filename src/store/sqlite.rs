@@ -407,14 +407,13 @@ impl Statements for SqliteConnection {
     }
 
     async fn delete_ended_before(&mut self, cutoff: DateTime<Utc>, limit: i64) -> Result<u64> {
-        // One bounded index scan per condition (session_expires_at_idx,
-        // session_idle_expires_at_idx, session_revoked_at_idx), deduplicated: the union holds
-        // min(?2, rows to delete) ids, so a short batch means nothing is left.
+        // One bounded index scan per condition (session_idle_expires_at_idx,
+        // session_revoked_at_idx), deduplicated: the union holds min(?2, rows to delete) ids, so
+        // a short batch means nothing is left. A session past its absolute end is past its idle
+        // end too (idle_expires_at <= expires_at), so the idle scan finds it.
         let sql = "DELETE FROM session WHERE session_id IN ( \
-                     SELECT session_id FROM (SELECT session_id FROM session WHERE expires_at < ?1 \
-                                             ORDER BY expires_at LIMIT ?2) \
-                     UNION SELECT session_id FROM (SELECT session_id FROM session WHERE idle_expires_at < ?1 \
-                                                   ORDER BY idle_expires_at LIMIT ?2) \
+                     SELECT session_id FROM (SELECT session_id FROM session WHERE idle_expires_at < ?1 \
+                                             ORDER BY idle_expires_at LIMIT ?2) \
                      UNION SELECT session_id FROM (SELECT session_id FROM session WHERE revoked_at < ?1 \
                                                    ORDER BY revoked_at LIMIT ?2) \
                      LIMIT ?2)";
