@@ -66,6 +66,19 @@ impl Error {
         }
     }
 
+    /// This error and its sources, joined by ": ", for the log: an internal or unavailable error
+    /// shows only its safe first line, and the cause that an operator needs is in its sources.
+    pub fn cause_chain(&self) -> String {
+        let mut chain = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(cause) = source {
+            chain.push_str(": ");
+            chain.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        chain
+    }
+
     /// The stable, machine-readable code of this error.
     pub fn code(&self) -> &'static str {
         match self {
@@ -116,3 +129,20 @@ impl From<sqlx::Error> for Error {
 
 /// The result of everything that can fail in a request.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cause_chain_holds_what_the_caller_is_not_told() {
+        let error = Error::Internal(
+            anyhow::anyhow!("database \"sessions\" does not exist").context("applying migrations"),
+        );
+        assert_eq!(error.to_string(), "internal error");
+        assert_eq!(
+            error.cause_chain(),
+            "internal error: applying migrations: database \"sessions\" does not exist"
+        );
+    }
+}

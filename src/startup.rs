@@ -266,7 +266,7 @@ async fn migrate(store: &dyn SessionStore) -> bool {
     match store.migrate().await {
         Ok(()) => true,
         Err(error) => {
-            tracing::warn!(error = %error, "the store is not ready");
+            tracing::warn!(error = %error.cause_chain(), "the store is not ready");
             false
         }
     }

@@ -12,7 +12,10 @@ mod common;
 
 use std::{net::SocketAddr, process::ExitStatus, time::Duration};
 
-use common::{SessiondProcess, postgres::fresh_database};
+use common::{
+    SessiondProcess,
+    postgres::{database_server_url, fresh_database},
+};
 
 use opentelemetry_proto::tonic::{
     collector::trace::v1::{
@@ -148,6 +151,25 @@ async fn events_that_follow_store_queries_are_logged() {
     }
     sessiond.wait_for_log("session created", 3).await;
     stop(sessiond).await;
+}
+
+/// A store that cannot be used at start is logged with its cause: "internal error" alone (what a
+/// caller is told) would leave the operator guessing that the database does not exist.
+#[tokio::test]
+async fn a_store_that_is_not_ready_is_logged_with_its_cause() {
+    let mut url = url::Url::parse(&database_server_url()).unwrap();
+    url.set_path(&format!(
+        "sessiond_test_missing_{}",
+        uuid::Uuid::now_v7().simple()
+    ));
+    let sessiond = SessiondProcess::spawn(&[("SESSIOND_DATABASE_URL", url.to_string())]);
+    sessiond.wait_for_log("the store is not ready", 1).await;
+    let log = sessiond.log_text();
+    let line = log
+        .lines()
+        .find(|line| line.contains("the store is not ready"))
+        .unwrap();
+    assert!(line.contains("does not exist"), "{line}");
 }
 
 /// `CreateSession` with the caller's `traceparent` (and a `tracestate`) in the metadata.

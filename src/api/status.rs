@@ -34,21 +34,9 @@ impl From<Error> for Status {
 /// is logged.
 pub fn answer(rpc: Rpc, error: Error) -> Status {
     if matches!(error, Error::StoreUnavailable(_) | Error::Internal(_)) {
-        tracing::error!(rpc = rpc.name(), error.code = error.code(), error.cause_chain = %error_chain(&error), "request failed");
+        tracing::error!(rpc = rpc.name(), error.code = error.code(), error.cause_chain = %error.cause_chain(), "request failed");
     }
     Status::from(error)
-}
-
-/// The error with its sources, for the log.
-fn error_chain(error: &Error) -> String {
-    let mut chain = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        chain.push_str(": ");
-        chain.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    chain
 }
 
 #[cfg(test)]

@@ -106,7 +106,7 @@ async fn write_batches(
                 }
             }
             Err(error) => {
-                tracing::warn!(error = %error, sessions = batch.len(), "could not record activity")
+                tracing::warn!(error = %error.cause_chain(), sessions = batch.len(), "could not record activity")
             }
         }
         batch.clear();

@@ -36,10 +36,18 @@ pub struct SessiondProcess {
 }
 
 impl SessiondProcess {
-    /// Starts the sessiond binary with `env` (on top of a listen address, an ops address, a data
-    /// folder and a log file of its own; every other `SESSIOND_*`/`OTEL_*` variable of the test's
-    /// environment is removed), and waits until it reports SERVING.
+    /// Starts the sessiond binary with `env` (see [`Self::spawn`]), and waits until it reports
+    /// SERVING.
     pub async fn start(env: &[(&str, String)]) -> Self {
+        let mut process = Self::spawn(env);
+        process.wait_until_serving().await;
+        process
+    }
+
+    /// Starts the sessiond binary with `env`, on top of a listen address, an ops address, a data
+    /// folder and a log file of its own; every other `SESSIOND_*`/`OTEL_*` variable of the test's
+    /// environment is removed. Does not wait for it.
+    pub fn spawn(env: &[(&str, String)]) -> Self {
         let dir = TempDir::new().unwrap();
         let (addr, ops_addr) = (free_addr(), free_addr());
         let log = dir.path().join("sessiond.log");
@@ -59,15 +67,13 @@ impl SessiondProcess {
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().unwrap())
             .stderr(log_file);
-        let mut process = Self {
+        Self {
             addr,
             ops_addr,
             child: Some(command.spawn().unwrap()),
             log,
             _dir: dir,
-        };
-        process.wait_until_serving().await;
-        process
+        }
     }
 
     async fn wait_until_serving(&mut self) {
