@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use super::{
     Activity, Backend, NewSession, PostgresStore, SWEEP_LOCK_KEY, Statements, StoredRefreshToken,
-    all, one, token_hash,
+    all, one, sql_store::rollback_safe, token_hash,
 };
 use crate::{
     domain::{RevokeReason, Session, SessionId, UserId},
@@ -237,7 +237,7 @@ impl Backend for Postgres {
     }
 
     async fn migrate(pool: &PgPool) -> Result<()> {
-        sqlx::migrate!("./migrations/postgres")
+        rollback_safe(sqlx::migrate!("./migrations/postgres"))
             .run(pool)
             .await
             .map_err(|error| match error {

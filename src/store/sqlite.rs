@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use super::{
     Activity, Backend, NewSession, SqliteStore, Statements, StoredRefreshToken, StoredTime, all,
-    one, token_hash,
+    one, sql_store::rollback_safe, token_hash,
 };
 use crate::{
     domain::{RevokeReason, Session, SessionId, UserId},
@@ -101,7 +101,7 @@ impl Backend for Sqlite {
     }
 
     async fn migrate(pool: &SqlitePool) -> Result<()> {
-        sqlx::migrate!("./migrations/sqlite")
+        rollback_safe(sqlx::migrate!("./migrations/sqlite"))
             .run(pool)
             .await
             .map_err(|error| Error::Internal(error.into()))

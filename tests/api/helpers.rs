@@ -370,6 +370,15 @@ impl Direct {
         .unwrap()
     }
 
+    /// Runs `sql`, which changes something, on the underlying database.
+    pub async fn execute(&self, sql: &'static str) {
+        match self {
+            Self::Postgres(store) => sqlx::query(sql).execute(store.pool()).await.map(drop),
+            Self::Sqlite(store) => sqlx::query(sql).execute(store.pool()).await.map(drop),
+        }
+        .unwrap()
+    }
+
     /// Runs `SELECT count(*) ...` on the underlying database.
     pub async fn count(&self, sql: &'static str) -> i64 {
         match self {

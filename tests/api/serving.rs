@@ -5,7 +5,7 @@ use tonic_health::pb::{
 };
 use tonic_reflection::pb::{v1, v1alpha};
 
-use crate::helpers::{Store, channel, spawn_app};
+use crate::helpers::{Direct, Store, channel, spawn_app};
 
 async fn health_reports_serving_for_the_server_and_the_service(store: Store) {
     let app = spawn_app(store).await;
@@ -30,6 +30,31 @@ async fn health_reports_serving_for_the_server_and_the_service(store: Store) {
         }
         assert_eq!(status, ServingStatus::Serving, "service {service:?}");
     }
+}
+
+/// A rollback starts the previous release on a database that a newer release has migrated
+/// further: the migration this build does not know must not stop it.
+async fn a_database_a_newer_release_migrated_still_migrates(store: Store) {
+    let app = spawn_app(store).await;
+    let direct = Direct::of(&app, store);
+    direct.store().migrate().await.expect("migrates");
+    direct
+        .execute(match store {
+            Store::Postgres => {
+                "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+                 VALUES (99991231000000, 'from a newer release', true, decode('00', 'hex'), 0)"
+            }
+            Store::Sqlite => {
+                "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+                 VALUES (99991231000000, 'from a newer release', true, X'00', 0)"
+            }
+        })
+        .await;
+    direct
+        .store()
+        .migrate()
+        .await
+        .expect("a newer release's migration is left alone");
 }
 
 async fn reflection_v1_lists_the_services(store: Store) {
@@ -106,6 +131,7 @@ async fn reflection_v1alpha_describes_the_session_service(store: Store) {
 
 on_every_store!(
     health_reports_serving_for_the_server_and_the_service,
+    a_database_a_newer_release_migrated_still_migrates,
     reflection_v1_lists_the_services,
     reflection_v1alpha_describes_the_session_service,
 );
