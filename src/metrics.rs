@@ -25,6 +25,9 @@ const SESSIONS_REVOKED: &str = "sessiond_sessions_revoked_total";
 const REFRESH_TOKEN_REUSE: &str = "sessiond_refresh_token_reuse_total";
 const SIGNING_KEYS: &str = "sessiond_signing_keys";
 const REDIS_BREAKER_OPEN: &str = "sessiond_redis_breaker_open";
+const REDIS_WRITES_REFUSED: &str = "sessiond_redis_writes_refused_total";
+const REDIS_TRUSTED: &str = "sessiond_redis_trusted";
+const REDIS_RECONCILED: &str = "sessiond_redis_reconciled_sessions_total";
 const SWEEPER_DELETED: &str = "sessiond_sweeper_deleted_total";
 
 /// The process-wide Prometheus recorder, installed on first use.
@@ -88,6 +91,18 @@ fn describe() {
     describe_gauge!(
         REDIS_BREAKER_OPEN,
         "1 while the Redis circuit breaker is open (Redis skipped), else 0."
+    );
+    describe_counter!(
+        REDIS_WRITES_REFUSED,
+        "Cache writes (copies, revocations, write probes) that Redis refused or that failed; each puts Redis in doubt."
+    );
+    describe_gauge!(
+        REDIS_TRUSTED,
+        "1 while Redis's copies are read; 0 while Redis is in doubt (it may have lost a revocation) and the store answers instead."
+    );
+    describe_counter!(
+        REDIS_RECONCILED,
+        "Revoked sessions copied from the store into Redis to clear a doubt."
     );
     describe_counter!(
         SWEEPER_DELETED,
@@ -189,6 +204,21 @@ pub fn redis_error() {
 /// The Redis circuit breaker opened (true) or closed (false).
 pub fn redis_breaker_open(open: bool) {
     gauge!(REDIS_BREAKER_OPEN).set(if open { 1.0 } else { 0.0 });
+}
+
+/// Redis refused a cache write, or it failed.
+pub fn redis_write_refused() {
+    counter!(REDIS_WRITES_REFUSED).increment(1);
+}
+
+/// Redis's copies are read (true) or in doubt (false).
+pub fn redis_trusted(trusted: bool) {
+    gauge!(REDIS_TRUSTED).set(if trusted { 1.0 } else { 0.0 });
+}
+
+/// A reconcile copied `count` revoked sessions into Redis.
+pub fn redis_reconciled(count: usize) {
+    counter!(REDIS_RECONCILED).increment(count as u64);
 }
 
 pub fn store_error(kind: &'static str) {

@@ -20,21 +20,27 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{SessiondProcess, keys::Keys, postgres::fresh_database, redis::RedisServer};
-use sessiond::api::pb::{self, TokenStatus, session_service_client::SessionServiceClient};
+use common::{
+    SessiondProcess,
+    redis::RedisServer,
+    replicas::{Replicas, SUBSCRIBED, create, local_hits, revoke, token_and_id, validate},
+};
+use sessiond::api::pb::{TokenStatus, session_service_client::SessionServiceClient};
 use tonic::transport::Channel;
 
 /// The requirement: a revocation is refused by every replica within this.
 const PROPAGATION_BOUND: Duration = Duration::from_secs(1);
-/// What B logs each time its subscription to the invalidation channel is (re)established.
-const SUBSCRIBED: &str = "subscribed to invalidations";
 /// What B logs when it loses the invalidation channel.
 const LOST: &str = "lost the invalidation channel";
 
 #[tokio::test]
 async fn a_revocation_on_one_replica_is_refused_by_the_other_within_a_second() {
     let redis = RedisServer::start();
-    let cluster = Replicas::start(&redis).await;
+    let cluster = Replicas::start(
+        &redis.url(),
+        &[("SESSIOND_LOCAL_CACHE_MAX_STALENESS", "60s".into())],
+    )
+    .await;
     let (a, b) = (&cluster.a, &cluster.b);
     let (mut on_a, mut on_b) = (a.client().await, b.client().await);
 
@@ -83,7 +89,11 @@ async fn a_revocation_on_one_replica_is_refused_by_the_other_within_a_second() {
 #[tokio::test]
 async fn a_replica_that_lost_its_subscription_does_not_trust_its_in_process_tier() {
     let redis = RedisServer::start();
-    let cluster = Replicas::start(&redis).await;
+    let cluster = Replicas::start(
+        &redis.url(),
+        &[("SESSIOND_LOCAL_CACHE_MAX_STALENESS", "60s".into())],
+    )
+    .await;
     let (a, b) = (&cluster.a, &cluster.b);
     let (mut on_a, mut on_b) = (a.client().await, b.client().await);
 
@@ -154,7 +164,11 @@ async fn a_replica_that_lost_its_subscription_does_not_trust_its_in_process_tier
 #[tokio::test]
 async fn a_replica_whose_resubscription_is_refused_keeps_bypassing_its_in_process_tier() {
     let redis = RedisServer::start();
-    let cluster = Replicas::start(&redis).await;
+    let cluster = Replicas::start(
+        &redis.url(),
+        &[("SESSIOND_LOCAL_CACHE_MAX_STALENESS", "60s".into())],
+    )
+    .await;
     let (a, b) = (&cluster.a, &cluster.b);
     let (mut on_a, mut on_b) = (a.client().await, b.client().await);
 
@@ -262,113 +276,5 @@ async fn wait_until_revoked(
             b.log()
         );
         tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-}
-
-async fn local_hits(sessiond: &SessiondProcess) -> f64 {
-    sessiond
-        .metric(
-            "sessiond_cache_lookups_total",
-            &[("tier", "local"), ("result", "hit")],
-        )
-        .await
-}
-
-// ---------------------------------------------------------------------------------------------
-// RPCs
-// ---------------------------------------------------------------------------------------------
-
-async fn create(
-    client: &mut SessionServiceClient<Channel>,
-    user_id: &str,
-    device_id: &str,
-) -> pb::CreateSessionResponse {
-    client
-        .create_session(pb::CreateSessionRequest {
-            user_id: user_id.into(),
-            device: Some(pb::Device {
-                device_id: device_id.into(),
-                name: "test device".into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-}
-
-async fn validate(
-    client: &mut SessionServiceClient<Channel>,
-    access: &str,
-) -> pb::ValidateResponse {
-    client
-        .validate(pb::ValidateRequest {
-            access_token: access.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-}
-
-async fn revoke(client: &mut SessionServiceClient<Channel>, session_id: &str) {
-    client
-        .revoke_session(pb::RevokeSessionRequest {
-            session_id: session_id.into(),
-            reason: "signed out".into(),
-        })
-        .await
-        .unwrap();
-}
-
-fn token_and_id(created: &pb::CreateSessionResponse) -> (String, String) {
-    let access = created.tokens.as_ref().unwrap().access_token.clone();
-    let id = created.session.as_ref().unwrap().session_id.clone();
-    (access, id)
-}
-
-// ---------------------------------------------------------------------------------------------
-// Processes: two sessiond replicas
-// ---------------------------------------------------------------------------------------------
-
-/// Two replicas over one database, one Redis and one key prefix.
-struct Replicas {
-    a: SessiondProcess,
-    b: SessiondProcess,
-    /// The invalidation channel both subscribe to.
-    channel: String,
-    _keys: Keys,
-}
-
-impl Replicas {
-    async fn start(redis: &RedisServer) -> Self {
-        let keys = Keys::generate();
-        let database = fresh_database().await;
-        let prefix = format!("sessiond-replicas:{}:", uuid::Uuid::now_v7().simple());
-        let env = |name: &str| {
-            let mut env = vec![
-                ("SESSIOND_DATABASE_URL", database.clone()),
-                ("SESSIOND_REDIS_URL", redis.url()),
-                ("SESSIOND_REDIS_KEY_PREFIX", prefix.clone()),
-                ("SESSIOND_LOCAL_CACHE_MAX_STALENESS", "60s".into()),
-                ("SESSIOND_LOCAL_CACHE", "on".into()),
-                ("SESSIOND_SHUTDOWN_DRAIN", "0s".into()),
-                ("NO_COLOR", "1".into()),
-                ("REPLICA", name.to_owned()),
-            ];
-            env.extend(keys.env());
-            env
-        };
-        // One after the other, so only one applies the migrations to the fresh database.
-        let a = SessiondProcess::start(&env("A")).await;
-        let b = SessiondProcess::start(&env("B")).await;
-        a.wait_for_log(SUBSCRIBED, 1).await;
-        b.wait_for_log(SUBSCRIBED, 1).await;
-        Self {
-            a,
-            b,
-            channel: format!("{prefix}invalidate"),
-            _keys: keys,
-        }
     }
 }

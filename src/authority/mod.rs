@@ -5,6 +5,7 @@
 
 mod activity;
 mod policy;
+mod reconcile;
 mod rules;
 
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 
 use activity::ActivityRecorder;
 pub use policy::Policy;
+use reconcile::Reconciler;
 
 use crate::{
     cache::SessionCache,
@@ -78,6 +80,8 @@ pub struct Authority {
     clock: Arc<dyn Clock>,
     /// Notes validated sessions' activity, for a background writer.
     activity: ActivityRecorder,
+    /// Keeps Redis from serving copies of revocations it refused; `None` without Redis.
+    _reconciler: Option<Reconciler>,
 }
 
 impl Authority {
@@ -91,7 +95,11 @@ impl Authority {
     ) -> Self {
         let activity =
             ActivityRecorder::start(store.clone(), cache.clone(), clock.clone(), &policy);
+        let reconciler = cache
+            .redis()
+            .map(|redis| Reconciler::start(store.clone(), redis.clone(), clock.clone()));
         Self {
+            _reconciler: reconciler,
             store,
             cache,
             keys,

@@ -69,8 +69,10 @@ impl SessionCache {
                 return session;
             }
         }
+        // In doubt, Redis may serve a live copy of a revoked session: the store answers.
+        let redis = self.redis.as_ref().filter(|redis| redis.readable())?;
         // Boxed, so that a local hit's future is not as large as a Redis command's.
-        let session = Box::pin(self.redis.as_ref()?.get(user_id, session_id)).await;
+        let session = Box::pin(redis.get(user_id, session_id)).await;
         metrics::cache_lookup(metrics::CacheTier::Redis, session.is_some());
         let session = Arc::new(session?);
         if let Some(local) = &self.local {
@@ -98,6 +100,11 @@ impl SessionCache {
             let (redis, session) = (redis.clone(), session.clone());
             tokio::spawn(async move { redis.put(std::slice::from_ref(&session), now).await });
         }
+    }
+
+    /// The Redis tier, if there is one (for the reconciler).
+    pub fn redis(&self) -> Option<&RedisTier> {
+        self.redis.as_ref()
     }
 
     /// Tells the in-process tier only about `session`.

@@ -108,6 +108,32 @@ pub enum Revocation {
     NotFound,
 }
 
+/// A place in the walk through revoked sessions in the order they were revoked: just after this
+/// revocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RevokedAfter {
+    pub revoked_at: DateTime<Utc>,
+    pub session_id: SessionId,
+}
+
+impl RevokedAfter {
+    /// Before every session revoked at or after `since`.
+    pub fn since(since: DateTime<Utc>) -> Self {
+        Self {
+            revoked_at: since,
+            session_id: uuid::Uuid::nil().into(),
+        }
+    }
+
+    /// Just after `session`, if it is revoked.
+    pub fn past(session: &Session) -> Option<Self> {
+        Some(Self {
+            revoked_at: session.revoked_at?,
+            session_id: session.id,
+        })
+    }
+}
+
 /// Where sessions live.
 #[async_trait]
 pub trait SessionStore: Send + Sync + 'static {
@@ -172,6 +198,10 @@ pub trait SessionStore: Send + Sync + 'static {
         after: Option<SessionId>,
         limit: i64,
     ) -> Result<Vec<Session>>;
+
+    /// At most `limit` revoked sessions, in the order they were revoked, from just `after` on (by
+    /// `session_revoked_at_idx`): what the Redis reconciler copies back into Redis.
+    async fn revoked_since(&self, after: RevokedAfter, limit: i64) -> Result<Vec<Session>>;
 
     /// Deletes, with their refresh tokens, the sessions that ended more than `retention` before
     /// `now`: revoked before `now - retention`, or past `expires_at` or `idle_expires_at` by more

@@ -13,8 +13,8 @@ use sqlx::{
 use uuid::Uuid;
 
 use super::{
-    Activity, Backend, NewSession, PostgresStore, SWEEP_LOCK_KEY, Statements, StoredRefreshToken,
-    all, one, sql_store::rollback_safe, token_hash,
+    Activity, Backend, NewSession, PostgresStore, RevokedAfter, SWEEP_LOCK_KEY, Statements,
+    StoredRefreshToken, all, one, sql_store::rollback_safe, token_hash,
 };
 use crate::{
     domain::{RevokeReason, Session, SessionId, UserId},
@@ -432,6 +432,22 @@ impl Statements for PgConnection {
             .bind(include_revoked)
             .bind(now)
             .bind(after.map(|id| id.as_uuid()))
+            .bind(limit)
+            .fetch_all(self)
+            .await?)
+    }
+
+    async fn revoked_since(&mut self, after: RevokedAfter, limit: i64) -> Result<Vec<Session>> {
+        // `revoked_at >= $1` is what session_revoked_at_idx can seek to.
+        let sql = concat!(
+            "SELECT ",
+            columns!(),
+            " FROM session WHERE revoked_at >= $1 AND (revoked_at > $1 OR session_id > $2) \
+             ORDER BY revoked_at, session_id LIMIT $3"
+        );
+        all(sqlx::query_as::<_, SessionRow>(sql)
+            .bind(after.revoked_at)
+            .bind(after.session_id.as_uuid())
             .bind(limit)
             .fetch_all(self)
             .await?)

@@ -8,7 +8,7 @@ use sqlx::{Database, Pool, Transaction, pool::PoolConnection};
 
 use super::{
     Activity, Admission, NewSession, RefreshDecision, RefreshOutcome, RefreshRule, RefreshState,
-    Revocation, SessionStore, StoredRefreshToken, create_batch::CreateBatcher,
+    Revocation, RevokedAfter, SessionStore, StoredRefreshToken, create_batch::CreateBatcher,
 };
 use crate::{
     domain::{RevokeReason, Session, SessionId, UserId},
@@ -109,6 +109,8 @@ pub trait Statements: Send {
         after: Option<SessionId>,
         limit: i64,
     ) -> Result<Vec<Session>>;
+    /// At most `limit` revoked sessions in revocation order, just after `after`.
+    async fn revoked_since(&mut self, after: RevokedAfter, limit: i64) -> Result<Vec<Session>>;
     async fn insert_refresh_token(
         &mut self,
         hash: &TokenHash,
@@ -398,6 +400,12 @@ where
                 .await
         })
         .await
+    }
+
+    #[tracing::instrument(name = "store.revoked_since", skip_all)]
+    async fn revoked_since(&self, after: RevokedAfter, limit: i64) -> Result<Vec<Session>> {
+        self.bounded(async move { self.pool.acquire().await?.revoked_since(after, limit).await })
+            .await
     }
 
     #[tracing::instrument(name = "store.sweep", skip_all)]

@@ -14,8 +14,8 @@ use sqlx::{
 use uuid::Uuid;
 
 use super::{
-    Activity, Backend, NewSession, SqliteStore, Statements, StoredRefreshToken, StoredTime, all,
-    one, sql_store::rollback_safe, token_hash,
+    Activity, Backend, NewSession, RevokedAfter, SqliteStore, Statements, StoredRefreshToken,
+    StoredTime, all, one, sql_store::rollback_safe, token_hash,
 };
 use crate::{
     domain::{RevokeReason, Session, SessionId, UserId},
@@ -314,6 +314,21 @@ impl Statements for SqliteConnection {
             .bind(include_revoked)
             .bind(micros(now))
             .bind(after.map(|id| id.as_uuid()))
+            .bind(limit)
+            .fetch_all(self)
+            .await?)
+    }
+
+    async fn revoked_since(&mut self, after: RevokedAfter, limit: i64) -> Result<Vec<Session>> {
+        let sql = concat!(
+            "SELECT ",
+            columns!(),
+            " FROM session WHERE revoked_at >= ?1 AND (revoked_at > ?1 OR session_id > ?2) \
+             ORDER BY revoked_at, session_id LIMIT ?3"
+        );
+        all(sqlx::query_as::<_, SessionRow>(sql)
+            .bind(micros(after.revoked_at))
+            .bind(after.session_id.as_uuid())
             .bind(limit)
             .fetch_all(self)
             .await?)

@@ -10,6 +10,7 @@
 pub mod keys;
 pub mod postgres;
 pub mod redis;
+pub mod replicas;
 
 use std::{
     fs::File,

@@ -60,7 +60,7 @@ impl RedisServer {
         false
     }
 
-    /// Starts it again on the same port (empty: nothing is persisted).
+    /// Starts it again on the same port: empty, unless a `SAVE` left a snapshot in its folder.
     pub fn restart(&mut self) {
         for _attempt in 0..50 {
             if self.spawn() {
@@ -69,6 +69,11 @@ impl RedisServer {
             std::thread::sleep(Duration::from_millis(100));
         }
         panic!("could not restart redis-server on port {}", self.port);
+    }
+
+    /// What the server logged since it last started.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default()
     }
 
     pub fn url(&self) -> String {

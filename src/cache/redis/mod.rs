@@ -1,0 +1,372 @@
+//! The shared tier: sessions copied into Redis (through fred), so `Validate` rarely reaches the
+//! store, and the invalidation channel that tells every replica's in-process tier about
+//! revocations.
+//!
+//! This tier never fails a request. Every command has a short timeout and fails fast while Redis
+//! is disconnected; a circuit breaker stops sending commands to a Redis that keeps failing, so a
+//! dead or hung Redis costs one timeout per cool-down, not one per request. Errors are logged,
+//! counted, and read as a miss.
+//!
+//! Layout: `<prefix>{u:<user_id>}:s:<session_id>` is a hash with `data` (the session as JSON) and
+//! `rank`. All keys of one user share the hash tag, so they live in one Redis Cluster slot and one
+//! script can write them all. Revoked session ids are published on `<prefix>invalidate`.
+//!
+//! Writers race (see the parent module), so every write goes through a script that keeps the
+//! copy with the higher [`rank`].
+//!
+//! A write Redis refuses may be a lost revocation, so it puts Redis in doubt (see [`doubt`]):
+//! no replica reads Redis until it has been reconciled with the store.
+//!
+//! Files: this one is the tier (reads, writes, the write probe); `breaker.rs` the circuit breaker;
+//! `doubt.rs` when Redis's copies may be read; `subscriber.rs` the invalidation channel.
+
+mod breaker;
+mod doubt;
+mod subscriber;
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use chrono::{DateTime, Utc};
+use fred::{
+    prelude::{
+        Builder, Client, ClientLike, Config, HashesInterface, LuaInterface, PubsubInterface,
+        ReconnectPolicy,
+    },
+    types::{config::Options, scripts::Script},
+};
+
+use super::rank;
+use crate::{
+    domain::{Session, SessionId, UserId},
+    metrics,
+};
+use breaker::{Breaker, ProbeSlot};
+use doubt::Doubt;
+pub use doubt::Doubted;
+
+/// Keeps the copy with the higher rank. ARGV holds (rank, data, ttl in ms) per key.
+const MERGE_LUA: &str = r#"
+for i, key in ipairs(KEYS) do
+  local rank, data, ttl = ARGV[3 * i - 2], ARGV[3 * i - 1], ARGV[3 * i]
+  local current = redis.call('HGET', key, 'rank')
+  if not current or tonumber(current) < tonumber(rank) then
+    redis.call('HSET', key, 'rank', rank, 'data', data)
+    redis.call('PEXPIRE', key, ttl)
+  end
+end
+return 0
+"#;
+
+/// One run of the merge script: its keys, and (rank, data, ttl) per key.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct MergeWrite {
+    keys: Vec<String>,
+    args: Vec<String>,
+}
+
+/// What a command is for: whether an open breaker skips it, and whether its failure may have lost
+/// a write (and so raises a doubt).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Command {
+    /// Reading a copy: skipped while the breaker is open.
+    Read,
+    /// Writing live copies: skipped while the breaker is open.
+    Fill,
+    /// Writing revoked copies, or probing whether writes land: tried through an open breaker.
+    Revocation,
+    /// Publishing on the invalidation channel: tried through an open breaker.
+    Announce,
+}
+
+impl Command {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Read => "read",
+            Self::Fill | Self::Revocation => "write",
+            Self::Announce => "publish",
+        }
+    }
+}
+
+/// How long the write probe's own key lives.
+const PROBE_TTL: Duration = Duration::from_secs(10);
+
+/// Settings of the Redis tier.
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    pub url: String,
+    pub key_prefix: String,
+    /// How long one command may take.
+    pub timeout: Duration,
+    /// How long an entry lives (capped by the session's expiry).
+    pub ttl: Duration,
+}
+
+/// Sessions in Redis.
+#[derive(Clone)]
+pub struct RedisTier {
+    client: Client,
+    /// The same configuration, for the invalidation subscriber's own connection.
+    builder: Arc<Builder>,
+    options: Options,
+    merge: Script,
+    key_prefix: String,
+    ttl: Duration,
+    breaker: Arc<Breaker>,
+    doubt: Arc<Doubt>,
+    /// This process's own key for the write probe, and the probes sent: each probe's rank is
+    /// higher than the last, so the merge script really writes.
+    probe_key: String,
+    probes: Arc<AtomicU64>,
+}
+
+impl RedisTier {
+    /// Starts connecting in the background and returns at once: a Redis that is down at start, or
+    /// later, only costs cache misses. Fails only on a malformed URL.
+    pub fn connect(settings: &RedisSettings) -> anyhow::Result<Self> {
+        let mut config = Config::from_url(&settings.url).map_err(|e| {
+            anyhow::anyhow!(
+                "SESSIOND_REDIS_URL is not a valid Redis URL: {}",
+                e.details()
+            )
+        })?;
+        // Keep reconnecting instead of failing the first connection: Redis may come later.
+        config.fail_fast = false;
+        let timeout = settings.timeout;
+        let mut builder = Builder::from_config(config);
+        builder
+            .with_connection_config(|connection| {
+                connection.connection_timeout = timeout.max(Duration::from_secs(1));
+                connection.internal_command_timeout = timeout.max(Duration::from_secs(1));
+                connection.max_command_attempts = 1;
+                connection.tcp.nodelay = Some(true);
+            })
+            .with_performance_config(|performance| performance.default_command_timeout = timeout)
+            .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2));
+        let client = builder
+            .build()
+            .map_err(|e| anyhow::anyhow!("cannot configure the Redis client: {}", e.details()))?;
+        drop(client.connect());
+        Ok(Self {
+            client,
+            builder: Arc::new(builder),
+            options: Options {
+                timeout: Some(timeout),
+                max_attempts: Some(1),
+                fail_fast: true,
+                ..Options::default()
+            },
+            merge: Script::from_lua(MERGE_LUA),
+            key_prefix: settings.key_prefix.clone(),
+            ttl: settings.ttl,
+            breaker: Arc::new(Breaker::default()),
+            // A replica that starts cannot know what it missed: it reconciles first.
+            doubt: Arc::new(Doubt::starting()),
+            probe_key: format!("{}{{probe}}:{}", settings.key_prefix, uuid::Uuid::now_v7()),
+            probes: Arc::default(),
+        })
+    }
+
+    fn key(&self, user_id: &UserId, session_id: SessionId) -> String {
+        format!("{}{{u:{user_id}}}:s:{session_id}", self.key_prefix)
+    }
+
+    fn channel(&self) -> String {
+        format!("{}invalidate", self.key_prefix)
+    }
+
+    /// Runs one command through the breaker: skipped while it is open (but for revocations and
+    /// announcements), and counted. A failed write raises a doubt.
+    async fn guarded<T>(
+        &self,
+        kind: Command,
+        command: impl Future<Output = Result<T, fred::error::Error>>,
+    ) -> Option<T> {
+        let always = matches!(kind, Command::Revocation | Command::Announce);
+        if !self.breaker.allow() && !always {
+            return None;
+        }
+        // A probe whose caller gave up (its future dropped mid-command) must not hold the
+        // half-open slot forever.
+        let _probe = ProbeSlot(&self.breaker);
+        match command.await {
+            Ok(value) => {
+                self.breaker.success();
+                Some(value)
+            }
+            Err(error) => {
+                metrics::redis_error();
+                let what = kind.name();
+                if self.breaker.failure() {
+                    tracing::warn!(error = %error, "redis keeps failing: circuit open, reading the store directly");
+                } else {
+                    tracing::warn!(error = %error, "redis {what} failed; falling back to the store");
+                }
+                if matches!(kind, Command::Fill | Command::Revocation) {
+                    metrics::redis_write_refused();
+                    self.doubt.raise("Redis refused a write");
+                }
+                None
+            }
+        }
+    }
+
+    /// Whether Redis's copies may be read now (no doubt is pending).
+    pub fn readable(&self) -> bool {
+        self.doubt.trusted().is_some()
+    }
+
+    /// The cached copy of a session, or `None` on a miss or any Redis trouble.
+    #[tracing::instrument(name = "cache.redis.get", skip_all)]
+    pub async fn get(&self, user_id: &UserId, session_id: SessionId) -> Option<Session> {
+        let key = self.key(user_id, session_id);
+        let client = self.client.with_options(&self.options);
+        let trusted = self.doubt.trusted()?;
+        let data = self
+            .guarded(
+                Command::Read,
+                client.hget::<Option<String>, _, _>(&key, "data"),
+            )
+            .await;
+        // A doubt raised while the read was in flight may be about this very copy.
+        let data: String = data.filter(|_| self.doubt.unchanged(trusted))??;
+        let session: Session = match serde_json::from_str(&data) {
+            Ok(session) => session,
+            Err(error) => {
+                tracing::warn!(error = %error, "undecodable cache entry; reading the store instead");
+                return None;
+            }
+        };
+        // The hash tag has the user, but a bug elsewhere must not hand one user another's session.
+        (session.id == session_id && &session.user_id == user_id).then_some(session)
+    }
+
+    /// Merges these sessions, all of one user, into the cache, and announces the revoked ones on
+    /// the invalidation channel. Errors are logged and dropped; a revocation that did not land
+    /// is announced as unwritten, so that every replica hearing it stops reading Redis.
+    #[tracing::instrument(name = "cache.redis.put", skip_all, fields(count = sessions.len()))]
+    pub async fn put(&self, sessions: &[Session], now: DateTime<Utc>) {
+        let revoked: Vec<String> = sessions
+            .iter()
+            .filter(|session| session.revoked_at.is_some())
+            .map(|session| session.id.to_string())
+            .collect();
+        let kind = if revoked.is_empty() {
+            Command::Fill
+        } else {
+            Command::Revocation
+        };
+        let written = self.write(sessions, kind, now).await;
+        if !revoked.is_empty() {
+            let mut announcement = revoked.join(",");
+            if !written {
+                announcement.push(',');
+                announcement.push_str(subscriber::UNWRITTEN);
+            }
+            self.publish(announcement).await;
+        }
+    }
+
+    /// Writes the revoked copies of these sessions, of any users, without announcing them (the
+    /// reconciler's job); false as soon as one write fails.
+    pub async fn rewrite_revoked(&self, sessions: &[Session], now: DateTime<Utc>) -> bool {
+        let mut by_user: Vec<&Session> = sessions.iter().collect();
+        by_user.sort_by(|a, b| a.user_id.as_str().cmp(b.user_id.as_str()));
+        for one_user in by_user.chunk_by(|a, b| a.user_id == b.user_id) {
+            let one_user: Vec<Session> = one_user.iter().map(|&session| session.clone()).collect();
+            if !self.write(&one_user, Command::Revocation, now).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Whether Redis takes a write now (through the same script as every copy): a replica that
+    /// writes nothing else still learns that Redis refuses writes. A refusal raises a doubt.
+    pub async fn probe(&self) -> bool {
+        let write = MergeWrite {
+            keys: vec![self.probe_key.clone()],
+            args: vec![
+                (self.probes.fetch_add(1, Ordering::Relaxed) + 1).to_string(),
+                String::new(),
+                PROBE_TTL.as_millis().to_string(),
+            ],
+        };
+        self.guarded(Command::Revocation, self.merge(&write))
+            .await
+            .is_some()
+    }
+
+    /// How long a copy lives in Redis, at most.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// The doubt not yet cleared, if any (for the reconciler).
+    pub fn doubted(&self) -> Option<Doubted> {
+        self.doubt.pending()
+    }
+
+    /// Trusts Redis again after a reconcile that began after `doubted` was read; false if a new
+    /// doubt came in meanwhile.
+    pub fn reconciled(&self, doubted: Doubted) -> bool {
+        self.doubt.clear(doubted)
+    }
+
+    /// Merges these sessions, all of one user; true if Redis took them (or none needed writing).
+    async fn write(&self, sessions: &[Session], kind: Command, now: DateTime<Utc>) -> bool {
+        let mut write = MergeWrite::default();
+        for session in sessions {
+            let Some(ttl) = self.entry_ttl(session, now) else {
+                continue;
+            };
+            let Ok(data) = serde_json::to_string(session) else {
+                continue;
+            };
+            write.keys.push(self.key(&session.user_id, session.id));
+            write
+                .args
+                .extend([rank(session).to_string(), data, ttl.as_millis().to_string()]);
+        }
+        write.keys.is_empty() || self.guarded(kind, self.merge(&write)).await.is_some()
+    }
+
+    /// Publishes `message` on the invalidation channel.
+    async fn publish(&self, message: String) {
+        let client = self.client.with_options(&self.options);
+        let announce = client.publish::<(), _, _>(self.channel(), message);
+        self.guarded(Command::Announce, announce).await;
+    }
+
+    async fn merge(&self, write: &MergeWrite) -> Result<(), fred::error::Error> {
+        let client = self.client.with_options(&self.options);
+        let (keys, args) = (write.keys.clone(), write.args.clone());
+        match client
+            .evalsha::<(), _, _, _>(self.merge.sha1().clone(), keys.clone(), args.clone())
+            .await
+        {
+            Err(error) if error.details().contains("NOSCRIPT") => {
+                // The script cache is empty after a Redis restart or failover: EVAL loads it again.
+                client.eval(MERGE_LUA, keys, args).await
+            }
+            other => other,
+        }
+    }
+
+    /// How long the entry may live: the cache TTL, but never past the session's end.
+    fn entry_ttl(&self, session: &Session, now: DateTime<Utc>) -> Option<Duration> {
+        // A revoked copy is kept to the absolute end: it is what refuses the session's tokens.
+        let end = match session.revoked_at {
+            Some(_) => session.expires_at,
+            None => session.expires_at.min(session.idle_expires_at),
+        };
+        let until_end = (end - now).to_std().ok().filter(|ttl| !ttl.is_zero())?;
+        Some(until_end.min(self.ttl))
+    }
+}
