@@ -12,8 +12,7 @@
 //!   Redis round trip, let alone a timeout, per request;
 //! - once Redis is back, the breaker closes by itself and the cache refills (Redis hits grow).
 //!
-//! And, with Redis refusing writes while it serves reads: a revocation it refused is retried until
-//! it lands, so Redis stops serving the revoked session's live copy.
+//! A Redis that refuses writes while it serves reads is `redis_refuses_writes.rs`.
 
 // Tests may panic on a broken expectation; that is how they fail.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -403,65 +402,6 @@ async fn refresh(
     }))
     .await?;
     Ok(response.tokens.ok_or("no token pair")?.refresh_token)
-}
-
-/// A revocation whose Redis write fails is retried until it lands. Here Redis refuses writes (it
-/// is over its memory limit) while it still serves reads, so the live copy stays readable: without
-/// the retry, every replica would trust it until its TTL (10 minutes).
-#[tokio::test]
-async fn a_revocation_redis_refused_lands_once_redis_takes_writes_again() {
-    let redis = RedisServer::start();
-    let keys = Keys::generate();
-    let mut env = vec![
-        ("SESSIOND_DATABASE_URL", fresh_database().await),
-        ("SESSIOND_REDIS_URL", redis.url()),
-        ("SESSIOND_REDIS_TIMEOUT", "100ms".into()),
-        ("SESSIOND_LOCAL_CACHE", "off".into()),
-        ("SESSIOND_SHUTDOWN_DRAIN", "0s".into()),
-        ("NO_COLOR", "1".into()),
-    ];
-    env.extend(keys.env());
-    let sessiond = SessiondProcess::start(&env).await;
-    let mut client = sessiond.client().await;
-    let created = create(&mut client, "refused-user").await.unwrap();
-    let session_id = created.session.unwrap().session_id;
-    let access = created.tokens.unwrap().access_token;
-    // The new session reaches Redis in the background.
-    let deadline = Instant::now() + RPC_DEADLINE;
-    while redis.cli(&["DBSIZE"]) != "1" {
-        assert!(Instant::now() < deadline, "the session never reached Redis");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-
-    // With the default policy (noeviction), Redis over its limit refuses every write.
-    redis.cli(&["CONFIG", "SET", "maxmemory", "1"]);
-    let revoked = bounded(client.revoke_session(pb::RevokeSessionRequest {
-        session_id,
-        reason: String::new(),
-    }))
-    .await
-    .expect("a revocation does not fail because of Redis");
-    assert!(revoked.revoked);
-    assert!(
-        validate(&mut client, &access).await.unwrap().valid,
-        "the set-up holds: Redis refused the revocation and serves the live copy"
-    );
-
-    redis.cli(&["CONFIG", "SET", "maxmemory", "0"]);
-    let deadline = Instant::now() + RPC_DEADLINE;
-    loop {
-        let answer = validate(&mut client, &access).await.unwrap();
-        if !answer.valid {
-            assert_eq!(answer.status(), pb::TokenStatus::SessionRevoked);
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the revocation never reached Redis: {}",
-            sessiond.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 async fn redis_hits(sessiond: &SessiondProcess) -> f64 {

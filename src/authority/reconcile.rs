@@ -30,6 +30,9 @@ pub(super) const PROBE_INTERVAL: Duration = Duration::from_millis(250);
 /// costs little.
 const MARGIN: TimeDelta = TimeDelta::minutes(1);
 
+/// How long the first probe waits for Redis to connect (fred's longest reconnect delay).
+const STARTUP_CONNECT_WAIT: Duration = Duration::from_secs(2);
+
 /// Revoked sessions read from the store per page.
 const PAGE: i64 = 500;
 
@@ -56,6 +59,8 @@ impl Drop for Reconciler {
 /// Probes and reconciles, forever.
 async fn run(store: Arc<dyn SessionStore>, redis: RedisTier, clock: Arc<dyn Clock>) {
     let cache_ttl = TimeDelta::from_std(redis.ttl()).unwrap_or(TimeDelta::MAX);
+    // A replica starts in doubt: reconcile as soon as Redis is there, not a probe interval later.
+    redis.connected(STARTUP_CONNECT_WAIT).await;
     let mut ticker = tokio::time::interval(PROBE_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing = false;

@@ -1,7 +1,9 @@
 use sessiond::api::pb::{self, TokenStatus};
 use tonic::Code;
 
-use crate::helpers::{Store, TestApp, assert_invalid_field, spawn_app, tokens};
+use sessiond::{clock::Clock, store::RevokedAfter};
+
+use crate::helpers::{Direct, MINUTE, Store, TestApp, assert_invalid_field, spawn_app, tokens};
 
 async fn revoke(app: &TestApp, session_id: &str, reason: &str) -> Result<bool, tonic::Status> {
     app.client
@@ -131,7 +133,53 @@ async fn signing_out_other_devices_keeps_the_current_one(store: Store) {
     );
 }
 
+/// What the Redis reconciler reads: revocations in the order they were made, from a point on, a
+/// page at a time, ties on one instant broken by session id.
+async fn the_store_walks_revocations_in_order_from_a_point_on(store: Store) {
+    let app = spawn_app(store).await;
+    let id = |created: pb::CreateSessionResponse| created.session.expect("session").session_id;
+    let before = id(app.create("walt", "old").await);
+    let (one, two, three) = (
+        id(app.create("walt", "a").await),
+        id(app.create("walt", "b").await),
+        id(app.create("wanda", "c").await),
+    );
+    revoke(&app, &before, "before the window").await.unwrap();
+    app.advance(MINUTE);
+    let since = app.clock.now();
+    // Two at one instant, then one a minute later.
+    assert_eq!(revoke_user(&app, "walt", "").await.unwrap(), 2);
+    app.advance(MINUTE);
+    revoke(&app, &three, "later").await.unwrap();
+
+    let direct = Direct::of(&app, store);
+    let first = direct
+        .store()
+        .revoked_since(RevokedAfter::since(since), 2)
+        .await
+        .unwrap();
+    let mut same_instant = [one, two];
+    same_instant.sort();
+    let ids = |page: &[sessiond::domain::Session]| -> Vec<String> {
+        page.iter().map(|session| session.id.to_string()).collect()
+    };
+    assert_eq!(ids(&first), same_instant.to_vec(), "by instant, then id");
+    let after = RevokedAfter::past(first.last().unwrap()).unwrap();
+    let second = direct.store().revoked_since(after, 2).await.unwrap();
+    assert_eq!(ids(&second), vec![three.clone()]);
+    let after = RevokedAfter::past(second.last().unwrap()).unwrap();
+    assert!(
+        direct
+            .store()
+            .revoked_since(after, 2)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
 on_every_store!(
+    the_store_walks_revocations_in_order_from_a_point_on,
     revoking_a_session_refuses_its_tokens_and_says_so_once,
     revoking_an_unknown_session_is_not_found_and_a_bad_id_invalid,
     get_session_reads_a_session_and_refuses_unknown_ids,

@@ -261,7 +261,16 @@ async fn a_cached_session_is_served_from_redis() {
         .await
         .unwrap();
 
-    assert!(app.validate(&access).await.valid);
+    // A replica starts with Redis in doubt, and reads it once its first reconcile is done
+    // (normally before this point; polled so that a slow start cannot fail the test).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !app.validate(&access).await.valid {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "Redis never served the session"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 /// The keys of the test Redis matching `pattern`.

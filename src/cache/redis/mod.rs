@@ -303,6 +303,14 @@ impl RedisTier {
             .is_some()
     }
 
+    /// Waits up to `within` for the first connection to Redis; false if there is none yet.
+    pub async fn connected(&self, within: Duration) -> bool {
+        matches!(
+            tokio::time::timeout(within, self.client.wait_for_connect()).await,
+            Ok(Ok(()))
+        )
+    }
+
     /// How long a copy lives in Redis, at most.
     pub fn ttl(&self) -> Duration {
         self.ttl
