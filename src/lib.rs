@@ -14,5 +14,6 @@ pub mod metrics;
 pub mod startup;
 pub mod store;
 pub mod sweeper;
+pub mod tasks;
 pub mod telemetry;
 pub mod token;

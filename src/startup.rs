@@ -25,6 +25,7 @@ use crate::{
     metrics,
     store::{PostgresStore, SessionStore, SqliteStore},
     sweeper::{self, SweepSettings},
+    tasks::{Stage, Tasks},
     token::{KeySource, Keys},
 };
 
@@ -42,6 +43,9 @@ pub struct Application {
     ops_addr: SocketAddr,
     authority: Arc<Authority>,
     store: Arc<dyn SessionStore>,
+    cache: SessionCache,
+    /// Every long-lived task, stopped in order at shutdown.
+    tasks: Arc<Tasks>,
     /// The clock the authority reads, for the sweeper.
     clock: Arc<dyn Clock>,
     sweep: SweepSettings,
@@ -85,8 +89,16 @@ impl Application {
             "signing access tokens"
         );
 
-        let (store, cache) = build_storage(&settings)?;
-        let authority = Authority::new(store.clone(), cache, keys, policy, clock.clone());
+        let tasks = Arc::new(Tasks::default());
+        let (store, cache) = build_storage(&settings, &tasks)?;
+        let authority = Authority::new(
+            store.clone(),
+            cache.clone(),
+            keys,
+            policy,
+            clock.clone(),
+            &tasks,
+        );
 
         let listener = bind("SESSIOND_LISTEN_ADDR", settings.listen_addr).await?;
         let ops_listener = bind("SESSIOND_OPS_ADDR", settings.ops_addr).await?;
@@ -98,6 +110,8 @@ impl Application {
             authority: Arc::new(authority),
             store_ready: migrate(store.as_ref()).await,
             store,
+            cache,
+            tasks,
             clock,
             sweep: SweepSettings::from_settings(&settings),
             key_reload_interval: settings.key_reload_interval,
@@ -118,7 +132,8 @@ impl Application {
 
     /// Serves until `shutdown` resolves. Then: readiness goes NOT_SERVING, calls are still
     /// answered for the drain period, the listeners close, and calls in flight get the grace
-    /// period to finish.
+    /// period to finish. Then the background tasks stop in order (see `tasks.rs`): what they hold
+    /// is written, and the store closes.
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -131,35 +146,45 @@ impl Application {
             set_readiness(&health, ServingStatus::Serving).await;
         } else {
             set_readiness(&health, ServingStatus::NotServing).await;
-            tokio::spawn(prepare_store(self.store.clone(), health.clone()));
+            self.tasks.spawn_until_stopped(
+                "store preparer",
+                Stage::Serving,
+                prepare_store(self.store.clone(), health.clone()),
+            );
         }
-        let key_reloader = tokio::spawn(reload_keys(
-            self.authority.clone(),
-            self.key_reload_interval,
-        ));
-        let sweeper = tokio::spawn(sweeper::run(
-            self.store.clone(),
-            self.clock.clone(),
-            self.sweep,
-        ));
+        self.tasks.spawn_until_stopped(
+            "key reloader",
+            Stage::Serving,
+            reload_keys(self.authority.clone(), self.key_reload_interval),
+        );
+        self.tasks.spawn_until_stopped(
+            "sweeper",
+            Stage::Serving,
+            sweeper::run(self.store.clone(), self.clock.clone(), self.sweep),
+        );
 
         // `stopping` flips when the drain is over: the listeners close then.
         let (stopping_tx, stopping) = watch::channel(false);
         let drain = self.shutdown_drain;
         let draining_health = health.clone();
-        tokio::spawn(async move {
-            shutdown.await;
-            tracing::info!(drain = ?drain, "shutting down: NOT_SERVING, draining");
-            set_readiness(&draining_health, ServingStatus::NotServing).await;
-            tokio::time::sleep(drain).await;
-            let _ = stopping_tx.send(true);
-        });
+        self.tasks
+            .spawn_until_stopped("shutdown drain", Stage::Serving, async move {
+                shutdown.await;
+                tracing::info!(drain = ?drain, "shutting down: NOT_SERVING, draining");
+                set_readiness(&draining_health, ServingStatus::NotServing).await;
+                tokio::time::sleep(drain).await;
+                let _ = stopping_tx.send(true);
+            });
 
-        let ops = tokio::spawn(serve_ops(
-            self.ops_listener,
-            self.authority.clone(),
-            stopped(stopping.clone()),
-        ));
+        self.tasks.spawn_until_stopped(
+            "ops server",
+            Stage::Serving,
+            serve_ops(
+                self.ops_listener,
+                self.authority.clone(),
+                stopped(stopping.clone()),
+            ),
+        );
         tracing::info!(addr = %self.local_addr, ops_addr = %self.ops_addr, "serving sessiond.v1.SessionService");
         let grpc = Server::builder()
             .trace_fn(crate::telemetry::grpc_request_span)
@@ -184,9 +209,11 @@ impl Application {
                 Ok(())
             }
         };
-        key_reloader.abort();
-        sweeper.abort();
-        ops.abort();
+        // No call is served any more: stop what serves, write what is held, close the store.
+        self.tasks.stop(Stage::Serving).await;
+        self.tasks.stop(Stage::Flush).await;
+        self.cache.finish_background_writes().await;
+        self.store.close().await;
         health
             .set_service_status(LIVENESS, ServingStatus::NotServing)
             .await;
@@ -211,7 +238,10 @@ async fn stopped(mut stopping: watch::Receiver<bool>) {
 /// Without `SESSIOND_DATABASE_URL` this is one node on the embedded store: every write passes
 /// through this process, so its in-process copies stay true for the whole cache TTL. With
 /// Postgres, other replicas write too, so in-process copies are trusted only briefly.
-fn build_storage(settings: &Settings) -> anyhow::Result<(Arc<dyn SessionStore>, SessionCache)> {
+fn build_storage(
+    settings: &Settings,
+    tasks: &Tasks,
+) -> anyhow::Result<(Arc<dyn SessionStore>, SessionCache)> {
     let (store, local_ttl): (Arc<dyn SessionStore>, _) = match &settings.database_url {
         Some(url) => {
             let store = PostgresStore::connect_lazy(
@@ -255,7 +285,7 @@ fn build_storage(settings: &Settings) -> anyhow::Result<(Arc<dyn SessionStore>, 
     // With a shared Redis, other replicas revoke too: the in-process tier hears of it on the
     // invalidation channel, and is trusted only while subscribed.
     if let (Some(local), Some(redis)) = (&local, &redis) {
-        redis.subscribe(local.clone())?;
+        redis.subscribe(local.clone(), tasks)?;
     }
     let tokens = VerifiedTokens::new(&local_settings);
     Ok((store, SessionCache::new(local, redis, tokens)))

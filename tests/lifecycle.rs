@@ -134,3 +134,65 @@ async fn call(
     assert!(validated.valid);
     Ok(())
 }
+
+/// Nothing queued is lost on SIGTERM: activity noted just before it (still in the activity
+/// writer's queue) is in the store once the process has exited.
+#[tokio::test]
+async fn activity_noted_just_before_sigterm_is_stored_before_exit() {
+    const SESSIONS: usize = 20;
+    let database = common::postgres::fresh_database().await;
+    // Every Validate reads the store (no cache tier), so each one sees the backdated row below.
+    let mut sessiond = SessiondProcess::start(&[
+        ("SESSIOND_DATABASE_URL", database.clone()),
+        ("SESSIOND_LOCAL_CACHE", "off".into()),
+        ("SESSIOND_SHUTDOWN_DRAIN", "0s".into()),
+    ])
+    .await;
+    let mut client = SessionServiceClient::new(sessiond.channel().await);
+    let mut tokens = Vec::new();
+    for device in 0..SESSIONS {
+        let created = client
+            .create_session(pb::CreateSessionRequest {
+                user_id: "sigterm-activity".into(),
+                device: Some(pb::Device {
+                    device_id: format!("device-{device}"),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        tokens.push(created.tokens.unwrap().access_token);
+    }
+    // Last seen two minutes ago: a Validate now notes activity (written at most once a minute).
+    let pool = sqlx::PgPool::connect(&database).await.unwrap();
+    sqlx::query("UPDATE session SET last_seen_at = last_seen_at - interval '2 minutes'")
+        .execute(&pool)
+        .await
+        .unwrap();
+
+    for access_token in tokens {
+        let validated = client
+            .validate(pb::ValidateRequest { access_token })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(validated.valid);
+    }
+    let status = sessiond.terminate(Duration::from_secs(20)).await;
+    assert!(status.success(), "{status}\n{}", sessiond.log());
+
+    let recent: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM session WHERE last_seen_at > now() - interval '1 minute'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        recent,
+        SESSIONS as i64,
+        "activity noted before SIGTERM was lost\n{}",
+        sessiond.log()
+    );
+}

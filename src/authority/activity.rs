@@ -6,6 +6,7 @@ use std::{sync::Arc, time::Duration};
 
 use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use super::Policy;
 use crate::{
@@ -13,6 +14,7 @@ use crate::{
     clock::Clock,
     domain::{Session, SessionId},
     store::{Activity, SessionStore},
+    tasks::{Stage, Tasks},
 };
 
 /// The writer stores at most one batch per period, however many validations come in.
@@ -38,15 +40,18 @@ pub(super) struct ActivityRecorder {
 }
 
 impl ActivityRecorder {
-    /// Starts the writer; it stops when the recorder is dropped.
+    /// Starts the writer; at shutdown it writes what is still queued, then stops.
     pub(super) fn start(
         store: Arc<dyn SessionStore>,
         cache: SessionCache,
         clock: Arc<dyn Clock>,
         policy: &Policy,
+        tasks: &Tasks,
     ) -> Self {
         let (queue, noted) = mpsc::channel(QUEUE_CAPACITY);
-        tokio::spawn(write_batches(noted, store, cache, clock));
+        tasks.spawn("activity writer", Stage::Flush, |stop| {
+            write_batches(noted, store, cache, clock, stop)
+        });
         Self {
             claims: moka::sync::Cache::builder()
                 .max_capacity(MAX_CLAIMS)
@@ -82,23 +87,18 @@ impl ActivityRecorder {
     }
 }
 
-/// Writes what was noted, a batch per period, until the recorder is dropped, and caches the
-/// sessions written (their copies carry the new deadline).
+/// Writes what was noted, a batch per period, and caches the sessions written (their copies
+/// carry the new deadline). Once asked to `stop` (every call has ended), writes what is still
+/// queued and returns.
 async fn write_batches(
     mut noted: mpsc::Receiver<Activity>,
     store: Arc<dyn SessionStore>,
     cache: SessionCache,
     clock: Arc<dyn Clock>,
+    stop: CancellationToken,
 ) {
-    let mut period = tokio::time::interval(WRITE_PERIOD);
-    period.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    loop {
-        period.tick().await;
-        if noted.recv_many(&mut batch, MAX_BATCH).await == 0 {
-            return;
-        }
-        match store.record_activity(&batch).await {
+    let write = async |batch: &mut Vec<Activity>| {
+        match store.record_activity(batch).await {
             Ok(written) => {
                 let now = clock.now();
                 for session in &written {
@@ -110,5 +110,24 @@ async fn write_batches(
             }
         }
         batch.clear();
+    };
+    let mut period = tokio::time::interval(WRITE_PERIOD);
+    period.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            _ = period.tick() => {}
+        }
+        tokio::select! {
+            () = stop.cancelled() => break,
+            received = noted.recv_many(&mut batch, MAX_BATCH) => if received == 0 { return },
+        }
+        write(&mut batch).await;
+    }
+    // Shutting down: nothing new is noted; what is queued is written.
+    noted.close();
+    while noted.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        write(&mut batch).await;
     }
 }

@@ -14,7 +14,6 @@ use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 
 use activity::ActivityRecorder;
 pub use policy::Policy;
-use reconcile::Reconciler;
 
 use crate::{
     cache::SessionCache,
@@ -23,6 +22,7 @@ use crate::{
     error::{Error, RefreshRefusal, Result},
     metrics,
     store::{Admission, RefreshOutcome, RefreshState, Revocation, SessionStore},
+    tasks::{Stage, Tasks},
     token::{Keys, RefreshToken, TokenHash, TokenRejection, VerifiedAccessToken},
 };
 
@@ -80,26 +80,28 @@ pub struct Authority {
     clock: Arc<dyn Clock>,
     /// Notes validated sessions' activity, for a background writer.
     activity: ActivityRecorder,
-    /// Keeps Redis from serving copies of revocations it refused; `None` without Redis.
-    _reconciler: Option<Reconciler>,
 }
 
 impl Authority {
-    /// An authority over these stores, keys and rules.
+    /// An authority over these stores, keys and rules; its background writers run in `tasks`.
     pub fn new(
         store: Arc<dyn SessionStore>,
         cache: SessionCache,
         keys: Keys,
         policy: Policy,
         clock: Arc<dyn Clock>,
+        tasks: &Tasks,
     ) -> Self {
         let activity =
-            ActivityRecorder::start(store.clone(), cache.clone(), clock.clone(), &policy);
-        let reconciler = cache
-            .redis()
-            .map(|redis| Reconciler::start(store.clone(), redis.clone(), clock.clone()));
+            ActivityRecorder::start(store.clone(), cache.clone(), clock.clone(), &policy, tasks);
+        if let Some(redis) = cache.redis() {
+            tasks.spawn_until_stopped(
+                "redis reconciler",
+                Stage::Serving,
+                reconcile::run(store.clone(), redis.clone(), clock.clone()),
+            );
+        }
         Self {
-            _reconciler: reconciler,
             store,
             cache,
             keys,

@@ -36,28 +36,8 @@ const STARTUP_CONNECT_WAIT: Duration = Duration::from_secs(2);
 /// Revoked sessions read from the store per page.
 const PAGE: i64 = 500;
 
-/// The reconciler's task; it stops when this is dropped.
-pub(super) struct Reconciler(tokio::task::JoinHandle<()>);
-
-impl Reconciler {
-    /// Starts reconciling `redis` with `store`.
-    pub(super) fn start(
-        store: Arc<dyn SessionStore>,
-        redis: RedisTier,
-        clock: Arc<dyn Clock>,
-    ) -> Self {
-        Self(tokio::spawn(run(store, redis, clock)))
-    }
-}
-
-impl Drop for Reconciler {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// Probes and reconciles, forever.
-async fn run(store: Arc<dyn SessionStore>, redis: RedisTier, clock: Arc<dyn Clock>) {
+/// Probes and reconciles, until shutdown drops it.
+pub(super) async fn run(store: Arc<dyn SessionStore>, redis: RedisTier, clock: Arc<dyn Clock>) {
     let cache_ttl = TimeDelta::from_std(redis.ttl()).unwrap_or(TimeDelta::MAX);
     // A replica starts in doubt: reconcile as soon as Redis is there, not a probe interval later.
     redis.connected(STARTUP_CONNECT_WAIT).await;

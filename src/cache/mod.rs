@@ -48,6 +48,8 @@ pub struct SessionCache {
     local: Option<LocalTier>,
     redis: Option<RedisTier>,
     tokens: VerifiedTokens,
+    /// The Redis writes made in the background, so shutdown can wait for them.
+    background_writes: tokio_util::task::TaskTracker,
 }
 
 impl SessionCache {
@@ -57,6 +59,7 @@ impl SessionCache {
             local,
             redis,
             tokens,
+            background_writes: tokio_util::task::TaskTracker::new(),
         }
     }
 
@@ -98,8 +101,16 @@ impl SessionCache {
         self.put_local(session);
         if let Some(redis) = &self.redis {
             let (redis, session) = (redis.clone(), session.clone());
-            tokio::spawn(async move { redis.put(std::slice::from_ref(&session), now).await });
+            self.background_writes
+                .spawn(async move { redis.put(std::slice::from_ref(&session), now).await });
         }
+    }
+
+    /// Waits for the background writes made so far (each bounded by the Redis timeout); at
+    /// shutdown, after the last of them was started.
+    pub async fn finish_background_writes(&self) {
+        self.background_writes.close();
+        self.background_writes.wait().await;
     }
 
     /// The Redis tier, if there is one (for the reconciler).

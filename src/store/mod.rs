@@ -140,6 +140,10 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Applies the migrations this store has not seen yet.
     async fn migrate(&self) -> Result<()>;
 
+    /// Closes the store at shutdown, once nothing writes to it any more: waits for the
+    /// connections in use to come back, and closes them all.
+    async fn close(&self);
+
     /// Inserts `session` with its first refresh token. First revokes the user's unrevoked session
     /// on the same device (reason `device_replaced`), then, under a per-user limit, lets `admit`
     /// decide from the user's live sessions (`None`: no limit, nothing to count). Returns the

@@ -217,6 +217,10 @@ where
         DB::migrate(&self.pool).await
     }
 
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+
     #[tracing::instrument(name = "store.create", skip_all)]
     async fn create(
         &self,

@@ -14,7 +14,11 @@ use fred::{
 };
 
 use super::RedisTier;
-use crate::{cache::LocalTier, domain::SessionId};
+use crate::{
+    cache::LocalTier,
+    domain::SessionId,
+    tasks::{Stage, Tasks},
+};
 
 /// Ends an announcement whose revoked copies did not reach Redis.
 pub(super) const UNWRITTEN: &str = "unwritten";
@@ -39,7 +43,7 @@ impl RedisTier {
     /// connection it is cleared and bypassed until the subscription is back, since announcements
     /// made meanwhile are lost; and for the same reason Redis itself is in doubt. A doubt raised
     /// for any reason also clears the local tier, which may hold copies read from Redis.
-    pub fn subscribe(&self, local: LocalTier) -> anyhow::Result<()> {
+    pub fn subscribe(&self, local: LocalTier, tasks: &Tasks) -> anyhow::Result<()> {
         let subscriber: SubscriberClient = self.builder.build_subscriber_client().map_err(|e| {
             anyhow::anyhow!("cannot configure the Redis subscriber: {}", e.details())
         })?;
@@ -49,7 +53,7 @@ impl RedisTier {
         let mut messages = subscriber.message_rx();
         let mut errors = subscriber.error_rx();
         let mut reconnects = subscriber.reconnect_rx();
-        tokio::spawn(async move {
+        tasks.spawn_until_stopped("invalidation subscriber", Stage::Serving, async move {
             drop(subscriber.connect());
             // Resubscribes after every reconnect.
             let _manager = subscriber.manage_subscriptions();
