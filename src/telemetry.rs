@@ -3,8 +3,8 @@
 //! Logs: `tracing` events to stdout, as text for people or JSON for collectors, at the level
 //! `RUST_LOG` sets (default `info`). Each event carries its own fields; spans are not part of the
 //! log lines. That keeps spans off the request path when no trace exporter wants them: a span
-//! that only decorates logs costs a share of a warm `Validate` (measured: about a sixth of the
-//! server's CPU), for context the events already name.
+//! that only decorates logs costs a measurable share of a warm `Validate`'s CPU (figures in
+//! docs/performance.md), for context the events already name.
 //!
 //! Traces: when `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set,
 //! the same spans are also exported over OTLP/gRPC, batched on the tokio runtime. The exporter

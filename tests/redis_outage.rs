@@ -263,7 +263,7 @@ async fn validate_and_writes_survive_a_redis_killed_and_restarted_under_load() {
          {errors_bound}): Redis is still tried per request\n{}",
         sessiond.log()
     );
-    // Latency is printed, not asserted: speed is the benchmark's to measure (bench/), and this
+    // Latency is printed, not asserted: speed is for crates/sessiond-bench/ to measure, and this
     // shared machine makes timed assertions flaky. What proves "no Redis timeout per request" is
     // the error count above.
     eprintln!(

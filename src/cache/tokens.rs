@@ -67,9 +67,4 @@ impl VerifiedTokens {
     pub fn clear(&self) {
         self.tokens.invalidate_all();
     }
-
-    /// Finishes moka's deferred bookkeeping; for measurements.
-    pub fn settle(&self) {
-        self.tokens.run_pending_tasks();
-    }
 }

@@ -77,8 +77,8 @@ const ONE_PER_DEVICE_INDEX: &str = "session_one_per_device_idx";
 /// Not a prepared statement: Postgres plans it for each batch, knowing its size and the table's.
 /// A plan cached once serves every later batch, and one cached while the table was small (a new
 /// deployment, a benchmark) scans the whole table to replace sessions, a cost that grows with
-/// it until the next ANALYZE. Planning costs about 0.3 ms of Postgres CPU per statement, which a
-/// batch shares.
+/// it until the next ANALYZE. Planning costs Postgres CPU for each statement (figures in
+/// docs/performance.md), which a batch shares.
 async fn insert_replacing_devices<'a>(
     conn: &mut PgConnection,
     creates: impl Iterator<Item = (&'a Session, &'a TokenHash, DateTime<Utc>)>,

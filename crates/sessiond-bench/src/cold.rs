@@ -1,8 +1,9 @@
 //! validate-cold: access tokens for sessions sessiond has never been asked about.
 //!
-//! Samples live sessions straight from sessiond's Postgres database (seeded by `bench/seed.sh`)
-//! and signs tokens for them with sessiond's own key and its own token code, so sessiond accepts
-//! them and has to read each session from Postgres: no cache has seen it.
+//! Samples live sessions straight from sessiond's Postgres database (seeded by
+//! `crates/sessiond-bench/seed.sh`) and signs tokens for them with sessiond's own key and its own
+//! token code, so sessiond accepts them and has to read each session from Postgres: no cache has
+//! seen it.
 
 use std::path::Path;
 
@@ -66,7 +67,7 @@ pub async fn mint_tokens(
     .context("sampling sessions")?;
     anyhow::ensure!(
         !rows.is_empty(),
-        "no live session in {database_url}; run bench/seed.sh first"
+        "no live session in {database_url}; run crates/sessiond-bench/seed.sh first"
     );
 
     let now = Utc::now();

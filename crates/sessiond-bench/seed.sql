@@ -1,8 +1,9 @@
 -- Seeds :count sessions (default run: 10 million) into an already migrated sessiond database, in
--- batches of :batch rows, each batch its own transaction. Run it through bench/seed.sh, which
--- creates and migrates the database first and times the whole thing:
+-- batches of :batch rows, each batch its own transaction. Run it through
+-- crates/sessiond-bench/seed.sh, which creates and migrates the database first and times the whole
+-- thing:
 --
---   psql -h 127.0.0.1 -U postgres -d sessiond_bench_10m -v count=10000000 -v batch=1000000 -f bench/seed.sql
+--   psql -h 127.0.0.1 -U postgres -d sessiond_bench_10m -v count=10000000 -v batch=1000000 -f crates/sessiond-bench/seed.sql
 --
 -- Shape of the data:
 --   * session_id: UUIDv7-like (48-bit millisecond timestamp, version 7, random rest), created over
@@ -13,7 +14,7 @@
 --   * one current refresh_token row per session (generation 0) whose hash is 32 random bytes.
 --
 -- Secondary indexes are dropped for the load and rebuilt after it (same definitions as
--- migrations/20261128000001_sessions.sql), and foreign keys are not checked during the load
+-- migrations/postgres/20261128000001_sessions.sql), and foreign keys are not checked during the load
 -- (session_replication_role = replica; needs a superuser, which the local postgres role is).
 
 \set ON_ERROR_STOP on

@@ -6,7 +6,7 @@
 #   CreateSession / pgbench single-row INSERT      >= 0.5    (alternated, like the warm ratio)
 #   Validate p99 at half its peak throughput       <= 1 ms   (next to the no-op's p99 at that rate)
 #   Validate p99 with Redis dead                   <  5 ms   (open loop at REDIS_DEAD_RATE)
-#   cold Validate p99 over 10M sessions            <  2 ms   (when bench/seed.sh's database exists)
+#   cold Validate p99 over 10M sessions            <  2 ms   (when seed.sh's database exists)
 #
 # The warm ratio pairs each slice of Validate with a slice of the no-op (sessiond-bench --rounds),
 # so both see the same machine. The table also prints the no-op over Redis GET: no Validate over
@@ -18,15 +18,17 @@
 # concurrency; prints every raw result and then the ratios. On exit it stops its servers, drops its
 # database and deletes its Redis keys. It never stops Postgres or Redis.
 #
-#   bench/compare.sh
-#   CONCURRENCY=64 DURATION=20s bench/compare.sh
+#   crates/sessiond-bench/compare.sh
+#   CONCURRENCY=64 DURATION=20s crates/sessiond-bench/compare.sh
 #
 # Environment (defaults): CONCURRENCY (32), CONNECTIONS (2), DURATION (10s), WARMUP (2s),
 # SESSIONS (1000, for validate-spread), PGHOST (127.0.0.1), PGPORT (5432), PGUSER (postgres),
 # REDIS_HOST (127.0.0.1), REDIS_PORT (6379), REDIS_REQUESTS (200000, for redis-benchmark),
-# COLD_DB (sessiond_bench_10m: made by bench/seed.sh; the cold step is skipped if it has no rows),
-# COLD_SAMPLE (50000), COLD_RATE (500, open loop), REDIS_DEAD_RATE (1000), CREATE_PAIRS (3) and
-# CREATE_PAIR_SECS (5: CreateSession and pgbench alternated, for their ratio), BIN_DIR (unset: build release and use target/release), OUT (a temp dir: where the JSON and logs are kept).
+# COLD_DB (sessiond_bench_10m: made by crates/sessiond-bench/seed.sh; the cold step is skipped if it
+# has no rows), COLD_SAMPLE (50000), COLD_RATE (500, open loop), REDIS_DEAD_RATE (1000),
+# CREATE_PAIRS (3) and CREATE_PAIR_SECS (5: CreateSession and pgbench alternated, for their ratio),
+# BIN_DIR (unset: build release and use target/release), OUT (a temp dir: where the JSON and logs
+# are kept).
 set -euo pipefail
 
 concurrency="${CONCURRENCY:-32}"
@@ -45,7 +47,8 @@ pairs="${CREATE_PAIRS:-3}"
 pair_secs="${CREATE_PAIR_SECS:-5}"
 export PGHOST="${PGHOST:-127.0.0.1}" PGPORT="${PGPORT:-5432}" PGUSER="${PGUSER:-postgres}"
 
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# The workspace root, two levels up: cargo builds there, and target/ is there.
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$root"
 
 work="$(mktemp -d -t sessiond-bench.XXXXXX)"
@@ -77,14 +80,14 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-echo "== sessiond bench/compare.sh on $(hostname), $(nproc) cores, $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+echo "== sessiond crates/sessiond-bench/compare.sh on $(hostname), $(nproc) cores, $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 echo "== git $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo ' (with uncommitted changes)')"
 echo "== concurrency=$concurrency connections=$connections duration=$duration warmup=$warmup"
 
 # BIN_DIR: bench the sessiond and sessiond-bench already built there instead of building release.
 if [[ -z "${BIN_DIR:-}" ]]; then
   echo "== building release"
-  cargo build --release --quiet --bin sessiond --bin sessiond-bench
+  cargo build --release --quiet -p sessiond --bin sessiond -p sessiond-bench --bin sessiond-bench
 fi
 bin="${BIN_DIR:-target/release}"
 bench="$bin/sessiond-bench"
@@ -166,7 +169,7 @@ if [[ -n "$cold_rows" && "$cold_rows" -gt 0 ]]; then
   stop_last_server
 else
   echo
-  echo "== cold Validate skipped: no seeded database $cold_db (run bench/seed.sh)"
+  echo "== cold Validate skipped: no seeded database $cold_db (run crates/sessiond-bench/seed.sh)"
 fi
 
 echo

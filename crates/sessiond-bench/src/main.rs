@@ -2,20 +2,16 @@
 //!
 //! For each scenario it reports throughput, latency percentiles (HdrHistogram) and errors, next to
 //! the throughput of the no-op RPC `grpc.health.v1.Health/Check` measured in the same run on the
-//! same server at the same concurrency. See `bench/README.md`.
+//! same server at the same concurrency. See `crates/sessiond-bench/README.md`.
 //!
 //! ```sh
-//! cargo run --release --bin sessiond-bench -- --scenario validate-warm --scenario create
-//! cargo run --release --bin sessiond-bench -- --scenario validate-warm --rate 5000
+//! cargo run --release -p sessiond-bench -- --scenario validate-warm --scenario create
+//! cargo run --release -p sessiond-bench -- --scenario validate-warm --rate 5000
 //! ```
 
-#[path = "sessiond-bench/cold.rs"]
 mod cold;
-#[path = "sessiond-bench/report.rs"]
 mod report;
-#[path = "sessiond-bench/runner.rs"]
 mod runner;
-#[path = "sessiond-bench/work.rs"]
 mod work;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};

@@ -2,7 +2,7 @@
 # Creates (if needed), migrates and seeds a sessiond database with COUNT sessions for the cold
 # Validate benchmark, and prints how long the seeding took.
 #
-#   bench/seed.sh [DBNAME] [COUNT]        # defaults: sessiond_bench_10m 10000000
+#   crates/sessiond-bench/seed.sh [DBNAME] [COUNT]        # defaults: sessiond_bench_10m 10000000
 #
 # The database is left in place for reuse: seeding 10M rows takes minutes. Drop it with
 #   dropdb -h 127.0.0.1 -U postgres sessiond_bench_10m
@@ -24,11 +24,12 @@ if [[ "$db" == postgres || "$db" == template* ]]; then
   exit 2
 fi
 
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# The workspace root, two levels up: cargo builds there, and target/ is there.
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$root"
 # BIN_DIR: use the sessiond and sessiond-bench already built there instead of building release.
 if [[ -z "${BIN_DIR:-}" ]]; then
-  cargo build --release --quiet --bin sessiond --bin sessiond-bench
+  cargo build --release --quiet -p sessiond --bin sessiond -p sessiond-bench --bin sessiond-bench
 fi
 bin="${BIN_DIR:-target/release}"
 
@@ -61,6 +62,6 @@ fi
 
 echo "seeding $count sessions ($users users, batches of $batch) into $db"
 start=$(date +%s.%N)
-psql -X -q -d "$db" -v count="$count" -v batch="$batch" -v users="$users" -f bench/seed.sql
+psql -X -q -d "$db" -v count="$count" -v batch="$batch" -v users="$users" -f crates/sessiond-bench/seed.sql
 end=$(date +%s.%N)
 awk -v s="$start" -v e="$end" -v n="$count" 'BEGIN { printf "seeded %d sessions in %.1f s\n", n, e - s }'
