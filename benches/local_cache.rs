@@ -23,9 +23,10 @@ use std::{
 use chrono::{Duration, Utc};
 use criterion::{Criterion, criterion_group, criterion_main};
 use sessiond::{
-    cache::{LocalSettings, LocalTier, VerifiedTokens},
+    cache::{LocalSettings, LocalTier},
+    clock::SystemClock,
     domain::{Device, Metadata, Session, SessionId, UserId},
-    token::{AccessTokens, SigningKey},
+    token::{AccessTokens, SigningKey, VerifiedTokens},
 };
 
 /// Counts the bytes held on the heap, to measure what the cache keeps.
@@ -112,7 +113,8 @@ fn lookups(c: &mut Criterion) {
     bytes_per_session();
 
     let tier = LocalTier::new(&settings());
-    let tokens = VerifiedTokens::new(&settings());
+    let bounds = settings();
+    let tokens = VerifiedTokens::new(bounds.max_entries, bounds.max_bytes, Arc::new(SystemClock));
     let warm = Arc::new(session(1));
     tier.put(&warm);
     let now = Utc::now();

@@ -19,14 +19,14 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 use crate::{
     api::{SessionApi, pb, pb::session_service_server::SessionServiceServer},
     authority::{Authority, Policy},
-    cache::{LocalSettings, LocalTier, RedisSettings, RedisTier, SessionCache, VerifiedTokens},
+    cache::{LocalSettings, LocalTier, RedisSettings, RedisTier, SessionCache},
     clock::{Clock, SystemClock},
     config::Settings,
     metrics,
     store::{PostgresStore, SessionStore, SqliteStore},
     sweeper::{self, SweepSettings},
     tasks::{Stage, Tasks},
-    token::{KeySource, Keys},
+    token::{KeySource, Keys, VerifiedTokens},
 };
 
 /// The health service name the liveness probe asks for.
@@ -91,9 +91,15 @@ impl Application {
 
         let tasks = Arc::new(Tasks::default());
         let (store, cache) = build_storage(&settings, &tasks)?;
+        let verified = VerifiedTokens::new(
+            settings.local_cache_max_entries,
+            settings.local_cache_max_bytes,
+            clock.clone(),
+        );
         let authority = Authority::new(
             store.clone(),
             cache.clone(),
+            verified,
             keys,
             policy,
             clock.clone(),
@@ -287,8 +293,7 @@ fn build_storage(
     if let (Some(local), Some(redis)) = (&local, &redis) {
         redis.subscribe(local.clone(), tasks)?;
     }
-    let tokens = VerifiedTokens::new(&local_settings);
-    Ok((store, SessionCache::new(local, redis, tokens)))
+    Ok((store, SessionCache::new(local, redis)))
 }
 
 /// Applies the store's migrations; false (and a warning) if the store cannot be reached.

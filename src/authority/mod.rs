@@ -23,7 +23,7 @@ use crate::{
     metrics,
     store::{Admission, RefreshOutcome, RefreshState, Revocation, SessionStore},
     tasks::{Stage, Tasks},
-    token::{Keys, RefreshToken, TokenHash, TokenRejection, VerifiedAccessToken},
+    token::{Keys, RefreshToken, TokenHash, TokenRejection, VerifiedAccessToken, VerifiedTokens},
 };
 
 /// What CreateSession needs.
@@ -75,6 +75,8 @@ pub struct Page {
 pub struct Authority {
     store: Arc<dyn SessionStore>,
     cache: SessionCache,
+    /// Access tokens verified before, by their bytes.
+    verified: VerifiedTokens,
     keys: Keys,
     policy: Policy,
     clock: Arc<dyn Clock>,
@@ -87,6 +89,7 @@ impl Authority {
     pub fn new(
         store: Arc<dyn SessionStore>,
         cache: SessionCache,
+        verified: VerifiedTokens,
         keys: Keys,
         policy: Policy,
         clock: Arc<dyn Clock>,
@@ -104,6 +107,7 @@ impl Authority {
         Self {
             store,
             cache,
+            verified,
             keys,
             policy,
             clock,
@@ -225,7 +229,9 @@ impl Authority {
         access_token: &str,
         now: DateTime<Utc>,
     ) -> Result<Arc<VerifiedAccessToken>, TokenRejection> {
-        if let Some(verified) = self.cache.verified_token(access_token) {
+        let remembered = self.verified.get(access_token);
+        metrics::cache_lookup(metrics::CacheTier::Token, remembered.is_some());
+        if let Some(verified) = remembered {
             return if now < verified.expires_at {
                 Ok(verified)
             } else {
@@ -233,8 +239,7 @@ impl Authority {
             };
         }
         let verified = Arc::new(self.keys.access_tokens.verify(access_token, now)?);
-        self.cache
-            .remember_token(access_token, Arc::clone(&verified));
+        self.verified.remember(access_token, Arc::clone(&verified));
         Ok(verified)
     }
 
@@ -355,7 +360,7 @@ impl Authority {
                 tracing::info!(added = change.added, removed = change.removed, kid = %change.signing_kid, "signing keys rotated");
             }
             if change.removed > 0 {
-                self.cache.forget_tokens();
+                self.verified.clear();
             }
         }
         Ok(())

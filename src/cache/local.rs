@@ -21,7 +21,7 @@ use moka::{ops::compute::Op, sync::Cache};
 use super::rank;
 use crate::domain::{Session, SessionId, UserId};
 
-/// Bounds of the in-process tier (and of the verified-token memo).
+/// Bounds of the in-process tier (the verified-token memo is given the same numbers).
 #[derive(Debug, Clone)]
 pub struct LocalSettings {
     /// Longest an entry is trusted without hearing from the store.

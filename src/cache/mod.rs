@@ -1,5 +1,4 @@
-//! The hot path: in-process tier → Redis → (miss: the caller reads the store), and beside it the
-//! memo of verified access tokens.
+//! The hot path: in-process tier → Redis → (miss: the caller reads the store).
 //!
 //! Either tier may be off: the embedded single-node mode has no Redis, and the local tier can be
 //! disabled. The cache never fails a request; a tier in trouble reads as a miss. Revocations are
@@ -14,7 +13,6 @@
 
 mod local;
 mod redis;
-mod tokens;
 
 use std::sync::Arc;
 
@@ -22,12 +20,10 @@ use chrono::{DateTime, Utc};
 
 pub use local::{LocalSettings, LocalTier};
 pub use redis::{RedisSettings, RedisTier};
-pub use tokens::VerifiedTokens;
 
 use crate::{
     domain::{Session, SessionId, UserId},
     metrics,
-    token::VerifiedAccessToken,
 };
 
 /// The rank of a revoked session: above any `last_seen_at` in microseconds, and exact in Lua's
@@ -42,23 +38,21 @@ fn rank(session: &Session) -> i64 {
     }
 }
 
-/// Both tiers, and the verified-token memo.
+/// Both tiers.
 #[derive(Clone)]
 pub struct SessionCache {
     local: Option<LocalTier>,
     redis: Option<RedisTier>,
-    tokens: VerifiedTokens,
     /// The Redis writes made in the background, so shutdown can wait for them.
     background_writes: tokio_util::task::TaskTracker,
 }
 
 impl SessionCache {
     /// A cache over these tiers.
-    pub fn new(local: Option<LocalTier>, redis: Option<RedisTier>, tokens: VerifiedTokens) -> Self {
+    pub fn new(local: Option<LocalTier>, redis: Option<RedisTier>) -> Self {
         Self {
             local,
             redis,
-            tokens,
             background_writes: tokio_util::task::TaskTracker::new(),
         }
     }
@@ -123,22 +117,5 @@ impl SessionCache {
         if let Some(local) = &self.local {
             local.put(&Arc::new(session.clone()));
         }
-    }
-
-    /// The verification of a token seen before.
-    pub fn verified_token(&self, token: &str) -> Option<Arc<VerifiedAccessToken>> {
-        let verified = self.tokens.get(token);
-        metrics::cache_lookup(metrics::CacheTier::Token, verified.is_some());
-        verified
-    }
-
-    /// Remembers a token that verified.
-    pub fn remember_token(&self, token: &str, verified: Arc<VerifiedAccessToken>) {
-        self.tokens.remember(token, verified);
-    }
-
-    /// Drops every verified token (a verification key was removed).
-    pub fn forget_tokens(&self) {
-        self.tokens.clear();
     }
 }

@@ -5,10 +5,12 @@ mod access;
 mod eddsa;
 mod keys;
 mod refresh;
+mod verified;
 
 pub use access::{AccessTokens, IssuedAccessToken, KeyChange, TokenRejection, VerifiedAccessToken};
 pub use keys::{KeySource, RefreshKey, RefreshKeys, SigningKey};
 pub use refresh::{RefreshToken, TokenHash};
+pub use verified::VerifiedTokens;
 
 /// Every key sessiond holds, and where they are reloaded from on rotation.
 pub struct Keys {
