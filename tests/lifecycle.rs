@@ -4,7 +4,7 @@
 // Tests fail by panicking.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+mod support;
 
 use std::{
     sync::{
@@ -14,8 +14,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::SessiondProcess;
 use sessiond::api::pb::{self, session_service_client::SessionServiceClient};
+use support::SessiondProcess;
 use tonic_health::pb::health_check_response::ServingStatus;
 
 const DRAIN: Duration = Duration::from_secs(1);

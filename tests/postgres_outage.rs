@@ -21,7 +21,7 @@
 // Tests may panic on a broken expectation; that is how they fail.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+mod support;
 
 use std::{
     future::Future,
@@ -32,10 +32,10 @@ use std::{
 };
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-use common::{SessiondProcess, free_addr, keys::Keys};
 use ed25519_dalek::Signer;
 use serde_json::Value;
 use sessiond::api::pb::{self, TokenStatus, session_service_client::SessionServiceClient};
+use support::{SessiondProcess, free_addr, keys::Keys};
 use tempfile::TempDir;
 use tonic::{Code, Status, transport::Channel};
 use tonic_health::pb::health_check_response::ServingStatus;

@@ -17,7 +17,7 @@
 // Tests may panic on a broken expectation; that is how they fail.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+mod support;
 
 use std::{
     sync::{
@@ -27,11 +27,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{
+use sessiond::api::pb::{self, session_service_client::SessionServiceClient};
+use support::{
     SessiondProcess, http_get, keys::Keys, postgres::fresh_database, redis::RedisServer,
     sum_samples,
 };
-use sessiond::api::pb::{self, session_service_client::SessionServiceClient};
 use tonic::transport::Channel;
 
 /// Concurrent load tasks.

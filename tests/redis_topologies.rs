@@ -10,7 +10,7 @@
 // Tests may panic on a broken expectation; that is how they fail.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+mod support;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -23,11 +23,6 @@ use std::{
 
 use chrono::{SubsecRound, Utc};
 use clap::Parser;
-use common::{
-    keys::Keys,
-    postgres::fresh_migrated_database,
-    redis::{redis_cli, redis_cli_try},
-};
 use sessiond::{
     api::pb::{self, TokenStatus, session_service_client::SessionServiceClient},
     clock::ManualClock,
@@ -35,6 +30,11 @@ use sessiond::{
     startup::Application,
 };
 use sqlx::PgPool;
+use support::{
+    keys::Keys,
+    postgres::fresh_migrated_database,
+    redis::{redis_cli, redis_cli_try},
+};
 use tempfile::TempDir;
 use tonic::transport::Channel;
 

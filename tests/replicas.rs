@@ -16,16 +16,16 @@
 // Tests may panic on a broken expectation; that is how they fail.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+mod support;
 
 use std::time::{Duration, Instant};
 
-use common::{
+use sessiond::api::pb::{TokenStatus, session_service_client::SessionServiceClient};
+use support::{
     SessiondProcess,
     redis::RedisServer,
     replicas::{Replicas, SUBSCRIBED, create, local_hits, revoke, token_and_id, validate},
 };
-use sessiond::api::pb::{TokenStatus, session_service_client::SessionServiceClient};
 use tonic::transport::Channel;
 
 /// The requirement: a revocation is refused by every replica within this.

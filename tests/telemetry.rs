@@ -8,11 +8,11 @@
 // Tests may panic on a broken expectation; that is how they fail.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+mod support;
 
 use std::{net::SocketAddr, process::ExitStatus, time::Duration};
 
-use common::{
+use support::{
     SessiondProcess,
     postgres::{database_server_url, fresh_database},
 };
@@ -174,7 +174,7 @@ async fn a_store_that_is_not_ready_is_logged_with_its_cause() {
 
 /// `CreateSession` with the caller's `traceparent` (and a `tracestate`) in the metadata.
 async fn create_session(addr: SocketAddr, traceparent: &str) -> pb::CreateSessionResponse {
-    let mut client = SessionServiceClient::new(common::channel(addr).await);
+    let mut client = SessionServiceClient::new(support::channel(addr).await);
     let mut request = Request::new(pb::CreateSessionRequest {
         user_id: "user-traced".into(),
         device: Some(pb::Device {

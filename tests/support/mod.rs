@@ -1,5 +1,5 @@
 //! A real sessiond process for the tests that need one: signals, crashes, several replicas.
-//! Each test binary that uses it declares `mod common;`.
+//! Each test binary that uses it declares `mod support;`.
 //!
 //! Also here: `keys` (signing and refresh key files), `postgres` (a fresh database on the shared
 //! Postgres), `redis` (a `redis-server` child the test owns), and the ops-port helpers
