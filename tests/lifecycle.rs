@@ -14,8 +14,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sessiond::api::pb::{self, session_service_client::SessionServiceClient};
-use support::SessiondProcess;
+use sessiond::api::pb::session_service_client::SessionServiceClient;
+use support::{
+    process::SessiondProcess,
+    rpc::{Client, try_create, try_validate},
+};
 use tonic_health::pb::health_check_response::ServingStatus;
 
 const DRAIN: Duration = Duration::from_secs(1);
@@ -115,22 +118,10 @@ async fn sigterm_under_load_fails_no_call_in_flight_and_exits_zero() {
 }
 
 /// One unit of load: a new session, then a validation of its token.
-async fn call(
-    mut client: SessionServiceClient<tonic::transport::Channel>,
-    worker: usize,
-) -> Result<(), tonic::Status> {
-    let created = client
-        .create_session(pb::CreateSessionRequest {
-            user_id: format!("load-{worker}"),
-            ..Default::default()
-        })
-        .await?
-        .into_inner();
+async fn call(mut client: Client, worker: usize) -> Result<(), tonic::Status> {
+    let created = try_create(&mut client, &format!("load-{worker}"), "").await?;
     let access_token = created.tokens.unwrap().access_token;
-    let validated = client
-        .validate(pb::ValidateRequest { access_token })
-        .await?
-        .into_inner();
+    let validated = try_validate(&mut client, &access_token).await?;
     assert!(validated.valid);
     Ok(())
 }

@@ -1,210 +1,25 @@
-//! A real sessiond process for the tests that need one: signals, crashes, several replicas.
-//! Each test binary that uses it declares `mod support;`.
+//! The one test harness every test binary shares. A binary in `tests/*.rs` declares `mod support;`.
 //!
-//! Also here: `keys` (signing and refresh key files), `postgres` (a fresh database on the shared
-//! Postgres), `redis` (a `redis-server` child the test owns), and the ops-port helpers
-//! (`http_get`, `sum_samples`).
+//! - `process`: the real sessiond binary as a child process (`SessiondProcess`): signals, crashes.
+//! - `replicas`: two such processes over one database and one Redis.
+//! - `rpc`: the SessionService calls the tests make (CreateSession, Validate, Revoke, ...).
+//! - `keys`: signing and refresh key files; `postgres`: a fresh database on the shared Postgres;
+//!   `redis`: the shared Redis, and `redis-server` children a test owns.
+//! - Here: a channel to an address, a free loopback address, the ops port over HTTP (`http_get`,
+//!   `metrics`, `sum_samples`), and latency percentiles.
 
 #![allow(dead_code)] // Each test binary uses a different part of this harness.
 
 pub mod keys;
 pub mod postgres;
+pub mod process;
 pub mod redis;
 pub mod replicas;
+pub mod rpc;
 
-use std::{
-    fs::File,
-    net::SocketAddr,
-    path::{Path, PathBuf},
-    process::{Child, Command, ExitStatus, Stdio},
-    time::{Duration, Instant},
-};
+use std::{net::SocketAddr, path::Path, time::Duration};
 
-use sessiond::api::pb::session_service_client::SessionServiceClient;
-use tempfile::TempDir;
 use tonic::transport::Channel;
-use tonic_health::pb::{
-    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-};
-
-/// A sessiond child process, killed when dropped if it is still running.
-pub struct SessiondProcess {
-    pub addr: SocketAddr,
-    pub ops_addr: SocketAddr,
-    child: Option<Child>,
-    log: PathBuf,
-    _dir: TempDir,
-}
-
-impl SessiondProcess {
-    /// Starts the sessiond binary with `env` (see [`Self::spawn`]), and waits until it reports
-    /// SERVING.
-    pub async fn start(env: &[(&str, String)]) -> Self {
-        let mut process = Self::spawn(env);
-        process.wait_until_serving().await;
-        process
-    }
-
-    /// Starts the sessiond binary with `env`, on top of a listen address, an ops address, a data
-    /// folder and a log file of its own; every other `SESSIOND_*`/`OTEL_*` variable of the test's
-    /// environment is removed. Does not wait for it.
-    pub fn spawn(env: &[(&str, String)]) -> Self {
-        let dir = TempDir::new().unwrap();
-        let (addr, ops_addr) = (free_addr(), free_addr());
-        let log = dir.path().join("sessiond.log");
-        let log_file = File::create(&log).unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_sessiond"));
-        for (name, _) in std::env::vars() {
-            if name.starts_with("SESSIOND_") || name.starts_with("OTEL_") {
-                command.env_remove(name);
-            }
-        }
-        command
-            .env("SESSIOND_LISTEN_ADDR", addr.to_string())
-            .env("SESSIOND_OPS_ADDR", ops_addr.to_string())
-            .env("SESSIOND_DATA_DIR", dir.path().join("data"))
-            .env("RUST_LOG", "info")
-            .envs(env.iter().map(|(name, value)| (name, value)))
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().unwrap())
-            .stderr(log_file);
-        Self {
-            addr,
-            ops_addr,
-            child: Some(command.spawn().unwrap()),
-            log,
-            _dir: dir,
-        }
-    }
-
-    async fn wait_until_serving(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("sessiond exited with {status} at start\n{}", self.log());
-            }
-            if self.health("sessiond.v1.SessionService").await == Some(ServingStatus::Serving) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "sessiond did not report SERVING\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// What `grpc.health.v1.Health/Check` says of `service`; `None` if it does not answer.
-    pub async fn health(&self, service: &str) -> Option<ServingStatus> {
-        let channel = Channel::from_shared(format!("http://{}", self.addr))
-            .ok()?
-            .connect()
-            .await
-            .ok()?;
-        let request = HealthCheckRequest {
-            service: service.into(),
-        };
-        let response = HealthClient::new(channel).check(request).await.ok()?;
-        Some(response.into_inner().status())
-    }
-
-    /// A channel to its gRPC port.
-    pub async fn channel(&self) -> Channel {
-        channel(self.addr).await
-    }
-
-    /// A SessionService client on its gRPC port.
-    pub async fn client(&self) -> SessionServiceClient<Channel> {
-        SessionServiceClient::new(self.channel().await)
-    }
-
-    /// Sends `signal` (as `kill -<signal>` would).
-    pub fn signal(&self, signal: &str) {
-        let pid = self.child.as_ref().unwrap().id().to_string();
-        assert!(
-            Command::new("kill")
-                .args([&format!("-{signal}"), &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
-    }
-
-    /// Waits up to `within` for the process to exit.
-    pub async fn wait(&mut self, within: Duration) -> ExitStatus {
-        let deadline = Instant::now() + within;
-        let child = self.child.as_mut().unwrap();
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                self.child = None;
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "sessiond did not exit within {within:?}\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Sends SIGTERM and waits up to `within` for the exit.
-    pub async fn terminate(&mut self, within: Duration) -> ExitStatus {
-        self.signal("TERM");
-        self.wait(within).await
-    }
-
-    /// SIGKILL: no shutdown, no flush, nothing.
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().unwrap();
-            child.wait().unwrap();
-        }
-    }
-
-    /// The sum of the samples of metric `name` (on its ops port's `/metrics`) whose labels include
-    /// `labels`; 0 if none.
-    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        sum_samples(&http_get(self.ops_addr, "/metrics").await, name, labels)
-    }
-
-    /// Waits up to 10 s until `needle` has appeared `times` times in the log.
-    pub async fn wait_for_log(&self, needle: &str, times: usize) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.log_text().matches(needle).count() < times {
-            assert!(
-                Instant::now() < deadline,
-                "{needle:?} not logged {times} time(s) within 10 s\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    /// What it printed so far.
-    pub fn log_text(&self) -> String {
-        read_or_empty(&self.log)
-    }
-
-    /// What it printed, for failure messages.
-    pub fn log(&self) -> String {
-        format!(
-            "--- sessiond log ({}) ---\n{}",
-            self.log.display(),
-            read_or_empty(&self.log)
-        )
-    }
-}
-
-impl Drop for SessiondProcess {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
 
 /// A channel to `addr`.
 pub async fn channel(addr: SocketAddr) -> Channel {
@@ -225,8 +40,9 @@ fn read_or_empty(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
 
-/// GETs `path` over HTTP/1.1: the body (panics unless 200).
-pub async fn http_get(addr: SocketAddr, path: &str) -> String {
+/// GETs `path` over HTTP/1.1 (the ops port: `/metrics`, `/.well-known/jwks.json`): its status
+/// code and body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
@@ -234,8 +50,16 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> String {
     let mut response = String::new();
     stream.read_to_string(&mut response).await.unwrap();
     let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    body.to_owned()
+    assert!(head.starts_with("HTTP/1.1 "), "{head}");
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, body.to_owned())
+}
+
+/// The Prometheus text of the ops server at `addr` (panics unless `/metrics` answers 200).
+pub async fn metrics(addr: SocketAddr) -> String {
+    let (status, body) = http_get(addr, "/metrics").await;
+    assert_eq!(status, 200, "GET /metrics: {body}");
+    body
 }
 
 /// Sums the Prometheus text samples of `name` whose labels include every one of `labels`.
@@ -256,4 +80,16 @@ pub fn sum_samples(body: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
             .flatten()
         })
         .fold(0.0, |sum, value| sum + value)
+}
+
+/// p50, p99 and max of `latencies` (sorted in place); zeros if there are none.
+pub fn percentiles(latencies: &mut [Duration]) -> (Duration, Duration, Duration) {
+    if latencies.is_empty() {
+        return Default::default();
+    }
+    latencies.sort_unstable();
+    let at = |q: f64| {
+        latencies[((latencies.len() as f64 * q).ceil() as usize).clamp(1, latencies.len()) - 1]
+    };
+    (at(0.50), at(0.99), at(1.0))
 }
