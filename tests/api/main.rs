@@ -12,7 +12,7 @@ macro_rules! on_every_store {
             $(
                 #[tokio::test]
                 async fn $test() {
-                    super::$test(crate::helpers::Store::Postgres).await
+                    super::$test(crate::support::app::Store::Postgres).await
                 }
             )*
         }
@@ -20,7 +20,7 @@ macro_rules! on_every_store {
             $(
                 #[tokio::test]
                 async fn $test() {
-                    super::$test(crate::helpers::Store::Sqlite).await
+                    super::$test(crate::support::app::Store::Sqlite).await
                 }
             )*
         }
@@ -37,5 +37,7 @@ mod outages;
 mod refresh;
 mod revoke;
 mod serving;
+#[path = "../support/mod.rs"]
+mod support;
 mod sweeper;
 mod validate;

@@ -1,5 +1,7 @@
-//! The one test harness every test binary shares. A binary in `tests/*.rs` declares `mod support;`.
+//! The one test harness every test binary shares. A binary in `tests/*.rs` declares `mod support;`;
+//! the session suite (`tests/api/main.rs`) declares it with `#[path = "../support/mod.rs"]`.
 //!
+//! - `app`: sessiond in-process on port 0 (`TestApp`, `spawn_app`), over a fresh store.
 //! - `process`: the real sessiond binary as a child process (`SessiondProcess`): signals, crashes.
 //! - `replicas`: two such processes over one database and one Redis.
 //! - `rpc`: the SessionService calls the tests make (CreateSession, Validate, Revoke, ...).
@@ -10,6 +12,7 @@
 
 #![allow(dead_code)] // Each test binary uses a different part of this harness.
 
+pub mod app;
 pub mod keys;
 pub mod postgres;
 pub mod process;
