@@ -1,5 +1,6 @@
-//! Integration tests: a real sessiond on port 0, real Postgres (a fresh database per test, made by
-//! `#[sqlx::test]`) and real Redis (a fresh key prefix per test), called through a real tonic client.
+//! The session suite: a real sessiond in-process on port 0 (`support::app::spawn_app`), over real
+//! Postgres (a fresh, migrated database per test, made by `support::postgres::fresh_database`) and
+//! real Redis (a fresh key prefix per test), or over SQLite, called through a real tonic client.
 
 // Tests may panic on a broken expectation; that is how they fail.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
