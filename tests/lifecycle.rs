@@ -4,7 +4,7 @@
 // Tests fail by panicking.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+mod support;
 
 use std::{
     sync::{
@@ -14,8 +14,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::SessiondProcess;
-use sessiond::api::pb::{self, session_service_client::SessionServiceClient};
+use sessiond::api::pb::session_service_client::SessionServiceClient;
+use support::{
+    process::SessiondProcess,
+    rpc::{Client, create, token_and_id, try_create, try_validate, validate},
+};
 use tonic_health::pb::health_check_response::ServingStatus;
 
 const DRAIN: Duration = Duration::from_secs(1);
@@ -115,22 +118,10 @@ async fn sigterm_under_load_fails_no_call_in_flight_and_exits_zero() {
 }
 
 /// One unit of load: a new session, then a validation of its token.
-async fn call(
-    mut client: SessionServiceClient<tonic::transport::Channel>,
-    worker: usize,
-) -> Result<(), tonic::Status> {
-    let created = client
-        .create_session(pb::CreateSessionRequest {
-            user_id: format!("load-{worker}"),
-            ..Default::default()
-        })
-        .await?
-        .into_inner();
+async fn call(mut client: Client, worker: usize) -> Result<(), tonic::Status> {
+    let created = try_create(&mut client, &format!("load-{worker}"), "").await?;
     let access_token = created.tokens.unwrap().access_token;
-    let validated = client
-        .validate(pb::ValidateRequest { access_token })
-        .await?
-        .into_inner();
+    let validated = try_validate(&mut client, &access_token).await?;
     assert!(validated.valid);
     Ok(())
 }
@@ -140,7 +131,7 @@ async fn call(
 #[tokio::test]
 async fn activity_noted_just_before_sigterm_is_stored_before_exit() {
     const SESSIONS: usize = 20;
-    let database = common::postgres::fresh_database().await;
+    let database = support::postgres::fresh_database().await;
     // Every Validate reads the store (no cache tier), so each one sees the backdated row below.
     let mut sessiond = SessiondProcess::start(&[
         ("SESSIOND_DATABASE_URL", database.clone()),
@@ -148,22 +139,11 @@ async fn activity_noted_just_before_sigterm_is_stored_before_exit() {
         ("SESSIOND_SHUTDOWN_DRAIN", "0s".into()),
     ])
     .await;
-    let mut client = SessionServiceClient::new(sessiond.channel().await);
+    let mut client = sessiond.client().await;
     let mut tokens = Vec::new();
     for device in 0..SESSIONS {
-        let created = client
-            .create_session(pb::CreateSessionRequest {
-                user_id: "sigterm-activity".into(),
-                device: Some(pb::Device {
-                    device_id: format!("device-{device}"),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        tokens.push(created.tokens.unwrap().access_token);
+        let created = create(&mut client, "sigterm-activity", &format!("device-{device}")).await;
+        tokens.push(token_and_id(&created).0);
     }
     // Last seen two minutes ago: a Validate now notes activity (written at most once a minute).
     let pool = sqlx::PgPool::connect(&database).await.unwrap();
@@ -172,13 +152,8 @@ async fn activity_noted_just_before_sigterm_is_stored_before_exit() {
         .await
         .unwrap();
 
-    for access_token in tokens {
-        let validated = client
-            .validate(pb::ValidateRequest { access_token })
-            .await
-            .unwrap()
-            .into_inner();
-        assert!(validated.valid);
+    for access_token in &tokens {
+        assert!(validate(&mut client, access_token).await.valid);
     }
     let status = sessiond.terminate(Duration::from_secs(20)).await;
     assert!(status.success(), "{status}\n{}", sessiond.log());

@@ -21,7 +21,7 @@
 // Tests may panic on a broken expectation; that is how they fail.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+mod support;
 
 use std::{
     future::Future,
@@ -32,12 +32,19 @@ use std::{
 };
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-use common::{SessiondProcess, free_addr, keys::Keys};
 use ed25519_dalek::Signer;
 use serde_json::Value;
-use sessiond::api::pb::{self, TokenStatus, session_service_client::SessionServiceClient};
+use sessiond::api::pb::{self, TokenStatus};
+use support::{
+    free_addr,
+    keys::Keys,
+    percentiles,
+    process::SessiondProcess,
+    redis::redis_url,
+    rpc::{self, Client, get, refresh, session_id, tokens, try_create, try_revoke, validate},
+};
 use tempfile::TempDir;
-use tonic::{Code, Status, transport::Channel};
+use tonic::{Code, Status};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_types::StatusExt;
 
@@ -62,7 +69,7 @@ async fn writes_fail_fast_and_cached_validates_answer_while_postgres_is_down() {
     // in-process tier).
     let mut sessions = Vec::new();
     for i in 0..5 {
-        let created = create(&mut client, &format!("outage-user-{i}"), "phone")
+        let created = try_create(&mut client, &format!("outage-user-{i}"), "phone")
             .await
             .expect("CreateSession works while Postgres is up");
         let (access, _) = tokens(&created.tokens);
@@ -88,24 +95,21 @@ async fn writes_fail_fast_and_cached_validates_answer_while_postgres_is_down() {
     let revoked_id = session_id(&sessions[0]);
     let (_, unrotated_refresh) = tokens(&sessions[1].tokens);
     let mut report = Vec::new();
-    let (result, took) = timed(create(&mut client, "outage-user-new", "phone")).await;
+    let (result, took) = timed(try_create(&mut client, "outage-user-new", "phone")).await;
     assert_store_unavailable("CreateSession", result, took, &postgres, &sessiond);
     report.push(("CreateSession", took));
-    let (result, took) = timed(client.revoke_session(pb::RevokeSessionRequest {
-        session_id: revoked_id.clone(),
-        reason: "signed out during the outage".into(),
-    }))
+    let (result, took) = timed(try_revoke(
+        &mut client,
+        &revoked_id,
+        "signed out during the outage",
+    ))
     .await;
     assert_store_unavailable("RevokeSession", result, took, &postgres, &sessiond);
     report.push(("RevokeSession", took));
     let (result, took) = timed(refresh(&mut client, &unrotated_refresh)).await;
     assert_store_unavailable("Refresh", result, took, &postgres, &sessiond);
     report.push(("Refresh", took));
-    let (result, took) = timed(client.revoke_user_sessions(pb::RevokeUserSessionsRequest {
-        user_id: "outage-user-2".into(),
-        ..Default::default()
-    }))
-    .await;
+    let (result, took) = timed(rpc::revoke_user(&mut client, "outage-user-2", "")).await;
     assert_store_unavailable("RevokeUserSessions", result, took, &postgres, &sessiond);
     report.push(("RevokeUserSessions", took));
     let (result, took) = timed(get(&mut client, &session_id(&sessions[2]))).await;
@@ -123,7 +127,7 @@ async fn writes_fail_fast_and_cached_validates_answer_while_postgres_is_down() {
     let started = Instant::now();
     let concurrent = futures::future::join_all((0..40).map(|i| {
         let mut client = client.clone();
-        async move { timed(create(&mut client, &format!("outage-burst-{i}"), "")).await }
+        async move { timed(try_create(&mut client, &format!("outage-burst-{i}"), "")).await }
     }))
     .await;
     for (result, took) in concurrent {
@@ -151,7 +155,7 @@ async fn writes_fail_fast_and_cached_validates_answer_while_postgres_is_down() {
     postgres.start();
     let back = Instant::now();
     let recovered = loop {
-        match timed(create(&mut client, "outage-user-after", "phone")).await {
+        match timed(try_create(&mut client, "outage-user-after", "phone")).await {
             (Ok(created), _) => break created,
             (Err(status), _) => assert!(
                 back.elapsed() < Duration::from_secs(15),
@@ -228,7 +232,7 @@ async fn an_acknowledged_session_survives_kill_9_of_sessiond_and_a_postgres_cras
     let mut created = Vec::new();
     for i in 0..10 {
         created.push(
-            create(&mut client, &format!("durable-user-{i}"), "phone")
+            try_create(&mut client, &format!("durable-user-{i}"), "phone")
                 .await
                 .expect("CreateSession works"),
         );
@@ -273,7 +277,7 @@ const VALIDATES: usize = 200;
 /// Validates the sessions' access tokens in turn, `VALIDATES` calls in all; every answer must be
 /// valid and name its session. The latency of each call.
 async fn validate_cached(
-    client: &mut SessionServiceClient<Channel>,
+    client: &mut Client,
     sessions: &[pb::CreateSessionResponse],
     when: &str,
 ) -> Vec<Duration> {
@@ -329,7 +333,8 @@ async fn calls_in_flight_fail_fast_when_postgres_freezes() {
                     let started = Instant::now();
                     let user = format!("freeze-{writer}-{i}");
                     let result =
-                        tokio::time::timeout(HANG / 2, create(&mut client, &user, "phone")).await;
+                        tokio::time::timeout(HANG / 2, try_create(&mut client, &user, "phone"))
+                            .await;
                     calls.push((started, started.elapsed(), result.map(|r| r.map(|_| ()))));
                 }
                 calls
@@ -371,58 +376,6 @@ async fn calls_in_flight_fail_fast_when_postgres_freezes() {
 }
 
 // --- RPCs ---------------------------------------------------------------------------------------
-
-async fn create(
-    client: &mut SessionServiceClient<Channel>,
-    user_id: &str,
-    device_id: &str,
-) -> Result<pb::CreateSessionResponse, Status> {
-    client
-        .create_session(pb::CreateSessionRequest {
-            user_id: user_id.into(),
-            device: Some(pb::Device {
-                device_id: device_id.into(),
-                name: "outage test".into(),
-                user_agent: "tests/1.0".into(),
-                ip_address: "203.0.113.7".into(),
-            }),
-            metadata: [("app".to_owned(), "tests".to_owned())].into(),
-            lifetime: None,
-        })
-        .await
-        .map(tonic::Response::into_inner)
-}
-
-async fn validate(client: &mut SessionServiceClient<Channel>, token: &str) -> pb::ValidateResponse {
-    client
-        .validate(pb::ValidateRequest {
-            access_token: token.into(),
-        })
-        .await
-        .expect("Validate answers")
-        .into_inner()
-}
-
-async fn refresh(
-    client: &mut SessionServiceClient<Channel>,
-    token: &str,
-) -> Result<pb::RefreshResponse, Status> {
-    client
-        .refresh(pb::RefreshRequest {
-            refresh_token: token.into(),
-        })
-        .await
-        .map(tonic::Response::into_inner)
-}
-
-async fn get(client: &mut SessionServiceClient<Channel>, id: &str) -> Result<pb::Session, Status> {
-    client
-        .get_session(pb::GetSessionRequest {
-            session_id: id.into(),
-        })
-        .await
-        .map(tonic::Response::into_inner)
-}
 
 async fn health(sessiond: &SessiondProcess, service: &str) -> ServingStatus {
     sessiond
@@ -489,21 +442,6 @@ fn assert_store_unavailable<T: std::fmt::Debug>(
 
 // --- Tokens -------------------------------------------------------------------------------------
 
-/// The access and refresh tokens of a response.
-fn tokens(pair: &Option<pb::TokenPair>) -> (String, String) {
-    let pair = pair.as_ref().expect("a token pair");
-    (pair.access_token.clone(), pair.refresh_token.clone())
-}
-
-fn session_id(created: &pb::CreateSessionResponse) -> String {
-    created
-        .session
-        .as_ref()
-        .expect("a session")
-        .session_id
-        .clone()
-}
-
 /// A token like `real` (same header, so same `kid`; same user), for a session that never
 /// existed, properly signed with sessiond's key: only the store can say it is unknown.
 fn forge_unknown_session_token(real: &str, key: &ed25519_dalek::SigningKey) -> String {
@@ -519,16 +457,6 @@ fn forge_unknown_session_token(real: &str, key: &ed25519_dalek::SigningKey) -> S
     let input = format!("{}.{}", encode(&header), encode(&claims));
     let signature = key.sign(input.as_bytes());
     format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature.to_bytes()))
-}
-
-/// p50, p99 and max.
-fn percentiles(latencies: &mut [Duration]) -> (Duration, Duration, Duration) {
-    latencies.sort_unstable();
-    let at = |q: f64| {
-        let rank = (q * latencies.len() as f64).ceil() as usize;
-        latencies[rank.clamp(1, latencies.len()) - 1]
-    };
-    (at(0.50), at(0.99), latencies[latencies.len() - 1])
 }
 
 /// Writes to the real stderr, past the test harness's capture, so the measurements show in a plain
@@ -752,11 +680,9 @@ fn run(command: &mut Command, what: &str) {
 /// Starts the real sessiond binary on `postgres`, with `keys` and Redis key prefix `prefix`, and
 /// waits until readiness reports SERVING; killed (SIGKILL) when dropped.
 async fn start_sessiond(postgres: &Postgres, keys: &Keys, prefix: &str) -> SessiondProcess {
-    let redis_url = std::env::var("SESSIOND_TEST_REDIS_URL")
-        .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     let mut env = vec![
         ("SESSIOND_DATABASE_URL", postgres.url()),
-        ("SESSIOND_REDIS_URL", redis_url),
+        ("SESSIOND_REDIS_URL", redis_url()),
         ("SESSIOND_REDIS_KEY_PREFIX", prefix.to_owned()),
         ("SESSIOND_DATABASE_TIMEOUT", "1s".into()),
         ("SESSIOND_SHUTDOWN_DRAIN", "0s".into()),

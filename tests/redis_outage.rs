@@ -17,7 +17,7 @@
 // Tests may panic on a broken expectation; that is how they fail.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+mod support;
 
 use std::{
     sync::{
@@ -27,12 +27,16 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{
-    SessiondProcess, http_get, keys::Keys, postgres::fresh_database, redis::RedisServer,
+use sessiond::api::pb;
+use support::{
+    keys::Keys,
+    metrics, percentiles,
+    postgres::fresh_database,
+    process::{SessiondProcess, redis_hits},
+    redis::RedisServer,
+    rpc::{self, Client, try_create, try_validate},
     sum_samples,
 };
-use sessiond::api::pb::{self, session_service_client::SessionServiceClient};
-use tonic::transport::Channel;
 
 /// Concurrent load tasks.
 const TASKS: usize = 8;
@@ -123,7 +127,7 @@ async fn validate_and_writes_survive_a_redis_killed_and_restarted_under_load() {
     phase.store(DURING, Ordering::SeqCst);
     redis.kill();
     tokio::time::sleep(OUTAGE).await;
-    let metrics_during = http_get(sessiond.ops_addr, "/metrics").await;
+    let metrics_during = metrics(sessiond.ops_addr).await;
     let breaker_during = sum_samples(&metrics_during, "sessiond_redis_breaker_open", &[]);
     let errors_during =
         sum_samples(&metrics_during, "sessiond_redis_errors_total", &[]) - errors_before;
@@ -143,7 +147,7 @@ async fn validate_and_writes_survive_a_redis_killed_and_restarted_under_load() {
             sessiond.log()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let body = http_get(sessiond.ops_addr, "/metrics").await;
+        let body = metrics(sessiond.ops_addr).await;
         if closed_after.is_none() && sum_samples(&body, "sessiond_redis_breaker_open", &[]) == 0.0 {
             closed_after = Some(restarted.elapsed());
         }
@@ -294,7 +298,7 @@ struct Sample {
 /// token, in turn).
 async fn load(
     task: usize,
-    mut client: SessionServiceClient<Channel>,
+    mut client: Client,
     tokens: Arc<Vec<String>>,
     mut refresh_token: String,
     phase: Arc<AtomicU8>,
@@ -341,74 +345,28 @@ async fn load(
     samples
 }
 
-/// p50, p99 and max.
-fn percentiles(latencies: &mut [Duration]) -> (Duration, Duration, Duration) {
-    if latencies.is_empty() {
-        return Default::default();
-    }
-    latencies.sort_unstable();
-    let at = |q: f64| {
-        latencies[((latencies.len() as f64 * q).ceil() as usize).clamp(1, latencies.len()) - 1]
-    };
-    (at(0.50), at(0.99), at(1.0))
-}
-
 // ---------------------------------------------------------------------------------------------
 // RPCs, each bounded by RPC_DEADLINE
 // ---------------------------------------------------------------------------------------------
 
-async fn bounded<T>(
-    call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-) -> Result<T, String> {
+async fn bounded<T>(call: impl Future<Output = Result<T, tonic::Status>>) -> Result<T, String> {
     match tokio::time::timeout(RPC_DEADLINE, call).await {
-        Ok(Ok(response)) => Ok(response.into_inner()),
+        Ok(Ok(response)) => Ok(response),
         Ok(Err(status)) => Err(format!("{:?}: {}", status.code(), status.message())),
         Err(_) => Err(format!("no answer within {RPC_DEADLINE:?}")),
     }
 }
 
-async fn create(
-    client: &mut SessionServiceClient<Channel>,
-    user_id: &str,
-) -> Result<pb::CreateSessionResponse, String> {
-    bounded(client.create_session(pb::CreateSessionRequest {
-        user_id: user_id.into(),
-        device: Some(pb::Device {
-            name: "load".into(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }))
-    .await
+async fn create(client: &mut Client, user_id: &str) -> Result<pb::CreateSessionResponse, String> {
+    bounded(try_create(client, user_id, "")).await
 }
 
-async fn validate(
-    client: &mut SessionServiceClient<Channel>,
-    access: &str,
-) -> Result<pb::ValidateResponse, String> {
-    bounded(client.validate(pb::ValidateRequest {
-        access_token: access.into(),
-    }))
-    .await
+async fn validate(client: &mut Client, access: &str) -> Result<pb::ValidateResponse, String> {
+    bounded(try_validate(client, access)).await
 }
 
 /// Rotates `refresh_token`: its successor.
-async fn refresh(
-    client: &mut SessionServiceClient<Channel>,
-    refresh_token: &str,
-) -> Result<String, String> {
-    let response = bounded(client.refresh(pb::RefreshRequest {
-        refresh_token: refresh_token.into(),
-    }))
-    .await?;
+async fn refresh(client: &mut Client, refresh_token: &str) -> Result<String, String> {
+    let response = bounded(rpc::refresh(client, refresh_token)).await?;
     Ok(response.tokens.ok_or("no token pair")?.refresh_token)
-}
-
-async fn redis_hits(sessiond: &SessiondProcess) -> f64 {
-    sessiond
-        .metric(
-            "sessiond_cache_lookups_total",
-            &[("tier", "redis"), ("result", "hit")],
-        )
-        .await
 }

@@ -16,24 +16,22 @@
 // Tests may panic on a broken expectation; that is how they fail.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+mod support;
 
 use std::time::{Duration, Instant};
 
-use common::{
-    SessiondProcess,
-    redis::RedisServer,
-    replicas::{Replicas, create, local_hits, revoke, token_and_id, validate},
+use sessiond::api::pb::TokenStatus;
+use support::{
+    process::{SessiondProcess, local_hits, redis_hits},
+    redis::{REVOKED_RANK, RedisServer},
+    replicas::{Replicas, wait_until_revoked},
+    rpc::{Client, create, revoke, token_and_id, validate},
 };
-use sessiond::api::pb::{TokenStatus, session_service_client::SessionServiceClient};
-use tonic::transport::Channel;
 
 /// The requirement: once A has acknowledged the revocation, B refuses the session within this.
 const PROPAGATION_BOUND: Duration = Duration::from_secs(1);
 /// `SESSIOND_CACHE_TTL` in these tests: how long a copy can live in Redis.
 const CACHE_TTL: Duration = Duration::from_secs(6);
-/// The rank the cache gives a revoked copy (`REVOKED_RANK` in src/cache/mod.rs).
-const REVOKED_RANK: &str = "9007199254740991";
 /// How long the cache may take to heal once Redis takes writes again.
 const HEAL_BOUND: Duration = Duration::from_secs(10);
 
@@ -276,7 +274,7 @@ async fn demote_to_replica(redis: &RedisServer, key: &str) -> RedisServer {
 
 /// Asserts, every 50 ms for `period`, that every replica refuses `access` as revoked.
 async fn hold_revoked(
-    clients: &mut [(&mut SessionServiceClient<Channel>, &SessiondProcess)],
+    clients: &mut [(&mut Client, &SessiondProcess)],
     access: &str,
     period: Duration,
 ) {
@@ -292,28 +290,6 @@ async fn hold_revoked(
             );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Polls Validate on B until it says SESSION_REVOKED. Gives up after 5 s.
-async fn wait_until_revoked(
-    client: &mut SessionServiceClient<Channel>,
-    access: &str,
-    b: &SessiondProcess,
-) {
-    let started = Instant::now();
-    loop {
-        match validate(client, access).await.status() {
-            TokenStatus::SessionRevoked => return,
-            TokenStatus::Valid => {}
-            other => panic!("unexpected status {other:?}\n{}", b.log()),
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "B still accepts a revoked session after 5 s\n{}",
-            b.log()
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
 
@@ -341,15 +317,6 @@ where
         assert!(Instant::now() < deadline, "not within 10 s: {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-async fn redis_hits(sessiond: &SessiondProcess) -> f64 {
-    sessiond
-        .metric(
-            "sessiond_cache_lookups_total",
-            &[("tier", "redis"), ("result", "hit")],
-        )
-        .await
 }
 
 async fn redis_lookups(sessiond: &SessiondProcess) -> f64 {

@@ -10,36 +10,22 @@
 // Tests may panic on a broken expectation; that is how they fail.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+mod support;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    fs::File,
-    net::{SocketAddr, TcpListener},
+    net::TcpListener,
     process::{Child, Command, Stdio},
-    sync::Arc,
     time::{Duration, Instant},
 };
 
-use chrono::{SubsecRound, Utc};
-use clap::Parser;
-use common::{
-    keys::Keys,
-    postgres::fresh_migrated_database,
-    redis::{redis_cli, redis_cli_try},
+use sessiond::api::pb::TokenStatus;
+use support::{
+    app::{Store, TestApp, spawn_app_with},
+    redis::{REVOKED_RANK, redis_cli, redis_cli_try, spawn_redis_server, throwaway_args},
+    rpc::token_and_id,
 };
-use sessiond::{
-    api::pb::{self, TokenStatus, session_service_client::SessionServiceClient},
-    clock::ManualClock,
-    config::Settings,
-    startup::Application,
-};
-use sqlx::PgPool;
 use tempfile::TempDir;
-use tonic::transport::Channel;
-
-/// The rank the cache gives a revoked copy (`REVOKED_RANK` in src/cache/mod.rs).
-const REVOKED_RANK: &str = "9007199254740991";
 
 /// How long to wait for Redis processes to come up, and the cluster to agree.
 const STARTUP: Duration = Duration::from_secs(15);
@@ -65,15 +51,7 @@ impl RedisProcesses {
 
     /// Starts `redis-server` with `args`, logging to `<dir>/redis-<port>.log`.
     fn spawn(&mut self, port: u16, args: &[&str]) {
-        let log = File::create(self.log_path(port)).unwrap();
-        let child = Command::new("redis-server")
-            .args(args)
-            .current_dir(self.dir.path())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("redis-server is installed");
+        let child = spawn_redis_server(self.dir.path(), args, &self.log_path(port));
         self.children.push((port, child));
     }
 
@@ -159,27 +137,14 @@ fn start_cluster() -> (RedisProcesses, [u16; 3]) {
         for &port in &ports {
             let port_text = port.to_string();
             let nodes_file = format!("nodes-{port}.conf");
-            redis.spawn(
-                port,
-                &[
-                    "--port",
-                    &port_text,
-                    "--bind",
-                    "127.0.0.1",
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    &nodes_file,
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--daemonize",
-                    "no",
-                    "--dir",
-                    &dir,
-                ],
-            );
+            let cluster = [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                &nodes_file,
+            ];
+            let args = [&throwaway_args(&port_text)[..], &cluster, &["--dir", &dir]].concat();
+            redis.spawn(port, &args);
         }
         if !ports.iter().all(|&port| redis.wait_ready(port)) {
             // A port was taken between picking and binding: try fresh ones.
@@ -231,23 +196,8 @@ fn start_sentinel() -> (RedisProcesses, u16, u16) {
         let (master, sentinel) = (ports[0], ports[1]);
         let dir = redis.dir.path().to_str().unwrap().to_owned();
         let master_text = master.to_string();
-        redis.spawn(
-            master,
-            &[
-                "--port",
-                &master_text,
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--daemonize",
-                "no",
-                "--dir",
-                &dir,
-            ],
-        );
+        let args = [&throwaway_args(&master_text)[..], &["--dir", &dir]].concat();
+        redis.spawn(master, &args);
         if !redis.wait_ready(master) {
             continue;
         }
@@ -292,16 +242,8 @@ fn start_sentinel() -> (RedisProcesses, u16, u16) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// sessiond (as tests/api/helpers.rs starts it)
+// sessiond (the in-process harness, `support::app`)
 // ---------------------------------------------------------------------------------------------
-
-struct TestApp {
-    client: SessionServiceClient<Channel>,
-    pool: PgPool,
-    key_prefix: String,
-    _files: TempDir,
-    _keys: Keys,
-}
 
 /// One session as the test knows it.
 #[derive(Debug, Clone)]
@@ -321,101 +263,33 @@ impl Created {
 /// sessiond over a fresh database and this Redis URL, with a fresh key prefix and keys, a manual
 /// clock, and the in-process tier off.
 async fn spawn_app(redis_url: String) -> TestApp {
-    let (database_url, pool) = fresh_migrated_database().await;
-    let files = TempDir::new().unwrap();
-    let keys = Keys::generate();
-    let mut settings = Settings::parse_from(["sessiond"]);
-    settings.listen_addr = "127.0.0.1:0".parse().unwrap();
-    settings.ops_addr = "127.0.0.1:0".parse().unwrap();
-    settings.database_url = Some(database_url);
-    settings.data_dir = files.path().join("data");
-    settings.redis_url = Some(redis_url);
-    settings.redis_key_prefix = format!("sessiond-topology:{}:", uuid::Uuid::now_v7());
-    // Only Redis caches: what Validate answers from a cache, it answers from Redis.
-    settings.local_cache = false;
-    // A loaded CI machine must not turn a slow cache write into a silently dropped one.
-    settings.redis_timeout = Duration::from_secs(2);
-    settings.signing_key_file = Some(keys.signing_file());
-    settings.refresh_key_file = Some(keys.refresh_file());
-    let key_prefix = settings.redis_key_prefix.clone();
-
-    let clock = ManualClock::new(Utc::now().trunc_subsecs(0));
-    let app = Application::build_with_clock(settings, Arc::new(clock))
-        .await
-        .unwrap();
-    let addr: SocketAddr = app.local_addr();
-    tokio::spawn(app.run_until_stopped(std::future::pending()));
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    TestApp {
-        client: SessionServiceClient::new(channel),
-        pool,
-        key_prefix,
-        _files: files,
-        _keys: keys,
-    }
+    spawn_app_with(Store::Postgres, |settings| {
+        settings.redis_url = Some(redis_url);
+        // Only Redis caches: what Validate answers from a cache, it answers from Redis.
+        settings.local_cache = false;
+        // A loaded CI machine must not turn a slow cache write into a silently dropped one.
+        settings.redis_timeout = Duration::from_secs(2);
+    })
+    .await
 }
 
+/// What only these tests ask of the app.
 impl TestApp {
-    async fn create(&self, user_id: &str, device_id: &str) -> Created {
-        let response = self
-            .client
-            .clone()
-            .create_session(pb::CreateSessionRequest {
-                user_id: user_id.into(),
-                device: Some(pb::Device {
-                    device_id: device_id.into(),
-                    name: "test device".into(),
-                    user_agent: "tests/1.0".into(),
-                    ip_address: "203.0.113.7".into(),
-                }),
-                metadata: [("app".to_owned(), "tests".to_owned())].into(),
-                lifetime: None,
-            })
-            .await
-            .unwrap()
-            .into_inner();
+    /// A new session, as the test knows it.
+    async fn create_tracked(&self, user_id: &str, device_id: &str) -> Created {
+        let (access_token, session_id) = token_and_id(&self.create(user_id, device_id).await);
         Created {
             user_id: user_id.to_owned(),
-            session_id: response.session.expect("a session").session_id,
-            access_token: response.tokens.expect("tokens").access_token,
+            session_id,
+            access_token,
         }
-    }
-
-    async fn status_of(&self, access_token: &str) -> TokenStatus {
-        self.client
-            .clone()
-            .validate(pb::ValidateRequest {
-                access_token: access_token.into(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .status()
-    }
-
-    async fn revoke_user(&self, user_id: &str) -> u32 {
-        self.client
-            .clone()
-            .revoke_user_sessions(pb::RevokeUserSessionsRequest {
-                user_id: user_id.into(),
-                except_session_id: String::new(),
-                reason: "password changed".into(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .revoked_count
     }
 
     /// Deletes a user's rows from Postgres, so only the cache still knows their sessions.
     async fn delete_rows_of(&self, user_id: &str) -> u64 {
         sqlx::query("DELETE FROM session WHERE user_id = $1")
             .bind(user_id)
-            .execute(&self.pool)
+            .execute(self.pool.as_ref().expect("a Postgres test has a pool"))
             .await
             .unwrap()
             .rows_affected()
@@ -424,8 +298,8 @@ impl TestApp {
     /// Waits until sessiond's Redis client has connected: a session's Validate (a cache miss,
     /// so a write-back) leaves its key in Redis, as `exists` (a redis-cli call) sees it.
     async fn wait_for_redis(&self, exists: impl Fn(&str) -> bool) {
-        let warm = self.create("warm-up", "").await;
-        let key = warm.key(&self.key_prefix);
+        let warm = self.create_tracked("warm-up", "").await;
+        let key = warm.key(&self.redis_key_prefix);
         let deadline = Instant::now() + STARTUP;
         while !exists(&key) {
             assert!(
@@ -468,11 +342,11 @@ async fn a_three_master_cluster_caches_each_user_in_one_slot_and_keeps_revocatio
     let users = ["ada", "bob", "cy", "dee", "eli", "fay", "gus", "hal"];
     let mut sessions: Vec<Created> = Vec::new();
     for device in ["phone", "laptop", "tablet"] {
-        sessions.push(app.create("ada", device).await);
+        sessions.push(app.create_tracked("ada", device).await);
     }
     for user in &users[1..] {
-        sessions.push(app.create(user, "phone").await);
-        sessions.push(app.create(user, "laptop").await);
+        sessions.push(app.create_tracked(user, "phone").await);
+        sessions.push(app.create_tracked(user, "laptop").await);
     }
     for session in &sessions {
         assert_eq!(
@@ -486,7 +360,7 @@ async fn a_three_master_cluster_caches_each_user_in_one_slot_and_keeps_revocatio
     // slot (the slot of the hash tag `u:<user>`), and the users spread over the masters.
     let mut node_of_key: BTreeMap<String, u16> = BTreeMap::new();
     for port in ports {
-        for key in scan(port, &app.key_prefix) {
+        for key in scan(port, &app.redis_key_prefix) {
             assert!(
                 node_of_key.insert(key.clone(), port).is_none(),
                 "{key} is on two nodes"
@@ -496,7 +370,7 @@ async fn a_three_master_cluster_caches_each_user_in_one_slot_and_keeps_revocatio
     let mut nodes_of_user: BTreeMap<&str, BTreeSet<u16>> = BTreeMap::new();
     let mut slots_of_user: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
     for session in &sessions {
-        let key = session.key(&app.key_prefix);
+        let key = session.key(&app.redis_key_prefix);
         let node = *node_of_key
             .get(&key)
             .unwrap_or_else(|| panic!("{key} is on no cluster node; found {node_of_key:?}"));
@@ -533,14 +407,14 @@ async fn a_three_master_cluster_caches_each_user_in_one_slot_and_keeps_revocatio
     );
 
     // Revoking all of ada's sessions writes the three revoked copies (one EVALSHA, one slot).
-    assert_eq!(app.revoke_user("ada").await, 3);
+    assert_eq!(app.revoke_user("ada", "").await.unwrap(), 3);
     let ada: Vec<&Created> = sessions.iter().filter(|s| s.user_id == "ada").collect();
     for session in &ada {
         assert_eq!(
             app.status_of(&session.access_token).await,
             TokenStatus::SessionRevoked
         );
-        assert_cached_revoked(&session.key(&app.key_prefix), hget);
+        assert_cached_revoked(&session.key(&app.redis_key_prefix), hget);
     }
     // The other users are untouched.
     for session in sessions.iter().filter(|s| s.user_id != "ada") {
@@ -562,7 +436,7 @@ async fn a_three_master_cluster_caches_each_user_in_one_slot_and_keeps_revocatio
     // Control: with both the rows and the cached copies gone, the same check says not found.
     assert_eq!(app.delete_rows_of("bob").await, 2);
     for session in sessions.iter().filter(|s| s.user_id == "bob") {
-        redis_cli(p1, &["-c", "del", &session.key(&app.key_prefix)]);
+        redis_cli(p1, &["-c", "del", &session.key(&app.redis_key_prefix)]);
         assert_eq!(
             app.status_of(&session.access_token).await,
             TokenStatus::SessionNotFound
@@ -584,9 +458,9 @@ async fn a_master_behind_sentinel_caches_sessions_and_keeps_revocations() {
 
     let mut sessions = Vec::new();
     for device in ["phone", "laptop", "tablet"] {
-        sessions.push(app.create("ada", device).await);
+        sessions.push(app.create_tracked("ada", device).await);
     }
-    sessions.push(app.create("bob", "phone").await);
+    sessions.push(app.create_tracked("bob", "phone").await);
     for session in &sessions {
         assert_eq!(
             app.status_of(&session.access_token).await,
@@ -594,20 +468,20 @@ async fn a_master_behind_sentinel_caches_sessions_and_keeps_revocations() {
         );
     }
     // The keys are in the master the sentinel names.
-    let on_master = scan(master, &app.key_prefix);
+    let on_master = scan(master, &app.redis_key_prefix);
     for session in &sessions {
-        let key = session.key(&app.key_prefix);
+        let key = session.key(&app.redis_key_prefix);
         assert!(on_master.contains(&key), "{key} not in {on_master:?}");
     }
 
-    assert_eq!(app.revoke_user("ada").await, 3);
+    assert_eq!(app.revoke_user("ada", "").await.unwrap(), 3);
     let ada: Vec<&Created> = sessions.iter().filter(|s| s.user_id == "ada").collect();
     for session in &ada {
         assert_eq!(
             app.status_of(&session.access_token).await,
             TokenStatus::SessionRevoked
         );
-        assert_cached_revoked(&session.key(&app.key_prefix), hget);
+        assert_cached_revoked(&session.key(&app.redis_key_prefix), hget);
     }
     assert_eq!(
         app.status_of(&sessions[3].access_token).await,

@@ -16,17 +16,17 @@
 // Tests may panic on a broken expectation; that is how they fail.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+mod support;
 
 use std::time::{Duration, Instant};
 
-use common::{
-    SessiondProcess,
+use sessiond::api::pb::TokenStatus;
+use support::{
+    process::{SessiondProcess, local_hits},
     redis::RedisServer,
-    replicas::{Replicas, SUBSCRIBED, create, local_hits, revoke, token_and_id, validate},
+    replicas::{Replicas, SUBSCRIBED, wait_until_revoked},
+    rpc::{Client, create, revoke, token_and_id, validate},
 };
-use sessiond::api::pb::{TokenStatus, session_service_client::SessionServiceClient};
-use tonic::transport::Channel;
 
 /// The requirement: a revocation is refused by every replica within this.
 const PROPAGATION_BOUND: Duration = Duration::from_secs(1);
@@ -232,11 +232,7 @@ async fn a_replica_whose_resubscription_is_refused_keeps_bypassing_its_in_proces
 }
 
 /// Validates `access` on B until B answers from its in-process tier (B may still be subscribing).
-async fn cache_locally(
-    client: &mut SessionServiceClient<Channel>,
-    b: &SessiondProcess,
-    access: &str,
-) {
+async fn cache_locally(client: &mut Client, b: &SessiondProcess, access: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let before = local_hits(b).await;
@@ -251,30 +247,5 @@ async fn cache_locally(
             b.log()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Polls Validate until it says SESSION_REVOKED: how long that took, and how many VALID answers
-/// came before. Gives up (panics) after 5 s.
-async fn wait_until_revoked(
-    client: &mut SessionServiceClient<Channel>,
-    access: &str,
-    b: &SessiondProcess,
-) -> (Duration, u32) {
-    let started = Instant::now();
-    let mut stale = 0;
-    loop {
-        let verdict = validate(client, access).await;
-        match verdict.status() {
-            TokenStatus::SessionRevoked => return (started.elapsed(), stale),
-            TokenStatus::Valid => stale += 1,
-            other => panic!("unexpected status {other:?}\n{}", b.log()),
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "B still accepts a revoked session after 5 s ({stale} VALID answers)\n{}",
-            b.log()
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }

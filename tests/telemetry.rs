@@ -8,13 +8,14 @@
 // Tests may panic on a broken expectation; that is how they fail.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+mod support;
 
 use std::{net::SocketAddr, process::ExitStatus, time::Duration};
 
-use common::{
-    SessiondProcess,
+use support::{
     postgres::{database_server_url, fresh_database},
+    process::SessiondProcess,
+    rpc::create_request,
 };
 
 use opentelemetry_proto::tonic::{
@@ -174,16 +175,8 @@ async fn a_store_that_is_not_ready_is_logged_with_its_cause() {
 
 /// `CreateSession` with the caller's `traceparent` (and a `tracestate`) in the metadata.
 async fn create_session(addr: SocketAddr, traceparent: &str) -> pb::CreateSessionResponse {
-    let mut client = SessionServiceClient::new(common::channel(addr).await);
-    let mut request = Request::new(pb::CreateSessionRequest {
-        user_id: "user-traced".into(),
-        device: Some(pb::Device {
-            device_id: "phone-1".into(),
-            name: "test phone".into(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
+    let mut client = SessionServiceClient::new(support::channel(addr).await);
+    let mut request = Request::new(create_request("user-traced", "phone-1"));
     request
         .metadata_mut()
         .insert("traceparent", traceparent.parse().unwrap());

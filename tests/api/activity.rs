@@ -11,11 +11,16 @@ use sessiond::{
     store::Activity,
 };
 
-use crate::helpers::{DAY, Direct, MINUTE, Store, TestApp, spawn_app};
+use crate::{
+    helpers::{DAY, Direct, MINUTE},
+    support::{
+        app::{Store, TestApp, spawn_app},
+        rpc,
+    },
+};
 
 fn session_id(created: &pb::CreateSessionResponse) -> SessionId {
-    let session = created.session.as_ref().expect("a session");
-    session.session_id.parse().expect("a session id")
+    rpc::session_id(created).parse().expect("a session id")
 }
 
 /// Activity at the app's current time, written if the stored copy is over a minute old.

@@ -8,8 +8,13 @@ use sessiond::{
     token::TokenHash,
 };
 
-use crate::helpers::{
-    DAY, Direct, Store, TestApp, assert_invalid_field, random_seed, spawn_app, spawn_app_with,
+use crate::{
+    helpers::{DAY, Direct, assert_invalid_field},
+    support::{
+        app::{Store, TestApp, spawn_app, spawn_app_with},
+        keys::random_bytes,
+        rpc::session_id,
+    },
 };
 
 async fn create_session_returns_a_live_session_and_a_token_pair(store: Store) {
@@ -252,18 +257,9 @@ fn new_session(app: &TestApp, user_id: &str, device_id: Option<&str>) -> NewSess
             revoked_at: None,
             revoke_reason: None,
         },
-        refresh_token: TokenHash(random_seed()),
+        refresh_token: TokenHash(random_bytes()),
         now,
     }
-}
-
-fn session_id(created: &pb::CreateSessionResponse) -> String {
-    created
-        .session
-        .as_ref()
-        .expect("session")
-        .session_id
-        .clone()
 }
 
 /// Concurrent creates share one statement; each must replace its own device's session, and only

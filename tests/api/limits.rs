@@ -2,7 +2,7 @@ use sessiond::{api::pb, config::LimitPolicy};
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::helpers::{Store, spawn_app_with};
+use crate::support::app::{Store, spawn_app_with};
 
 async fn evict_oldest_revokes_the_oldest_session_to_make_room(store: Store) {
     let app = spawn_app_with(store, |settings| {
@@ -47,12 +47,7 @@ async fn deny_refuses_a_session_over_the_limit_and_changes_nothing(store: Store)
     let second = app.create("grace", "b").await;
 
     let status = app
-        .client
-        .clone()
-        .create_session(pb::CreateSessionRequest {
-            user_id: "grace".into(),
-            ..Default::default()
-        })
+        .try_create("grace", "")
         .await
         .expect_err("over the limit");
 
@@ -87,12 +82,7 @@ async fn revoked_sessions_do_not_count_toward_the_limit(store: Store) {
     })
     .await;
     let first = app.create("heidi", "a").await;
-    app.client
-        .clone()
-        .revoke_session(pb::RevokeSessionRequest {
-            session_id: first.session.expect("session").session_id,
-            reason: "signed out".into(),
-        })
+    app.try_revoke(&first.session.expect("session").session_id, "signed out")
         .await
         .expect("revoked");
 

@@ -2,7 +2,10 @@ use std::collections::HashSet;
 
 use sessiond::api::pb;
 
-use crate::helpers::{Store, TestApp, assert_invalid_field, spawn_app};
+use crate::{
+    helpers::assert_invalid_field,
+    support::app::{Store, TestApp, spawn_app},
+};
 
 async fn list(
     app: &TestApp,

@@ -1,5 +1,6 @@
-//! Integration tests: a real sessiond on port 0, real Postgres (a fresh database per test, made by
-//! `#[sqlx::test]`) and real Redis (a fresh key prefix per test), called through a real tonic client.
+//! The session suite: a real sessiond in-process on port 0 (`support::app::spawn_app`), over real
+//! Postgres (a fresh, migrated database per test, made by `support::postgres::fresh_database`) and
+//! real Redis (a fresh key prefix per test), or over SQLite, called through a real tonic client.
 
 // Tests may panic on a broken expectation; that is how they fail.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -12,7 +13,7 @@ macro_rules! on_every_store {
             $(
                 #[tokio::test]
                 async fn $test() {
-                    super::$test(crate::helpers::Store::Postgres).await
+                    super::$test(crate::support::app::Store::Postgres).await
                 }
             )*
         }
@@ -20,7 +21,7 @@ macro_rules! on_every_store {
             $(
                 #[tokio::test]
                 async fn $test() {
-                    super::$test(crate::helpers::Store::Sqlite).await
+                    super::$test(crate::support::app::Store::Sqlite).await
                 }
             )*
         }
@@ -37,5 +38,7 @@ mod outages;
 mod refresh;
 mod revoke;
 mod serving;
+#[path = "../support/mod.rs"]
+mod support;
 mod sweeper;
 mod validate;

@@ -9,8 +9,11 @@ use jwt_simple::prelude::{
 use serde_json::Value;
 use sessiond::api::pb::TokenStatus;
 
-use crate::helpers::{
-    Store, TestApp, http_get, random_seed, spawn_app, spawn_app_with, tokens, write_signing_key,
+use crate::support::{
+    app::{Store, TestApp, spawn_app, spawn_app_with},
+    http_get,
+    keys::{random_bytes, write_new_signing_key},
+    rpc::tokens,
 };
 
 async fn jwks(app: &TestApp) -> Value {
@@ -116,10 +119,7 @@ async fn metrics_count_calls_and_sessions() {
 #[tokio::test]
 async fn signing_keys_rotate_without_a_restart() {
     let keys = tempfile::tempdir().unwrap();
-    write_signing_key(
-        &keys.path().join("0001.pem"),
-        &ed25519_dalek::SigningKey::from_bytes(&random_seed()),
-    );
+    write_new_signing_key(&keys.path().join("0001.pem"));
     let dir = keys.path().to_owned();
     let app = spawn_app_with(Store::Sqlite, |settings| {
         settings.signing_keys_dir = Some(dir);
@@ -134,10 +134,7 @@ async fn signing_keys_rotate_without_a_restart() {
     );
 
     // Rotate: a newer key signs, the old one still verifies.
-    write_signing_key(
-        &keys.path().join("0002.pem"),
-        &ed25519_dalek::SigningKey::from_bytes(&random_seed()),
-    );
+    write_new_signing_key(&keys.path().join("0002.pem"));
     wait_for_key_count(&app, 2).await;
     let (new_token, _) = tokens(&app.create("quentin", "new").await.tokens);
     assert_ne!(kid_of(&new_token), old_kid);
@@ -155,10 +152,7 @@ async fn signing_keys_rotate_without_a_restart() {
 #[tokio::test]
 async fn a_bad_key_file_keeps_the_keys_in_use() {
     let keys = tempfile::tempdir().unwrap();
-    write_signing_key(
-        &keys.path().join("0001.pem"),
-        &ed25519_dalek::SigningKey::from_bytes(&random_seed()),
-    );
+    write_new_signing_key(&keys.path().join("0001.pem"));
     let dir = keys.path().to_owned();
     let app = spawn_app_with(Store::Sqlite, |settings| {
         settings.signing_keys_dir = Some(dir);
@@ -177,14 +171,11 @@ async fn a_bad_key_file_keeps_the_keys_in_use() {
 #[tokio::test]
 async fn refresh_keys_rotate_without_invalidating_live_refresh_tokens() {
     let refresh_keys = tempfile::tempdir().unwrap();
-    std::fs::write(refresh_keys.path().join("0001.key"), random_seed()).unwrap();
+    std::fs::write(refresh_keys.path().join("0001.key"), random_bytes()).unwrap();
     // The signing folder changes together with the refresh folder, so the JWKS shows when the
     // reload (which reads both) has happened.
     let signing_keys = tempfile::tempdir().unwrap();
-    write_signing_key(
-        &signing_keys.path().join("0001.pem"),
-        &ed25519_dalek::SigningKey::from_bytes(&random_seed()),
-    );
+    write_new_signing_key(&signing_keys.path().join("0001.pem"));
     let (refresh_dir, signing_dir) = (
         refresh_keys.path().to_owned(),
         signing_keys.path().to_owned(),
@@ -199,11 +190,8 @@ async fn refresh_keys_rotate_without_invalidating_live_refresh_tokens() {
     let (_, untouched) = tokens(&app.create("sven", "other").await.tokens);
     let second = tokens(&app.refresh(&first).await.expect("refreshed").tokens).1;
 
-    std::fs::write(refresh_keys.path().join("0002.key"), random_seed()).unwrap();
-    write_signing_key(
-        &signing_keys.path().join("0002.pem"),
-        &ed25519_dalek::SigningKey::from_bytes(&random_seed()),
-    );
+    std::fs::write(refresh_keys.path().join("0002.key"), random_bytes()).unwrap();
+    write_new_signing_key(&signing_keys.path().join("0002.pem"));
     wait_for_key_count(&app, 2).await;
 
     // A retry of `first`, made under the old key, is still recognised.

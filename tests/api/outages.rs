@@ -3,7 +3,11 @@ use std::time::{Duration, Instant};
 use sessiond::api::pb::{self, TokenStatus};
 use tonic::Code;
 
-use crate::helpers::{fresh_database, spawn, test_settings, tokens};
+use crate::support::{
+    app::{spawn, test_settings},
+    postgres::fresh_migrated_database,
+    rpc::tokens,
+};
 
 /// A loopback address where nothing listens: bind a port, then let it go.
 fn dead_address() -> String {
@@ -15,7 +19,7 @@ fn dead_address() -> String {
 
 #[tokio::test]
 async fn every_rpc_works_from_postgres_when_redis_is_unreachable() {
-    let (url, pool) = fresh_database().await;
+    let (url, pool) = fresh_migrated_database().await;
     let mut settings = test_settings(&url);
     settings.redis_url = Some(format!("redis://{}", dead_address()));
     let app = spawn(settings, Some(pool)).await;
@@ -37,23 +41,11 @@ async fn every_rpc_works_from_postgres_when_redis_is_unreachable() {
         .await
         .expect("list works");
     assert_eq!(listed.into_inner().sessions.len(), 2);
-    let revoked = client
-        .revoke_session(pb::RevokeSessionRequest {
-            session_id: id,
-            reason: String::new(),
-        })
-        .await
-        .expect("revoke works");
-    assert!(revoked.into_inner().revoked);
+    let revoked = app.try_revoke(&id, "").await.expect("revoke works");
+    assert!(revoked);
     assert_eq!(app.status_of(&access).await, TokenStatus::SessionRevoked);
-    let count = client
-        .revoke_user_sessions(pb::RevokeUserSessionsRequest {
-            user_id: "ada".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("revoke-user works");
-    assert_eq!(count.into_inner().revoked_count, 1);
+    let count = app.revoke_user("ada", "").await.expect("revoke-user works");
+    assert_eq!(count, 1);
     assert_eq!(
         app.status_of(&tokens(&other.tokens).0).await,
         TokenStatus::SessionRevoked
@@ -67,15 +59,7 @@ async fn requests_fail_with_unavailable_within_the_timeout_when_postgres_is_unre
     let app = spawn(settings, None).await;
 
     let started = Instant::now();
-    let status = app
-        .client
-        .clone()
-        .create_session(pb::CreateSessionRequest {
-            user_id: "bea".into(),
-            ..Default::default()
-        })
-        .await
-        .expect_err("no store");
+    let status = app.try_create("bea", "").await.expect_err("no store");
 
     assert_eq!(status.code(), Code::Unavailable);
     assert!(

@@ -5,7 +5,13 @@ use sessiond::api::pb::TokenStatus;
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::helpers::{DAY, MINUTE, Store, assert_invalid_field, spawn_app, spawn_app_with, tokens};
+use crate::{
+    helpers::{DAY, MINUTE, assert_invalid_field},
+    support::{
+        app::{Store, spawn_app, spawn_app_with},
+        rpc::tokens,
+    },
+};
 
 const SECOND: Duration = Duration::from_secs(1);
 

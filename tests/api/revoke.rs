@@ -3,30 +3,13 @@ use tonic::Code;
 
 use sessiond::{clock::Clock, store::RevokedAfter};
 
-use crate::helpers::{Direct, MINUTE, Store, TestApp, assert_invalid_field, spawn_app, tokens};
-
-async fn revoke(app: &TestApp, session_id: &str, reason: &str) -> Result<bool, tonic::Status> {
-    app.client
-        .clone()
-        .revoke_session(pb::RevokeSessionRequest {
-            session_id: session_id.into(),
-            reason: reason.into(),
-        })
-        .await
-        .map(|response| response.into_inner().revoked)
-}
-
-async fn revoke_user(app: &TestApp, user_id: &str, except: &str) -> Result<u32, tonic::Status> {
-    app.client
-        .clone()
-        .revoke_user_sessions(pb::RevokeUserSessionsRequest {
-            user_id: user_id.into(),
-            except_session_id: except.into(),
-            reason: "password changed".into(),
-        })
-        .await
-        .map(|response| response.into_inner().revoked_count)
-}
+use crate::{
+    helpers::{Direct, MINUTE, assert_invalid_field},
+    support::{
+        app::{Store, spawn_app},
+        rpc::tokens,
+    },
+};
 
 async fn revoking_a_session_refuses_its_tokens_and_says_so_once(store: Store) {
     let app = spawn_app(store).await;
@@ -35,9 +18,13 @@ async fn revoking_a_session_refuses_its_tokens_and_says_so_once(store: Store) {
     let id = created.session.expect("session").session_id;
     assert!(app.validate(&access).await.valid, "cached as live first");
 
-    assert!(revoke(&app, &id, "user signed out").await.expect("revoked"));
     assert!(
-        !revoke(&app, &id, "again").await.expect("answered"),
+        app.try_revoke(&id, "user signed out")
+            .await
+            .expect("revoked")
+    );
+    assert!(
+        !app.try_revoke(&id, "again").await.expect("answered"),
         "already revoked"
     );
 
@@ -49,16 +36,17 @@ async fn revoking_a_session_refuses_its_tokens_and_says_so_once(store: Store) {
 
 async fn revoking_an_unknown_session_is_not_found_and_a_bad_id_invalid(store: Store) {
     let app = spawn_app(store).await;
-    let status = revoke(&app, &uuid::Uuid::now_v7().to_string(), "")
+    let status = app
+        .try_revoke(&uuid::Uuid::now_v7().to_string(), "")
         .await
         .expect_err("unknown");
     assert_eq!(status.code(), Code::NotFound);
     assert_invalid_field(
-        &revoke(&app, "not-a-uuid", "").await.expect_err("bad id"),
+        &app.try_revoke("not-a-uuid", "").await.expect_err("bad id"),
         "session_id",
     );
     assert_invalid_field(
-        &revoke(&app, "", "").await.expect_err("empty id"),
+        &app.try_revoke("", "").await.expect_err("empty id"),
         "session_id",
     );
     let overlong = "r".repeat(129);
@@ -69,7 +57,9 @@ async fn revoking_an_unknown_session_is_not_found_and_a_bad_id_invalid(store: St
         .expect("session")
         .session_id;
     assert_invalid_field(
-        &revoke(&app, &id, &overlong).await.expect_err("long reason"),
+        &app.try_revoke(&id, &overlong)
+            .await
+            .expect_err("long reason"),
         "reason",
     );
 }
@@ -92,12 +82,12 @@ async fn signing_out_everywhere_revokes_every_session_of_the_user_only(store: St
     let laptop = tokens(&app.create("walt", "laptop").await.tokens).0;
     let someone_else = tokens(&app.create("xena", "phone").await.tokens).0;
 
-    assert_eq!(revoke_user(&app, "walt", "").await.expect("revoked"), 2);
+    assert_eq!(app.revoke_user("walt", "").await.expect("revoked"), 2);
 
     assert_eq!(app.status_of(&phone).await, TokenStatus::SessionRevoked);
     assert_eq!(app.status_of(&laptop).await, TokenStatus::SessionRevoked);
     assert!(app.validate(&someone_else).await.valid);
-    assert_eq!(revoke_user(&app, "walt", "").await.expect("answered"), 0);
+    assert_eq!(app.revoke_user("walt", "").await.expect("answered"), 0);
 }
 
 async fn signing_out_other_devices_keeps_the_current_one(store: Store) {
@@ -110,9 +100,7 @@ async fn signing_out_other_devices_keeps_the_current_one(store: Store) {
     let current_id = current.session.expect("session").session_id;
 
     assert_eq!(
-        revoke_user(&app, "yuri", &current_id)
-            .await
-            .expect("revoked"),
+        app.revoke_user("yuri", &current_id).await.expect("revoked"),
         2
     );
 
@@ -124,11 +112,11 @@ async fn signing_out_other_devices_keeps_the_current_one(store: Store) {
         );
     }
     assert_invalid_field(
-        &revoke_user(&app, "yuri", "junk").await.expect_err("bad id"),
+        &app.revoke_user("yuri", "junk").await.expect_err("bad id"),
         "except_session_id",
     );
     assert_invalid_field(
-        &revoke_user(&app, "", "").await.expect_err("no user"),
+        &app.revoke_user("", "").await.expect_err("no user"),
         "user_id",
     );
 }
@@ -144,13 +132,13 @@ async fn the_store_walks_revocations_in_order_from_a_point_on(store: Store) {
         id(app.create("walt", "b").await),
         id(app.create("wanda", "c").await),
     );
-    revoke(&app, &before, "before the window").await.unwrap();
+    app.try_revoke(&before, "before the window").await.unwrap();
     app.advance(MINUTE);
     let since = app.clock.now();
     // Two at one instant, then one a minute later.
-    assert_eq!(revoke_user(&app, "walt", "").await.unwrap(), 2);
+    assert_eq!(app.revoke_user("walt", "").await.unwrap(), 2);
     app.advance(MINUTE);
-    revoke(&app, &three, "later").await.unwrap();
+    app.try_revoke(&three, "later").await.unwrap();
 
     let direct = Direct::of(&app, store);
     let first = direct

@@ -5,7 +5,13 @@ use tonic_health::pb::{
 };
 use tonic_reflection::pb::{v1, v1alpha};
 
-use crate::helpers::{Direct, Store, channel, spawn_app};
+use crate::{
+    helpers::Direct,
+    support::{
+        app::{Store, spawn_app},
+        channel,
+    },
+};
 
 async fn health_reports_serving_for_the_server_and_the_service(store: Store) {
     let app = spawn_app(store).await;

@@ -10,7 +10,14 @@ use sessiond::{
 };
 use tonic::Code;
 
-use crate::helpers::{DAY, Direct, Store, TestApp, http_get, spawn_app_with, tokens};
+use crate::{
+    helpers::{DAY, Direct},
+    support::{
+        app::{Store, TestApp, spawn_app_with},
+        http_get,
+        rpc::tokens,
+    },
+};
 
 const HOUR: Duration = Duration::from_secs(3600);
 

@@ -8,7 +8,14 @@ use serde_json::{Value, json};
 use sessiond::api::pb::TokenStatus;
 use sha2::Sha256;
 
-use crate::helpers::{DAY, MINUTE, Store, TestApp, redis_url, spawn_app, spawn_app_with, tokens};
+use crate::{
+    helpers::{DAY, MINUTE},
+    support::{
+        app::{Store, TestApp, spawn_app, spawn_app_with},
+        redis::redis_url,
+        rpc::tokens,
+    },
+};
 
 fn encode(value: &Value) -> String {
     URL_SAFE_NO_PAD.encode(serde_json::to_vec(value).unwrap())

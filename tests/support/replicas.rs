@@ -1,72 +1,19 @@
 //! Two sessiond replicas (A and B) as child processes over one fresh Postgres database, one Redis
-//! and one key prefix, and the RPCs the replica tests make.
+//! and one key prefix, and waiting for a revocation to reach one.
 
-use sessiond::api::pb::{self, session_service_client::SessionServiceClient};
-use tonic::transport::Channel;
+use std::time::{Duration, Instant};
 
-use super::{SessiondProcess, keys::Keys, postgres::fresh_database};
+use sessiond::api::pb::TokenStatus;
+
+use super::{
+    keys::Keys,
+    postgres::fresh_database,
+    process::SessiondProcess,
+    rpc::{Client, validate},
+};
 
 /// What a replica logs each time its subscription to the invalidation channel is (re)established.
 pub const SUBSCRIBED: &str = "subscribed to invalidations";
-
-/// Local-tier hits a replica has counted.
-pub async fn local_hits(sessiond: &SessiondProcess) -> f64 {
-    sessiond
-        .metric(
-            "sessiond_cache_lookups_total",
-            &[("tier", "local"), ("result", "hit")],
-        )
-        .await
-}
-
-pub async fn create(
-    client: &mut SessionServiceClient<Channel>,
-    user_id: &str,
-    device_id: &str,
-) -> pb::CreateSessionResponse {
-    client
-        .create_session(pb::CreateSessionRequest {
-            user_id: user_id.into(),
-            device: Some(pb::Device {
-                device_id: device_id.into(),
-                name: "test device".into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-}
-
-pub async fn validate(
-    client: &mut SessionServiceClient<Channel>,
-    access: &str,
-) -> pb::ValidateResponse {
-    client
-        .validate(pb::ValidateRequest {
-            access_token: access.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-}
-
-pub async fn revoke(client: &mut SessionServiceClient<Channel>, session_id: &str) {
-    client
-        .revoke_session(pb::RevokeSessionRequest {
-            session_id: session_id.into(),
-            reason: "signed out".into(),
-        })
-        .await
-        .unwrap();
-}
-
-pub fn token_and_id(created: &pb::CreateSessionResponse) -> (String, String) {
-    let access = created.tokens.as_ref().unwrap().access_token.clone();
-    let id = created.session.as_ref().unwrap().session_id.clone();
-    (access, id)
-}
 
 /// Two replicas over one database, one Redis and one key prefix.
 pub struct Replicas {
@@ -112,5 +59,30 @@ impl Replicas {
             prefix,
             _keys: keys,
         }
+    }
+}
+
+/// Polls Validate of `access` on replica `b` until it says SESSION_REVOKED: how long that took,
+/// and how many VALID answers came before. Gives up (panics) after 5 s.
+pub async fn wait_until_revoked(
+    client: &mut Client,
+    access: &str,
+    b: &SessiondProcess,
+) -> (Duration, u32) {
+    let started = Instant::now();
+    let mut stale = 0;
+    loop {
+        let verdict = validate(client, access).await;
+        match verdict.status() {
+            TokenStatus::SessionRevoked => return (started.elapsed(), stale),
+            TokenStatus::Valid => stale += 1,
+            other => panic!("unexpected status {other:?}\n{}", b.log()),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "B still accepts a revoked session after 5 s ({stale} VALID answers)\n{}",
+            b.log()
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }

@@ -1,6 +1,6 @@
 //! The signing key (Ed25519, PKCS#8 PEM) and refresh key files sessiond reads.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use ed25519_dalek::pkcs8::{EncodePrivateKey, spki::der::pem::LineEnding};
 use tempfile::TempDir;
@@ -15,12 +15,7 @@ pub struct Keys {
 impl Keys {
     pub fn generate() -> Self {
         let dir = TempDir::new().unwrap();
-        let signing = ed25519_dalek::SigningKey::from_bytes(&random_bytes());
-        std::fs::write(
-            dir.path().join("signing.pem"),
-            signing.to_pkcs8_pem(LineEnding::LF).unwrap().as_bytes(),
-        )
-        .unwrap();
+        let signing = write_new_signing_key(&dir.path().join("signing.pem"));
         std::fs::write(dir.path().join("refresh.key"), random_bytes()).unwrap();
         Self { dir, signing }
     }
@@ -48,7 +43,19 @@ impl Keys {
     }
 }
 
-/// 32 random bytes.
+/// Writes `key` as a PKCS#8 PEM file, as `openssl genpkey -algorithm ed25519` would.
+pub fn write_signing_key(path: &Path, key: &ed25519_dalek::SigningKey) {
+    std::fs::write(path, key.to_pkcs8_pem(LineEnding::LF).unwrap().as_bytes()).unwrap();
+}
+
+/// Writes a new random signing key to `path` (see [`write_signing_key`]); the key.
+pub fn write_new_signing_key(path: &Path) -> ed25519_dalek::SigningKey {
+    let key = ed25519_dalek::SigningKey::from_bytes(&random_bytes());
+    write_signing_key(path, &key);
+    key
+}
+
+/// 32 random bytes: a key seed, a refresh key, a token hash.
 pub fn random_bytes() -> [u8; 32] {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).unwrap();

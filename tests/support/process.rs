@@ -1,21 +1,9 @@
 //! A real sessiond process for the tests that need one: signals, crashes, several replicas.
-//! Each test binary that uses it declares `mod common;`.
-//!
-//! Also here: `keys` (signing and refresh key files), `postgres` (a fresh database on the shared
-//! Postgres), `redis` (a `redis-server` child the test owns), and the ops-port helpers
-//! (`http_get`, `sum_samples`).
-
-#![allow(dead_code)] // Each test binary uses a different part of this harness.
-
-pub mod keys;
-pub mod postgres;
-pub mod redis;
-pub mod replicas;
 
 use std::{
     fs::File,
     net::SocketAddr,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, Command, ExitStatus, Stdio},
     time::{Duration, Instant},
 };
@@ -26,6 +14,8 @@ use tonic::transport::Channel;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
+
+use super::{channel, free_addr, metrics, read_or_empty, sum_samples};
 
 /// A sessiond child process, killed when dropped if it is still running.
 pub struct SessiondProcess {
@@ -166,7 +156,7 @@ impl SessiondProcess {
     /// The sum of the samples of metric `name` (on its ops port's `/metrics`) whose labels include
     /// `labels`; 0 if none.
     pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        sum_samples(&http_get(self.ops_addr, "/metrics").await, name, labels)
+        sum_samples(&metrics(self.ops_addr).await, name, labels)
     }
 
     /// Waits up to 10 s until `needle` has appeared `times` times in the log.
@@ -206,54 +196,22 @@ impl Drop for SessiondProcess {
     }
 }
 
-/// A channel to `addr`.
-pub async fn channel(addr: SocketAddr) -> Channel {
-    Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
+/// The in-process tier's hits `sessiond` has counted.
+pub async fn local_hits(sessiond: &SessiondProcess) -> f64 {
+    sessiond
+        .metric(
+            "sessiond_cache_lookups_total",
+            &[("tier", "local"), ("result", "hit")],
+        )
         .await
-        .unwrap()
 }
 
-/// A loopback address where nothing listens yet.
-pub fn free_addr() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
-}
-
-fn read_or_empty(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_default()
-}
-
-/// GETs `path` over HTTP/1.1: the body (panics unless 200).
-pub async fn http_get(addr: SocketAddr, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    body.to_owned()
-}
-
-/// Sums the Prometheus text samples of `name` whose labels include every one of `labels`.
-pub fn sum_samples(body: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    body.lines()
-        .filter(|line| !line.starts_with('#'))
-        .filter_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let (metric, label_text) = match series.split_once('{') {
-                Some((metric, rest)) => (metric, rest.trim_end_matches('}')),
-                None => (series, ""),
-            };
-            (metric == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| label_text.split(',').any(|l| l == format!("{k}=\"{v}\""))))
-            .then(|| value.parse::<f64>().ok())
-            .flatten()
-        })
-        .fold(0.0, |sum, value| sum + value)
+/// The Redis tier's hits `sessiond` has counted.
+pub async fn redis_hits(sessiond: &SessiondProcess) -> f64 {
+    sessiond
+        .metric(
+            "sessiond_cache_lookups_total",
+            &[("tier", "redis"), ("result", "hit")],
+        )
+        .await
 }

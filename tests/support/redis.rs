@@ -1,7 +1,8 @@
-//! A `redis-server` child the test owns, and `redis-cli`.
+//! The shared Redis, a `redis-server` child the test owns, and `redis-cli`.
 
 use std::{
     fs::File,
+    path::Path,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -9,6 +10,44 @@ use std::{
 use tempfile::TempDir;
 
 use super::free_addr;
+
+/// The rank the cache gives a revoked copy (`REVOKED_RANK` in src/cache/mod.rs).
+pub const REVOKED_RANK: &str = "9007199254740991";
+
+/// Where tests find the shared Redis; `SESSIOND_TEST_REDIS_URL` overrides it.
+pub fn redis_url() -> String {
+    std::env::var("SESSIOND_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// The `redis-server` flags of a throwaway server: `port` on loopback, no persistence, in the
+/// foreground.
+pub fn throwaway_args(port: &str) -> [&str; 10] {
+    [
+        "--port",
+        port,
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--daemonize",
+        "no",
+    ]
+}
+
+/// Starts `redis-server args...` in `dir`, its output going to the file `log`.
+pub fn spawn_redis_server(dir: &Path, args: &[&str], log: &Path) -> Child {
+    let log = File::create(log).unwrap();
+    Command::new("redis-server")
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("redis-server is installed")
+}
 
 /// A `redis-server` child on a free loopback port, no persistence; killed (-9) on drop.
 pub struct RedisServer {
@@ -34,17 +73,13 @@ impl RedisServer {
 
     /// Starts redis-server on `self.port`; false if it did not answer (say, the port was taken).
     fn spawn(&mut self) -> bool {
-        let log = File::create(self.dir.path().join("redis.log")).unwrap();
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-            .current_dir(self.dir.path())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("redis-server is installed");
-        self.child = Some(child);
+        let port = self.port.to_string();
+        let log = self.dir.path().join("redis.log");
+        self.child = Some(spawn_redis_server(
+            self.dir.path(),
+            &throwaway_args(&port),
+            &log,
+        ));
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if self.child.as_mut().unwrap().try_wait().unwrap().is_some() {

@@ -1,0 +1,98 @@
+//! The one test harness every test binary shares. A binary in `tests/*.rs` declares `mod support;`;
+//! the session suite (`tests/api/main.rs`) declares it with `#[path = "../support/mod.rs"]`.
+//!
+//! - `app`: sessiond in-process on port 0 (`TestApp`, `spawn_app`), over a fresh store.
+//! - `process`: the real sessiond binary as a child process (`SessiondProcess`): signals, crashes.
+//! - `replicas`: two such processes over one database and one Redis.
+//! - `rpc`: the SessionService calls the tests make (CreateSession, Validate, Revoke, ...).
+//! - `keys`: signing and refresh key files; `postgres`: a fresh database on the shared Postgres;
+//!   `redis`: the shared Redis, and `redis-server` children a test owns.
+//! - Here: a channel to an address, a free loopback address, the ops port over HTTP (`http_get`,
+//!   `metrics`, `sum_samples`), and latency percentiles.
+
+#![allow(dead_code)] // Each test binary uses a different part of this harness.
+
+pub mod app;
+pub mod keys;
+pub mod postgres;
+pub mod process;
+pub mod redis;
+pub mod replicas;
+pub mod rpc;
+
+use std::{net::SocketAddr, path::Path, time::Duration};
+
+use tonic::transport::Channel;
+
+/// A channel to `addr`.
+pub async fn channel(addr: SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// A loopback address where nothing listens yet.
+pub fn free_addr() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+fn read_or_empty(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// GETs `path` over HTTP/1.1 (the ops port: `/metrics`, `/.well-known/jwks.json`): its status
+/// code and body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 "), "{head}");
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, body.to_owned())
+}
+
+/// The Prometheus text of the ops server at `addr` (panics unless `/metrics` answers 200).
+pub async fn metrics(addr: SocketAddr) -> String {
+    let (status, body) = http_get(addr, "/metrics").await;
+    assert_eq!(status, 200, "GET /metrics: {body}");
+    body
+}
+
+/// Sums the Prometheus text samples of `name` whose labels include every one of `labels`.
+pub fn sum_samples(body: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    body.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric, label_text) = match series.split_once('{') {
+                Some((metric, rest)) => (metric, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            (metric == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| label_text.split(',').any(|l| l == format!("{k}=\"{v}\""))))
+            .then(|| value.parse::<f64>().ok())
+            .flatten()
+        })
+        .fold(0.0, |sum, value| sum + value)
+}
+
+/// p50, p99 and max of `latencies` (sorted in place); zeros if there are none.
+pub fn percentiles(latencies: &mut [Duration]) -> (Duration, Duration, Duration) {
+    if latencies.is_empty() {
+        return Default::default();
+    }
+    latencies.sort_unstable();
+    let at = |q: f64| {
+        latencies[((latencies.len() as f64 * q).ceil() as usize).clamp(1, latencies.len()) - 1]
+    };
+    (at(0.50), at(0.99), at(1.0))
+}
