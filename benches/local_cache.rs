@@ -26,7 +26,7 @@ use sessiond::{
     cache::{LocalSettings, LocalTier},
     clock::SystemClock,
     domain::{Device, Metadata, Session, SessionId, UserId},
-    token::{AccessTokens, SigningKey, VerifiedTokens},
+    token::{AccessTokenSigner, SigningKey, VerifiedTokens},
 };
 
 /// Counts the bytes held on the heap, to measure what the cache keeps.
@@ -118,7 +118,7 @@ fn lookups(c: &mut Criterion) {
     let warm = Arc::new(session(1));
     tier.put(&warm);
     let now = Utc::now();
-    let signer = AccessTokens::new(
+    let signer = AccessTokenSigner::new(
         SigningKey::generate().expect("a key"),
         "sessiond".into(),
         "sessiond".into(),

@@ -16,7 +16,7 @@ use chrono::{Duration, Utc};
 use criterion::{Criterion, criterion_group, criterion_main};
 use sessiond::{
     domain::{Device, Metadata, Session, SessionId, UserId},
-    token::{AccessTokens, RefreshKey, RefreshToken, SigningKey},
+    token::{AccessTokenSigner, RefreshKey, RefreshToken, SigningKey},
 };
 
 fn session() -> Session {
@@ -36,7 +36,7 @@ fn session() -> Session {
 }
 
 fn access_tokens(c: &mut Criterion) {
-    let tokens = AccessTokens::new(
+    let tokens = AccessTokenSigner::new(
         SigningKey::generate().expect("a key"),
         "sessiond".into(),
         "sessiond".into(),

@@ -18,10 +18,10 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
     api::{SessionApi, pb, pb::session_service_server::SessionServiceServer},
-    authority::{Authority, Policy},
+    authority::{AtLimit, Authority, Policy},
     cache::{LocalSettings, LocalTier, RedisSettings, RedisTier, SessionCache},
     clock::{Clock, SystemClock},
-    config::Settings,
+    config::{LimitPolicy, Settings},
     metrics,
     store::{PostgresStore, SessionStore, SqliteStore},
     sweeper::{self, SweepSettings},
@@ -68,7 +68,7 @@ impl Application {
         clock: Arc<dyn Clock>,
     ) -> anyhow::Result<Self> {
         settings.validate().map_err(anyhow::Error::msg)?;
-        let policy = Policy::from_settings(&settings).map_err(anyhow::Error::msg)?;
+        let policy = policy(&settings).map_err(anyhow::Error::msg)?;
         let keys = Keys::load(
             KeySource {
                 file: settings.signing_key_file.clone(),
@@ -83,9 +83,9 @@ impl Application {
         )
         .context("SESSIOND_SIGNING_KEY_FILE / SESSIOND_SIGNING_KEYS_DIR / SESSIOND_REFRESH_KEY_FILE / SESSIOND_REFRESH_KEYS_DIR")?;
         metrics::handle();
-        metrics::signing_keys(keys.access_tokens.verification_keys().len());
+        metrics::signing_keys(keys.signer.verification_keys().len());
         tracing::info!(
-            kid = keys.access_tokens.signing_key().kid(),
+            kid = keys.signer.signing_key().kid(),
             "signing access tokens"
         );
 
@@ -226,6 +226,28 @@ impl Application {
         tracing::info!("stopped");
         served
     }
+}
+
+/// The session rules the settings describe; the error names the setting that does not fit.
+fn policy(settings: &Settings) -> Result<Policy, String> {
+    let duration = |name: &str, value: Duration| {
+        chrono::Duration::from_std(value).map_err(|_| format!("{name} is too long"))
+    };
+    Ok(Policy {
+        access_token_ttl: duration("SESSIOND_ACCESS_TOKEN_TTL", settings.access_token_ttl)?,
+        session_lifetime: duration("SESSIOND_SESSION_LIFETIME", settings.session_lifetime)?,
+        idle_timeout: duration("SESSIOND_IDLE_TIMEOUT", settings.idle_timeout)?,
+        refresh_reuse_grace: duration(
+            "SESSIOND_REFRESH_REUSE_GRACE",
+            settings.refresh_reuse_grace,
+        )?,
+        max_sessions_per_user: settings.max_sessions_per_user,
+        at_limit: match settings.session_limit_policy {
+            LimitPolicy::EvictOldest => AtLimit::EvictOldest,
+            LimitPolicy::Deny => AtLimit::Deny,
+        },
+        activity_write_interval: Policy::ACTIVITY_WRITE_INTERVAL,
+    })
 }
 
 async fn bind(setting: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {

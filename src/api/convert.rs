@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use super::pb;
 use crate::{
-    authority::{Issued, NewSession, Refusal},
+    authority::{Issued, Refusal, SessionRequest},
     domain::{Device, Metadata, RevokeReason, Session, SessionId, UserId},
     error::Error,
     token::{RefreshToken, TokenRejection},
@@ -41,7 +41,7 @@ pub fn refresh_token(value: String) -> Result<RefreshToken, Error> {
     RefreshToken::try_from(value).map_err(|d| Error::invalid("refresh_token", d))
 }
 
-pub fn new_session(request: pb::CreateSessionRequest) -> Result<NewSession, Error> {
+pub fn new_session(request: pb::CreateSessionRequest) -> Result<SessionRequest, Error> {
     let device = request.device.unwrap_or_default();
     let lifetime = request
         .lifetime
@@ -50,7 +50,7 @@ pub fn new_session(request: pb::CreateSessionRequest) -> Result<NewSession, Erro
             _ => Err(Error::invalid("lifetime", "must be positive")),
         })
         .transpose()?;
-    Ok(NewSession {
+    Ok(SessionRequest {
         user_id: user_id("user_id", request.user_id)?,
         device: Device::parse(
             device.device_id,

@@ -102,7 +102,7 @@ async fn write_batches(
             Ok(written) => {
                 let now = clock.now();
                 for session in &written {
-                    cache.fill(session, now);
+                    cache.put_in_background(session, now);
                 }
             }
             Err(error) => {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 
 use activity::ActivityRecorder;
-pub use policy::Policy;
+pub use policy::{AtLimit, Policy};
 
 use crate::{
     cache::SessionCache,
@@ -28,7 +28,7 @@ use crate::{
 
 /// What CreateSession needs.
 #[derive(Debug)]
-pub struct NewSession {
+pub struct SessionRequest {
     pub user_id: UserId,
     pub device: Device,
     pub metadata: Metadata,
@@ -125,7 +125,7 @@ impl Authority {
     /// Starts a session: replaces the user's session on the same device, applies the per-user
     /// limit, and issues the first token pair.
     #[tracing::instrument(name = "authority.create", skip_all, fields(user_id = %new.user_id))]
-    pub async fn create_session(&self, new: NewSession) -> Result<Issued> {
+    pub async fn create_session(&self, new: SessionRequest) -> Result<Issued> {
         let now = self.now();
         let lifetime = new
             .lifetime
@@ -167,9 +167,9 @@ impl Authority {
         // Redis in the background: the caller need not wait, but it should be there when
         // Postgres is not, so that it keeps validating through an outage.
         if !revoked.is_empty() {
-            self.cache.put(&revoked, now).await;
+            self.cache.put_before_answering(&revoked, now).await;
         }
-        self.cache.fill(&session, now);
+        self.cache.put_in_background(&session, now);
         tracing::info!(session_id = %session.id, user_id = %session.user_id, revoked = revoked.len(), "session created");
         self.issue(session, refresh_token, now)
     }
@@ -218,7 +218,7 @@ impl Authority {
         let Some(session) = stored.filter(|session| session.user_id == claims.user_id) else {
             return Ok(None);
         };
-        self.cache.fill(&session, now);
+        self.cache.put_in_background(&session, now);
         Ok(Some(Arc::new(session)))
     }
 
@@ -238,7 +238,7 @@ impl Authority {
                 Err(TokenRejection::Expired)
             };
         }
-        let verified = Arc::new(self.keys.access_tokens.verify(access_token, now)?);
+        let verified = Arc::new(self.keys.signer.verify(access_token, now)?);
         self.verified.remember(access_token, Arc::clone(&verified));
         Ok(verified)
     }
@@ -267,7 +267,9 @@ impl Authority {
         match self.store.refresh(&presented.hash(), now, &decide).await? {
             RefreshOutcome::Rotated(session, hash) => {
                 metrics::session_refreshed();
-                self.cache.put(std::slice::from_ref(&session), now).await;
+                self.cache
+                    .put_before_answering(std::slice::from_ref(&session), now)
+                    .await;
                 self.issue(session, issued_successor(hash)?, now)
             }
             RefreshOutcome::Repeated(session, hash) => {
@@ -281,7 +283,9 @@ impl Authority {
                     user_id = %session.user_id,
                     "refresh token reused after rotation; session revoked"
                 );
-                self.cache.put(std::slice::from_ref(&session), now).await;
+                self.cache
+                    .put_before_answering(std::slice::from_ref(&session), now)
+                    .await;
                 Err(Error::RefreshRefused(RefreshRefusal::Reused))
             }
         }
@@ -294,7 +298,7 @@ impl Authority {
         match self.store.revoke(id, now, &reason).await? {
             Revocation::Revoked(revoked) => {
                 metrics::sessions_revoked(reason.as_str(), 1);
-                self.cache.put(&[*revoked], now).await;
+                self.cache.put_before_answering(&[*revoked], now).await;
                 Ok(true)
             }
             Revocation::AlreadyRevoked => Ok(false),
@@ -316,7 +320,7 @@ impl Authority {
             .revoke_user(user_id, except, now, &reason)
             .await?;
         metrics::sessions_revoked(reason.as_str(), revoked.len());
-        self.cache.put(&revoked, now).await;
+        self.cache.put_before_answering(&revoked, now).await;
         Ok(revoked.len())
     }
 
@@ -355,7 +359,7 @@ impl Authority {
     /// cached token verification, so tokens it signed stop validating at once.
     pub fn reload_keys(&self) -> anyhow::Result<()> {
         if let Some(change) = self.keys.reload()? {
-            metrics::signing_keys(self.keys.access_tokens.verification_keys().len());
+            metrics::signing_keys(self.keys.signer.verification_keys().len());
             if change.added > 0 || change.removed > 0 {
                 tracing::info!(added = change.added, removed = change.removed, kid = %change.signing_kid, "signing keys rotated");
             }
@@ -368,7 +372,7 @@ impl Authority {
 
     /// The public verification keys as a JSON Web Key Set.
     pub fn jwks(&self) -> serde_json::Value {
-        self.keys.access_tokens.jwks()
+        self.keys.signer.jwks()
     }
 
     /// Reads one session, live or not.
@@ -385,7 +389,7 @@ impl Authority {
     ) -> Result<Issued> {
         let access = self
             .keys
-            .access_tokens
+            .signer
             .issue(&session, now, self.policy.access_token_ttl)?;
         Ok(Issued {
             refresh_token_expires_at: session.idle_expires_at.min(session.expires_at),

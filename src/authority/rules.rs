@@ -3,9 +3,8 @@
 
 use chrono::{DateTime, Utc};
 
-use super::Policy;
+use super::{AtLimit, Policy};
 use crate::{
-    config::LimitPolicy,
     domain::{RevokeReason, Session, SessionState},
     error::{Error, RefreshRefusal, Result},
     store::{RefreshDecision, RefreshState},
@@ -24,10 +23,10 @@ pub fn admission(policy: &Policy, live_sessions: i64) -> Result<i64> {
         return Ok(0);
     }
     let excess = live_sessions + 1 - i64::from(limit);
-    match policy.limit_policy {
+    match policy.at_limit {
         _ if excess <= 0 => Ok(0),
-        LimitPolicy::Deny => Err(Error::SessionLimitReached { limit }),
-        LimitPolicy::EvictOldest => Ok(excess),
+        AtLimit::Deny => Err(Error::SessionLimitReached { limit }),
+        AtLimit::EvictOldest => Ok(excess),
     }
 }
 
@@ -94,14 +93,14 @@ mod tests {
         store::StoredRefreshToken,
     };
 
-    fn policy(limit: u32, limit_policy: LimitPolicy) -> Policy {
+    fn policy(limit: u32, at_limit: AtLimit) -> Policy {
         Policy {
             access_token_ttl: Duration::minutes(15),
             session_lifetime: Duration::days(30),
             idle_timeout: Duration::days(7),
             refresh_reuse_grace: Duration::seconds(10),
             max_sessions_per_user: limit,
-            limit_policy,
+            at_limit,
             activity_write_interval: Duration::minutes(1),
         }
     }
@@ -135,15 +134,12 @@ mod tests {
 
     #[test]
     fn no_limit_admits_everything() {
-        assert_eq!(
-            admission(&policy(0, LimitPolicy::Deny), 1_000).ok(),
-            Some(0)
-        );
+        assert_eq!(admission(&policy(0, AtLimit::Deny), 1_000).ok(), Some(0));
     }
 
     #[test]
     fn evict_oldest_makes_exactly_enough_room() {
-        let policy = policy(3, LimitPolicy::EvictOldest);
+        let policy = policy(3, AtLimit::EvictOldest);
         assert_eq!(admission(&policy, 2).ok(), Some(0));
         assert_eq!(admission(&policy, 3).ok(), Some(1));
         assert_eq!(admission(&policy, 5).ok(), Some(3));
@@ -151,7 +147,7 @@ mod tests {
 
     #[test]
     fn deny_refuses_only_over_the_limit() {
-        let policy = policy(3, LimitPolicy::Deny);
+        let policy = policy(3, AtLimit::Deny);
         assert!(admission(&policy, 2).is_ok());
         assert!(matches!(
             admission(&policy, 3),
@@ -170,7 +166,7 @@ mod tests {
             current: None,
         };
         let successors = [TokenHash([1; 32]), TokenHash([2; 32])];
-        let decision = refresh(&policy(0, LimitPolicy::Deny), &state, &successors, now);
+        let decision = refresh(&policy(0, AtLimit::Deny), &state, &successors, now);
         assert!(matches!(
             decision,
             RefreshDecision::Rotate { forget_before, successor, .. }
@@ -184,7 +180,7 @@ mod tests {
         let session = session(now);
         let presented = token(&session, 4, Some(now - Duration::seconds(10)));
         let successor = TokenHash([1; 32]);
-        let policy = policy(0, LimitPolicy::Deny);
+        let policy = policy(0, AtLimit::Deny);
         let current = RefreshState {
             session: &session,
             presented: &presented,
@@ -218,7 +214,7 @@ mod tests {
             current: None,
         };
         assert!(matches!(
-            refresh(&policy(0, LimitPolicy::Deny), &state, &[TokenHash([1; 32])], now),
+            refresh(&policy(0, AtLimit::Deny), &state, &[TokenHash([1; 32])], now),
             RefreshDecision::Revoke(reason) if reason.as_str() == "refresh_token_reuse"
         ));
     }
@@ -236,7 +232,7 @@ mod tests {
         };
         assert!(matches!(
             refresh(
-                &policy(0, LimitPolicy::Deny),
+                &policy(0, AtLimit::Deny),
                 &state,
                 &[TokenHash([1; 32])],
                 now

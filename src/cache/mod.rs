@@ -79,7 +79,7 @@ impl SessionCache {
     }
 
     /// Tells every tier about these sessions, all of one user.
-    pub async fn put(&self, sessions: &[Session], now: DateTime<Utc>) {
+    pub async fn put_before_answering(&self, sessions: &[Session], now: DateTime<Utc>) {
         for session in sessions {
             self.put_local(session);
         }
@@ -91,7 +91,7 @@ impl SessionCache {
     /// Keeps a live copy just created or read from the store: in process at once, and in Redis in
     /// the background, so the caller does not wait for it. (Ranks make a late write harmless: it
     /// cannot replace a newer copy or a revocation.)
-    pub fn fill(&self, session: &Session, now: DateTime<Utc>) {
+    pub fn put_in_background(&self, session: &Session, now: DateTime<Utc>) {
         self.put_local(session);
         if let Some(redis) = &self.redis {
             let (redis, session) = (redis.clone(), session.clone());

@@ -331,12 +331,12 @@ impl<T: StoredTime> TryFrom<SessionRow<T>> for Session {
 }
 
 /// At most one row, as a session.
-fn one<T: StoredTime>(row: Option<SessionRow<T>>) -> Result<Option<Session>> {
+fn session_from<T: StoredTime>(row: Option<SessionRow<T>>) -> Result<Option<Session>> {
     row.map(Session::try_from).transpose()
 }
 
 /// Rows, as sessions.
-fn all<T: StoredTime>(rows: Vec<SessionRow<T>>) -> Result<Vec<Session>> {
+fn sessions_from<T: StoredTime>(rows: Vec<SessionRow<T>>) -> Result<Vec<Session>> {
     rows.into_iter().map(Session::try_from).collect()
 }
 

@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use super::{
     Activity, Backend, NewSession, PostgresStore, RevokedAfter, SWEEP_LOCK_KEY, Statements,
-    StoredRefreshToken, all, one, sql_store::rollback_safe, token_hash,
+    StoredRefreshToken, session_from, sessions_from, sql_store::rollback_safe, token_hash,
 };
 use crate::{
     domain::{RevokeReason, Session, SessionId, UserId},
@@ -176,7 +176,7 @@ impl Backend for Postgres {
         };
         // Each replaced session goes to the create on its device: there is one per device.
         let mut replaced = vec![Vec::new(); batch.len()];
-        for session in all(rows)? {
+        for session in sessions_from(rows)? {
             let create = batch.iter().position(|create| {
                 create.session.user_id == session.user_id
                     && create.session.device.device_id == session.device.device_id
@@ -233,7 +233,7 @@ impl Backend for Postgres {
             .fetch_all(&mut *tx)
             .await?;
         tx.commit().await?;
-        all(written)
+        sessions_from(written)
     }
 
     async fn migrate(pool: &PgPool) -> Result<()> {
@@ -266,7 +266,7 @@ impl Statements for PgConnection {
         now: DateTime<Utc>,
         reason: &RevokeReason,
     ) -> Result<Vec<Session>> {
-        all(
+        sessions_from(
             insert_replacing_devices(self, std::iter::once((session, refresh_token, now)), reason)
                 .await?,
         )
@@ -274,10 +274,12 @@ impl Statements for PgConnection {
 
     async fn find_session(&mut self, id: SessionId) -> Result<Option<Session>> {
         let sql = concat!("SELECT ", columns!(), " FROM session WHERE session_id = $1");
-        one(sqlx::query_as::<_, SessionRow>(sql)
-            .bind(id.as_uuid())
-            .fetch_optional(self)
-            .await?)
+        session_from(
+            sqlx::query_as::<_, SessionRow>(sql)
+                .bind(id.as_uuid())
+                .fetch_optional(self)
+                .await?,
+        )
     }
 
     async fn find_session_for_update(&mut self, id: SessionId) -> Result<Option<Session>> {
@@ -286,10 +288,12 @@ impl Statements for PgConnection {
             columns!(),
             " FROM session WHERE session_id = $1 FOR UPDATE"
         );
-        one(sqlx::query_as::<_, SessionRow>(sql)
-            .bind(id.as_uuid())
-            .fetch_optional(self)
-            .await?)
+        session_from(
+            sqlx::query_as::<_, SessionRow>(sql)
+                .bind(id.as_uuid())
+                .fetch_optional(self)
+                .await?,
+        )
     }
 
     async fn count_live(&mut self, user_id: &UserId, now: DateTime<Utc>) -> Result<i64> {
@@ -315,12 +319,14 @@ impl Statements for PgConnection {
              WHERE session_id = $1 AND revoked_at IS NULL RETURNING ",
             columns!()
         );
-        one(sqlx::query_as::<_, SessionRow>(sql)
-            .bind(id.as_uuid())
-            .bind(now)
-            .bind(reason.as_str())
-            .fetch_optional(self)
-            .await?)
+        session_from(
+            sqlx::query_as::<_, SessionRow>(sql)
+                .bind(id.as_uuid())
+                .bind(now)
+                .bind(reason.as_str())
+                .fetch_optional(self)
+                .await?,
+        )
     }
 
     async fn revoke_device(
@@ -335,13 +341,15 @@ impl Statements for PgConnection {
              WHERE user_id = $1 AND device_id = $2 AND revoked_at IS NULL RETURNING ",
             columns!()
         );
-        all(sqlx::query_as::<_, SessionRow>(sql)
-            .bind(user_id.as_str())
-            .bind(device_id)
-            .bind(now)
-            .bind(reason.as_str())
-            .fetch_all(self)
-            .await?)
+        sessions_from(
+            sqlx::query_as::<_, SessionRow>(sql)
+                .bind(user_id.as_str())
+                .bind(device_id)
+                .bind(now)
+                .bind(reason.as_str())
+                .fetch_all(self)
+                .await?,
+        )
     }
 
     async fn revoke_oldest_live(
@@ -358,13 +366,15 @@ impl Statements for PgConnection {
             " ORDER BY session_id LIMIT $4) RETURNING ",
             columns!()
         );
-        all(sqlx::query_as::<_, SessionRow>(sql)
-            .bind(user_id.as_str())
-            .bind(now)
-            .bind(reason.as_str())
-            .bind(count)
-            .fetch_all(self)
-            .await?)
+        sessions_from(
+            sqlx::query_as::<_, SessionRow>(sql)
+                .bind(user_id.as_str())
+                .bind(now)
+                .bind(reason.as_str())
+                .bind(count)
+                .fetch_all(self)
+                .await?,
+        )
     }
 
     async fn revoke_user(
@@ -379,13 +389,15 @@ impl Statements for PgConnection {
              WHERE user_id = $1 AND revoked_at IS NULL AND session_id IS DISTINCT FROM $2 RETURNING ",
             columns!()
         );
-        all(sqlx::query_as::<_, SessionRow>(sql)
-            .bind(user_id.as_str())
-            .bind(except.map(|id| id.as_uuid()))
-            .bind(now)
-            .bind(reason.as_str())
-            .fetch_all(self)
-            .await?)
+        sessions_from(
+            sqlx::query_as::<_, SessionRow>(sql)
+                .bind(user_id.as_str())
+                .bind(except.map(|id| id.as_uuid()))
+                .bind(now)
+                .bind(reason.as_str())
+                .fetch_all(self)
+                .await?,
+        )
     }
 
     async fn record_activity(
@@ -403,13 +415,15 @@ impl Statements for PgConnection {
             " RETURNING ",
             columns!()
         );
-        one(sqlx::query_as::<_, SessionRow>(sql)
-            .bind(id.as_uuid())
-            .bind(now)
-            .bind(idle_expires_at)
-            .bind(stale_before)
-            .fetch_optional(self)
-            .await?)
+        session_from(
+            sqlx::query_as::<_, SessionRow>(sql)
+                .bind(id.as_uuid())
+                .bind(now)
+                .bind(idle_expires_at)
+                .bind(stale_before)
+                .fetch_optional(self)
+                .await?,
+        )
     }
 
     async fn list_sessions(
@@ -427,14 +441,16 @@ impl Statements for PgConnection {
             live_at!("$3"),
             ")) AND ($4::uuid IS NULL OR session_id < $4) ORDER BY session_id DESC LIMIT $5"
         );
-        all(sqlx::query_as::<_, SessionRow>(sql)
-            .bind(user_id.as_str())
-            .bind(include_revoked)
-            .bind(now)
-            .bind(after.map(|id| id.as_uuid()))
-            .bind(limit)
-            .fetch_all(self)
-            .await?)
+        sessions_from(
+            sqlx::query_as::<_, SessionRow>(sql)
+                .bind(user_id.as_str())
+                .bind(include_revoked)
+                .bind(now)
+                .bind(after.map(|id| id.as_uuid()))
+                .bind(limit)
+                .fetch_all(self)
+                .await?,
+        )
     }
 
     async fn revoked_since(&mut self, after: RevokedAfter, limit: i64) -> Result<Vec<Session>> {
@@ -445,12 +461,14 @@ impl Statements for PgConnection {
             " FROM session WHERE revoked_at >= $1 AND (revoked_at > $1 OR session_id > $2) \
              ORDER BY revoked_at, session_id LIMIT $3"
         );
-        all(sqlx::query_as::<_, SessionRow>(sql)
-            .bind(after.revoked_at)
-            .bind(after.session_id.as_uuid())
-            .bind(limit)
-            .fetch_all(self)
-            .await?)
+        sessions_from(
+            sqlx::query_as::<_, SessionRow>(sql)
+                .bind(after.revoked_at)
+                .bind(after.session_id.as_uuid())
+                .bind(limit)
+                .fetch_all(self)
+                .await?,
+        )
     }
 
     async fn insert_refresh_token(

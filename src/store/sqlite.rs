@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use super::{
     Activity, Backend, NewSession, RevokedAfter, SqliteStore, Statements, StoredRefreshToken,
-    StoredTime, all, one, sql_store::rollback_safe, token_hash,
+    StoredTime, session_from, sessions_from, sql_store::rollback_safe, token_hash,
 };
 use crate::{
     domain::{RevokeReason, Session, SessionId, UserId},
@@ -163,10 +163,12 @@ impl Statements for SqliteConnection {
 
     async fn find_session(&mut self, id: SessionId) -> Result<Option<Session>> {
         let sql = concat!("SELECT ", columns!(), " FROM session WHERE session_id = ?1");
-        one(sqlx::query_as::<_, SessionRow>(sql)
-            .bind(id.as_uuid())
-            .fetch_optional(self)
-            .await?)
+        session_from(
+            sqlx::query_as::<_, SessionRow>(sql)
+                .bind(id.as_uuid())
+                .fetch_optional(self)
+                .await?,
+        )
     }
 
     async fn find_session_for_update(&mut self, id: SessionId) -> Result<Option<Session>> {
@@ -197,12 +199,14 @@ impl Statements for SqliteConnection {
              WHERE session_id = ?1 AND revoked_at IS NULL RETURNING ",
             columns!()
         );
-        one(sqlx::query_as::<_, SessionRow>(sql)
-            .bind(id.as_uuid())
-            .bind(micros(now))
-            .bind(reason.as_str())
-            .fetch_optional(self)
-            .await?)
+        session_from(
+            sqlx::query_as::<_, SessionRow>(sql)
+                .bind(id.as_uuid())
+                .bind(micros(now))
+                .bind(reason.as_str())
+                .fetch_optional(self)
+                .await?,
+        )
     }
 
     async fn revoke_device(
@@ -217,13 +221,15 @@ impl Statements for SqliteConnection {
              WHERE user_id = ?1 AND device_id = ?2 AND revoked_at IS NULL RETURNING ",
             columns!()
         );
-        all(sqlx::query_as::<_, SessionRow>(sql)
-            .bind(user_id.as_str())
-            .bind(device_id)
-            .bind(micros(now))
-            .bind(reason.as_str())
-            .fetch_all(self)
-            .await?)
+        sessions_from(
+            sqlx::query_as::<_, SessionRow>(sql)
+                .bind(user_id.as_str())
+                .bind(device_id)
+                .bind(micros(now))
+                .bind(reason.as_str())
+                .fetch_all(self)
+                .await?,
+        )
     }
 
     async fn revoke_oldest_live(
@@ -240,13 +246,15 @@ impl Statements for SqliteConnection {
             " ORDER BY session_id LIMIT ?4) RETURNING ",
             columns!()
         );
-        all(sqlx::query_as::<_, SessionRow>(sql)
-            .bind(user_id.as_str())
-            .bind(micros(now))
-            .bind(reason.as_str())
-            .bind(count)
-            .fetch_all(self)
-            .await?)
+        sessions_from(
+            sqlx::query_as::<_, SessionRow>(sql)
+                .bind(user_id.as_str())
+                .bind(micros(now))
+                .bind(reason.as_str())
+                .bind(count)
+                .fetch_all(self)
+                .await?,
+        )
     }
 
     async fn revoke_user(
@@ -261,13 +269,15 @@ impl Statements for SqliteConnection {
              WHERE user_id = ?1 AND revoked_at IS NULL AND session_id IS NOT ?2 RETURNING ",
             columns!()
         );
-        all(sqlx::query_as::<_, SessionRow>(sql)
-            .bind(user_id.as_str())
-            .bind(except.map(|id| id.as_uuid()))
-            .bind(micros(now))
-            .bind(reason.as_str())
-            .fetch_all(self)
-            .await?)
+        sessions_from(
+            sqlx::query_as::<_, SessionRow>(sql)
+                .bind(user_id.as_str())
+                .bind(except.map(|id| id.as_uuid()))
+                .bind(micros(now))
+                .bind(reason.as_str())
+                .fetch_all(self)
+                .await?,
+        )
     }
 
     async fn record_activity(
@@ -285,13 +295,15 @@ impl Statements for SqliteConnection {
             " RETURNING ",
             columns!()
         );
-        one(sqlx::query_as::<_, SessionRow>(sql)
-            .bind(id.as_uuid())
-            .bind(micros(now))
-            .bind(micros(idle_expires_at))
-            .bind(micros(stale_before))
-            .fetch_optional(self)
-            .await?)
+        session_from(
+            sqlx::query_as::<_, SessionRow>(sql)
+                .bind(id.as_uuid())
+                .bind(micros(now))
+                .bind(micros(idle_expires_at))
+                .bind(micros(stale_before))
+                .fetch_optional(self)
+                .await?,
+        )
     }
 
     async fn list_sessions(
@@ -309,14 +321,16 @@ impl Statements for SqliteConnection {
             live_at!("?3"),
             ")) AND (?4 IS NULL OR session_id < ?4) ORDER BY session_id DESC LIMIT ?5"
         );
-        all(sqlx::query_as::<_, SessionRow>(sql)
-            .bind(user_id.as_str())
-            .bind(include_revoked)
-            .bind(micros(now))
-            .bind(after.map(|id| id.as_uuid()))
-            .bind(limit)
-            .fetch_all(self)
-            .await?)
+        sessions_from(
+            sqlx::query_as::<_, SessionRow>(sql)
+                .bind(user_id.as_str())
+                .bind(include_revoked)
+                .bind(micros(now))
+                .bind(after.map(|id| id.as_uuid()))
+                .bind(limit)
+                .fetch_all(self)
+                .await?,
+        )
     }
 
     async fn revoked_since(&mut self, after: RevokedAfter, limit: i64) -> Result<Vec<Session>> {
@@ -326,12 +340,14 @@ impl Statements for SqliteConnection {
             " FROM session WHERE revoked_at >= ?1 AND (revoked_at > ?1 OR session_id > ?2) \
              ORDER BY revoked_at, session_id LIMIT ?3"
         );
-        all(sqlx::query_as::<_, SessionRow>(sql)
-            .bind(micros(after.revoked_at))
-            .bind(after.session_id.as_uuid())
-            .bind(limit)
-            .fetch_all(self)
-            .await?)
+        sessions_from(
+            sqlx::query_as::<_, SessionRow>(sql)
+                .bind(micros(after.revoked_at))
+                .bind(after.session_id.as_uuid())
+                .bind(limit)
+                .fetch_all(self)
+                .await?,
+        )
     }
 
     async fn insert_refresh_token(

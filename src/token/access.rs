@@ -93,16 +93,16 @@ pub struct KeyChange {
 
 /// Signs with the newest key and verifies with every key of the ring, chosen by `kid`. The ring
 /// can be replaced while requests run (key rotation without a restart).
-pub struct AccessTokens {
+pub struct AccessTokenSigner {
     keys: ArcSwap<KeyRing>,
     issuer: String,
     audience: String,
     validation: Validation,
 }
 
-impl std::fmt::Debug for AccessTokens {
+impl std::fmt::Debug for AccessTokenSigner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AccessTokens")
+        f.debug_struct("AccessTokenSigner")
             .field("signing_kid", &self.keys.load().signing.kid())
             .field("issuer", &self.issuer)
             .field("audience", &self.audience)
@@ -110,7 +110,7 @@ impl std::fmt::Debug for AccessTokens {
     }
 }
 
-impl AccessTokens {
+impl AccessTokenSigner {
     /// Tokens signed by `signing` for `issuer` and `audience`.
     pub fn new(signing: SigningKey, issuer: String, audience: String) -> Self {
         super::eddsa::install();
@@ -272,8 +272,8 @@ mod tests {
     use super::*;
     use crate::domain::{Device, Metadata};
 
-    fn tokens() -> AccessTokens {
-        AccessTokens::new(
+    fn tokens() -> AccessTokenSigner {
+        AccessTokenSigner::new(
             SigningKey::generate().expect("key"),
             "iss".into(),
             "aud".into(),
@@ -342,7 +342,7 @@ mod tests {
         let first = SigningKey::generate().expect("key");
         let second = SigningKey::generate().expect("key");
         let (first_kid, second_kid) = (first.kid().to_owned(), second.kid().to_owned());
-        let tokens = AccessTokens::new(first.clone(), "iss".into(), "aud".into());
+        let tokens = AccessTokenSigner::new(first.clone(), "iss".into(), "aud".into());
         let old = tokens
             .issue(&session(now), now, Duration::minutes(15))
             .expect("signs");

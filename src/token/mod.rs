@@ -7,14 +7,16 @@ mod keys;
 mod refresh;
 mod verified;
 
-pub use access::{AccessTokens, IssuedAccessToken, KeyChange, TokenRejection, VerifiedAccessToken};
+pub use access::{
+    AccessTokenSigner, IssuedAccessToken, KeyChange, TokenRejection, VerifiedAccessToken,
+};
 pub use keys::{KeySource, RefreshKey, RefreshKeys, SigningKey};
 pub use refresh::{RefreshToken, TokenHash};
 pub use verified::VerifiedTokens;
 
 /// Every key sessiond holds, and where they are reloaded from on rotation.
 pub struct Keys {
-    pub access_tokens: AccessTokens,
+    pub signer: AccessTokenSigner,
     pub refresh_keys: RefreshKeys,
     signing_source: KeySource,
     refresh_source: KeySource,
@@ -47,12 +49,10 @@ impl Keys {
             );
             vec![RefreshKey::generate()?]
         };
-        let access_tokens = AccessTokens::new(SigningKey::generate()?, issuer, audience);
-        access_tokens
-            .replace_keys(signing)
-            .map_err(anyhow::Error::msg)?;
+        let signer = AccessTokenSigner::new(SigningKey::generate()?, issuer, audience);
+        signer.replace_keys(signing).map_err(anyhow::Error::msg)?;
         Ok(Self {
-            access_tokens,
+            signer,
             refresh_keys: RefreshKeys::new(refresh)
                 .ok_or_else(|| anyhow::anyhow!("no refresh key"))?,
             signing_source,
@@ -81,7 +81,7 @@ impl Keys {
         }
         signing
             .map(|signing| {
-                self.access_tokens
+                self.signer
                     .replace_keys(signing)
                     .map_err(anyhow::Error::msg)
             })

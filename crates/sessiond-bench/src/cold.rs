@@ -11,7 +11,7 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use sessiond::{
     domain::{Device, Metadata, Session, SessionId, UserId},
-    token::{AccessTokens, SigningKey},
+    token::{AccessTokenSigner, SigningKey},
 };
 use sqlx::{Connection, PgConnection};
 
@@ -33,7 +33,7 @@ pub async fn mint_tokens(
     audience: &str,
     sample: usize,
 ) -> anyhow::Result<Vec<String>> {
-    let tokens = AccessTokens::new(
+    let tokens = AccessTokenSigner::new(
         SigningKey::from_pem_file(signing_key_file).context("--signing-key-file")?,
         issuer.to_owned(),
         audience.to_owned(),
