@@ -310,12 +310,9 @@ fn build_storage(
             })
         })
         .transpose()?;
-    // With a shared Redis, other replicas revoke too: the in-process tier hears of it on the
-    // invalidation channel, and is trusted only while subscribed.
-    if let (Some(local), Some(redis)) = (&local, &redis) {
-        redis.subscribe(local.clone(), tasks)?;
-    }
-    Ok((store, SessionCache::new(local, redis)))
+    let cache = SessionCache::new(local, redis);
+    cache.listen_for_invalidations(tasks)?;
+    Ok((store, cache))
 }
 
 /// Applies the store's migrations; false (and a warning) if the store cannot be reached.

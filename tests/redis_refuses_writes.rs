@@ -246,6 +246,12 @@ async fn revocation_holds_through(fault: Fault) {
 /// Returns the new primary, which must outlive the fault.
 async fn demote_to_replica(redis: &RedisServer, key: &str) -> RedisServer {
     let primary = RedisServer::start();
+    // Full syncs at once, not after Redis's default wait of 5 s for more replicas: the live copy
+    // must still be within its TTL at the end.
+    for server in [redis, &primary] {
+        server.cli(&["CONFIG", "SET", "repl-diskless-sync-delay", "0"]);
+    }
+    let started = Instant::now();
     primary.cli(&["REPLICAOF", "127.0.0.1", &redis.port.to_string()]);
     wait_for(
         || async { primary.cli(&["EXISTS", key]) == "1" },
@@ -269,6 +275,7 @@ async fn demote_to_replica(redis: &RedisServer, key: &str) -> RedisServer {
             .is_none_or(|out| out.contains("READONLY")),
         "the old primary is read-only"
     );
+    println!("ReadOnlyReplica: demoted in {:?}", started.elapsed());
     primary
 }
 

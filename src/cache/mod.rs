@@ -19,11 +19,12 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 pub use local::{LocalSettings, LocalTier};
-pub use redis::{RedisSettings, RedisTier};
+pub use redis::{Invalidation, RedisSettings, RedisTier};
 
 use crate::{
     domain::{Session, SessionId, UserId},
     metrics,
+    tasks::Tasks,
 };
 
 /// The rank of a revoked session: above any `last_seen_at` in microseconds, and exact in Lua's
@@ -55,6 +56,17 @@ impl SessionCache {
             redis,
             background_writes: tokio_util::task::TaskTracker::new(),
         }
+    }
+
+    /// With both tiers, other replicas revoke too: the in-process tier hears of it on Redis's
+    /// invalidation channel, and is trusted only while subscribed.
+    pub fn listen_for_invalidations(&self, tasks: &Tasks) -> anyhow::Result<()> {
+        let (Some(local), Some(redis)) = (&self.local, &self.redis) else {
+            return Ok(());
+        };
+        local.distrust();
+        let local = local.clone();
+        redis.subscribe(move |event| local_hears(&local, event), tasks)
     }
 
     /// The cached copy of a session, from the nearest tier that has it.
@@ -117,5 +129,34 @@ impl SessionCache {
         if let Some(local) = &self.local {
             local.put(&Arc::new(session.clone()));
         }
+    }
+}
+
+/// What the in-process tier does with what the invalidation channel says.
+fn local_hears(local: &LocalTier, event: Invalidation) {
+    match event {
+        Invalidation::Subscribed => {
+            // Announcements made before this moment may be lost: start empty.
+            local.clear();
+            local.trust();
+            tracing::info!("subscribed to invalidations; in-process tier trusted");
+        }
+        Invalidation::Lost(error) => {
+            if local.distrust() {
+                tracing::warn!(%error, "lost the invalidation channel; in-process tier bypassed until resubscribed");
+            }
+            local.clear();
+        }
+        Invalidation::Reconnecting => {
+            local.distrust();
+        }
+        Invalidation::Revoked(sessions) => {
+            for session in sessions {
+                local.evict(session);
+            }
+        }
+        // Copies read from Redis before a doubt may be stale, and missed announcements may have
+        // named any copy.
+        Invalidation::Missed | Invalidation::RedisDoubted => local.clear(),
     }
 }

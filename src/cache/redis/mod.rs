@@ -49,6 +49,7 @@ use crate::{
 use breaker::{Breaker, ProbeSlot};
 use doubt::Doubt;
 pub use doubt::Doubted;
+pub use subscriber::Invalidation;
 
 /// Keeps the copy with the higher rank. ARGV holds (rank, data, ttl in ms) per key.
 const MERGE_LUA: &str = r#"

@@ -1,5 +1,5 @@
 //! The invalidation subscriber: every replica hears on `<prefix>invalidate` which sessions were
-//! revoked, and evicts them from its in-process tier.
+//! revoked, and passes it on to the cache module, which evicts them from its in-process tier.
 //!
 //! An announcement is a comma-separated list of session ids, ending in [`UNWRITTEN`] when the
 //! revoker could not write the revoked copies to Redis: then Redis may serve their live copies,
@@ -15,10 +15,29 @@ use fred::{
 
 use super::RedisTier;
 use crate::{
-    cache::LocalTier,
     domain::SessionId,
     tasks::{Stage, Tasks},
 };
+
+/// What the invalidation channel tells the in-process tier's owner (the cache module decides what
+/// that tier then trusts).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Invalidation {
+    /// Subscribed, and a probe made the round trip: announcements arrive from now on, and those
+    /// made before may have been missed.
+    Subscribed,
+    /// The channel is lost (the error, for the log): announcements are missed until
+    /// [`Invalidation::Subscribed`].
+    Lost(String),
+    /// The channel reconnected; it is not subscribed again yet.
+    Reconnecting,
+    /// These sessions were revoked.
+    Revoked(Vec<SessionId>),
+    /// Some announcements were missed (the subscriber lagged behind).
+    Missed,
+    /// Redis was put in doubt: copies read from it before may be stale.
+    RedisDoubted,
+}
 
 /// Ends an announcement whose revoked copies did not reach Redis.
 pub(super) const UNWRITTEN: &str = "unwritten";
@@ -38,16 +57,17 @@ enum Subscription {
 }
 
 impl RedisTier {
-    /// Subscribes to the invalidation channel on a connection of its own, and evicts every
-    /// announced session from `local`. The local tier is trusted only while subscribed: on a lost
-    /// connection it is cleared and bypassed until the subscription is back, since announcements
-    /// made meanwhile are lost; and for the same reason Redis itself is in doubt. A doubt raised
-    /// for any reason also clears the local tier, which may hold copies read from Redis.
-    pub fn subscribe(&self, local: LocalTier, tasks: &Tasks) -> anyhow::Result<()> {
+    /// Subscribes to the invalidation channel on a connection of its own, and tells `on_event`
+    /// what it hears. A lost channel, or an announcement of a revocation its revoker could not
+    /// write, also puts Redis itself in doubt.
+    pub fn subscribe(
+        &self,
+        on_event: impl Fn(Invalidation) + Send + 'static,
+        tasks: &Tasks,
+    ) -> anyhow::Result<()> {
         let subscriber: SubscriberClient = self.builder.build_subscriber_client().map_err(|e| {
             anyhow::anyhow!("cannot configure the Redis subscriber: {}", e.details())
         })?;
-        local.distrust();
         let tier = self.clone();
         let channel = self.channel();
         let mut messages = subscriber.message_rx();
@@ -76,38 +96,34 @@ impl RedisTier {
                         Ok(message) => {
                             let text = message.value.as_str().map(|text| text.to_string()).unwrap_or_default();
                             if matches!(&state, Subscription::Probing { nonce, .. } if *nonce == text) {
-                                // Announcements made before this moment may be lost: start empty.
-                                local.clear();
-                                local.trust();
                                 state = Subscription::Up;
-                                tracing::info!("subscribed to invalidations; in-process tier trusted");
-                            } else if evict_announced(&local, &text) {
-                                tier.doubt.raise("another replica could not write a revocation to Redis");
+                                on_event(Invalidation::Subscribed);
+                            } else {
+                                let (revoked, unwritten) = parse_announcement(&text);
+                                on_event(Invalidation::Revoked(revoked));
+                                if unwritten {
+                                    tier.doubt.raise("another replica could not write a revocation to Redis");
+                                }
                             }
                         }
-                        // Lagged behind the channel: some announcements are lost.
                         Err(_) => {
-                            local.clear();
+                            on_event(Invalidation::Missed);
                             tier.doubt.raise("missed invalidations");
                         }
                     },
                     error = errors.recv() => {
                         if let Ok((error, _)) = error {
-                            if local.distrust() {
-                                tracing::warn!(error = %error, "lost the invalidation channel; in-process tier bypassed until resubscribed");
-                            }
-                            local.clear();
+                            on_event(Invalidation::Lost(error.to_string()));
                             tier.doubt.raise("lost the invalidation channel");
                             state = Subscription::Down;
                         }
                     },
                     _ = reconnects.recv() => {
-                        local.distrust();
+                        on_event(Invalidation::Reconnecting);
                         tier.doubt.raise("the invalidation channel reconnected");
                         state = Subscription::Down;
                     }
-                    // Copies read from Redis before the doubt may be stale.
-                    () = tier.doubt.raised() => local.clear(),
+                    () = tier.doubt.raised() => on_event(Invalidation::RedisDoubted),
                     // Not subscribed yet, or the probe never came back: try again.
                     () = tokio::time::sleep(SUBSCRIBE_RETRY), if !matches!(state, Subscription::Up) => {
                         if matches!(state, Subscription::Probing { since, .. } if since.elapsed() >= SUBSCRIBE_RETRY) {
@@ -121,15 +137,35 @@ impl RedisTier {
     }
 }
 
-/// Evicts the sessions `announced`; true if it ends in [`UNWRITTEN`].
-fn evict_announced(local: &LocalTier, announced: &str) -> bool {
+/// The sessions `announced`, and whether it ends in [`UNWRITTEN`].
+fn parse_announcement(announced: &str) -> (Vec<SessionId>, bool) {
     let mut unwritten = false;
+    let mut revoked = Vec::new();
     for item in announced.split(',') {
         if item == UNWRITTEN {
             unwritten = true;
         } else if let Ok(id) = item.parse::<SessionId>() {
-            local.evict(id);
+            revoked.push(id);
         }
     }
-    unwritten
+    (revoked, unwritten)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_announcement_names_its_sessions_and_says_whether_they_reached_redis() {
+        let (one, two) = (SessionId::generate(), SessionId::generate());
+        assert_eq!(
+            parse_announcement(&format!("{one},{two}")),
+            (vec![one, two], false)
+        );
+        assert_eq!(
+            parse_announcement(&format!("{one},{UNWRITTEN}")),
+            (vec![one], true)
+        );
+        assert_eq!(parse_announcement("probe:x"), (vec![], false));
+    }
 }
