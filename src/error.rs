@@ -1,7 +1,11 @@
 //! The one domain error. Every variant has a stable code (sent as `ErrorInfo.reason`) and its doc
 //! names the gRPC status it becomes; `api::status` is the only place that turns it into a `Status`.
 
-use std::fmt;
+use std::{fmt, sync::Arc};
+
+/// What the infrastructure said when the store failed: kept as the error's source, for the log,
+/// and never sent to a caller. Shared, so one failure can answer every create of a batch.
+pub type Cause = Arc<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Why a refresh token was refused. Each becomes UNAUTHENTICATED.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,9 +53,14 @@ pub enum Error {
     /// RESOURCE_EXHAUSTED: the per-user limit is set to "deny".
     #[error("the user already holds the maximum of {limit} live sessions")]
     SessionLimitReached { limit: u32 },
-    /// UNAVAILABLE: Postgres did not answer in time. The cause is logged, not sent.
+    /// UNAVAILABLE: the store cannot be reached or did not answer in time. The cause is logged,
+    /// not sent.
     #[error("the session store is unavailable")]
-    StoreUnavailable(#[source] sqlx::Error),
+    StoreUnavailable(#[source] Cause),
+    /// INTERNAL: the store refused a statement (a bug or a schema mismatch). The cause is logged,
+    /// not sent.
+    #[error("internal error")]
+    StoreFailed(#[source] Cause),
     /// INTERNAL: a bug or an unexpected store answer. The cause is logged, not sent.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
@@ -91,38 +100,16 @@ impl Error {
             Self::RefreshRefused(RefreshRefusal::Superseded) => "REFRESH_TOKEN_SUPERSEDED",
             Self::SessionLimitReached { .. } => "SESSION_LIMIT_REACHED",
             Self::StoreUnavailable(_) => "STORE_UNAVAILABLE",
-            Self::Internal(_) => "INTERNAL",
+            Self::StoreFailed(_) | Self::Internal(_) => "INTERNAL",
         }
     }
-}
 
-impl From<sqlx::Error> for Error {
-    /// Connection-level failures are UNAVAILABLE (the caller may retry elsewhere); anything else
-    /// is a bug or a schema mismatch and is INTERNAL.
-    fn from(error: sqlx::Error) -> Self {
-        let unreachable = match &error {
-            sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::WorkerCrashed
-            | sqlx::Error::Protocol(_) => true,
-            // Class 08: connection exception; 57P0x: shutting down or starting up; 53300: too many
-            // connections; 57014: our statement_timeout fired.
-            sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-                code.starts_with("08")
-                    || code.starts_with("57P0")
-                    || code == "53300"
-                    || code == "57014"
-            }),
-            _ => false,
-        };
-        if unreachable {
-            crate::metrics::store_error("unavailable");
-            Self::StoreUnavailable(error)
-        } else {
-            crate::metrics::store_error("internal");
-            Self::Internal(error.into())
+    /// How the store failed, if this is a store failure: `unavailable` or `internal`.
+    pub fn store_failure(&self) -> Option<&'static str> {
+        match self {
+            Self::StoreUnavailable(_) => Some("unavailable"),
+            Self::StoreFailed(_) => Some("internal"),
+            _ => None,
         }
     }
 }

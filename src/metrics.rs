@@ -221,8 +221,12 @@ pub fn redis_reconciled(count: usize) {
     counter!(REDIS_RECONCILED).increment(count as u64);
 }
 
-pub fn store_error(kind: &'static str) {
-    counter!(STORE_ERRORS, "kind" => kind).increment(1);
+/// Counts `error` if it is a store failure; called where an error is met (an RPC's answer, a
+/// background writer's log line).
+pub fn store_error(error: &crate::error::Error) {
+    if let Some(kind) = error.store_failure() {
+        counter!(STORE_ERRORS, "kind" => kind).increment(1);
+    }
 }
 
 pub fn session_created() {

@@ -320,6 +320,7 @@ async fn migrate(store: &dyn SessionStore) -> bool {
     match store.migrate().await {
         Ok(()) => true,
         Err(error) => {
+            metrics::store_error(&error);
             tracing::warn!(error = %error.cause_chain(), "the store is not ready");
             false
         }

@@ -77,6 +77,7 @@ async fn sweep_once(store: &dyn SessionStore, clock: &dyn Clock, settings: &Swee
         }
         Ok(None) => tracing::debug!("another replica is sweeping; skipping this round"),
         Err(error) => {
+            metrics::store_error(&error);
             tracing::warn!(error = %error.cause_chain(), "sweep failed; trying again next round")
         }
     }

@@ -7,7 +7,10 @@ use std::collections::HashMap;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::{error::Error, metrics::Rpc};
+use crate::{
+    error::Error,
+    metrics::{self, Rpc},
+};
 
 /// The `ErrorInfo.domain` of every error sessiond sends.
 const ERROR_DOMAIN: &str = "sessiond";
@@ -20,7 +23,7 @@ impl From<Error> for Status {
             Error::RefreshRefused(_) => Code::Unauthenticated,
             Error::SessionLimitReached { .. } => Code::ResourceExhausted,
             Error::StoreUnavailable(_) => Code::Unavailable,
-            Error::Internal(_) => Code::Internal,
+            Error::StoreFailed(_) | Error::Internal(_) => Code::Internal,
         };
         let mut details = ErrorDetails::with_error_info(error.code(), ERROR_DOMAIN, HashMap::new());
         if let Error::InvalidArgument { field, description } = &error {
@@ -33,7 +36,11 @@ impl From<Error> for Status {
 /// The answer to a call of `rpc` that failed with `error`; a failure of sessiond or of the store
 /// is logged.
 pub fn answer(rpc: Rpc, error: Error) -> Status {
-    if matches!(error, Error::StoreUnavailable(_) | Error::Internal(_)) {
+    metrics::store_error(&error);
+    if matches!(
+        error,
+        Error::StoreUnavailable(_) | Error::StoreFailed(_) | Error::Internal(_)
+    ) {
         tracing::error!(rpc = rpc.name(), error.code = error.code(), error.cause_chain = %error.cause_chain(), "request failed");
     }
     Status::from(error)
@@ -82,7 +89,7 @@ mod tests {
                 Code::ResourceExhausted,
             ),
             (
-                Error::StoreUnavailable(sqlx::Error::PoolTimedOut),
+                Error::StoreUnavailable(std::sync::Arc::new(std::io::Error::other("down"))),
                 Code::Unavailable,
             ),
         ];

@@ -106,6 +106,7 @@ async fn write_batches(
                 }
             }
             Err(error) => {
+                crate::metrics::store_error(&error);
                 tracing::warn!(error = %error.cause_chain(), sessions = batch.len(), "could not record activity")
             }
         }

@@ -95,10 +95,10 @@ async fn copy_revocations(
     let mut after = RevokedAfter::since(since);
     let mut copied = 0;
     loop {
-        let page = store
-            .revoked_since(after, PAGE)
-            .await
-            .map_err(|error| anyhow::anyhow!("the store: {}", error.cause_chain()))?;
+        let page = store.revoked_since(after, PAGE).await.map_err(|error| {
+            crate::metrics::store_error(&error);
+            anyhow::anyhow!("the store: {}", error.cause_chain())
+        })?;
         anyhow::ensure!(
             redis.rewrite_revoked(&page, now).await,
             "Redis refused a revoked copy"

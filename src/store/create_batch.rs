@@ -158,17 +158,10 @@ where
         Ok(replaced) => replaced.into_iter().map(Ok).collect(),
         Err(error) if creates.len() == 1 => vec![Err(error)],
         // Postgres is out of reach: each create alone would fail the same way.
-        Err(Error::StoreUnavailable(cause)) => {
-            let cause = cause.to_string();
-            creates
-                .iter()
-                .map(|_| {
-                    Err(Error::StoreUnavailable(sqlx::Error::Io(
-                        std::io::Error::other(cause.clone()),
-                    )))
-                })
-                .collect()
-        }
+        Err(Error::StoreUnavailable(cause)) => creates
+            .iter()
+            .map(|_| Err(Error::StoreUnavailable(cause.clone())))
+            .collect(),
         // Something in one create (a value the database refuses) fails the whole statement: each
         // create is tried alone, so that it fails only its own caller. (Rare: sessiond's checks
         // keep such values out of requests.)

@@ -10,12 +10,14 @@
 //! Both stores share one implementation, [`SqlStore`], which writes each operation once in terms
 //! of [`Statements`]; each database provides those statements in its own SQL dialect.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::{
     domain::{RevokeReason, Session, SessionId, UserId},
-    error::Result,
+    error::{Error, Result},
     token::TokenHash,
 };
 
@@ -227,6 +229,41 @@ pub trait SessionStore: Send + Sync + 'static {
 /// The Postgres advisory lock (session level) a replica holds while it sweeps, so only one sweeps
 /// at a time. Fixed, and the same on every replica: "sessweep" in ASCII.
 pub const SWEEP_LOCK_KEY: i64 = 0x7365_7373_7765_6570;
+
+/// What the database said, in the domain's words.
+impl From<sqlx::Error> for Error {
+    /// Connection-level failures are UNAVAILABLE (the caller may retry elsewhere); anything else
+    /// is a bug or a schema mismatch and is INTERNAL.
+    fn from(error: sqlx::Error) -> Self {
+        let unreachable = match &error {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::WorkerCrashed
+            | sqlx::Error::Protocol(_) => true,
+            // Class 08: connection exception; 57P0x: shutting down or starting up; 53300: too many
+            // connections; 57014: our statement_timeout fired.
+            sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+                code.starts_with("08")
+                    || code.starts_with("57P0")
+                    || code == "53300"
+                    || code == "57014"
+            }),
+            _ => false,
+        };
+        if unreachable {
+            Self::StoreUnavailable(Arc::new(error))
+        } else {
+            Self::StoreFailed(Arc::new(error))
+        }
+    }
+}
+
+/// An operation that took longer than its bound.
+#[derive(Debug, thiserror::Error)]
+#[error("the store did not answer within {0:?}")]
+struct TimedOut(std::time::Duration);
 
 /// A stored 32-byte hash column as a [`TokenHash`].
 fn token_hash(bytes: Vec<u8>) -> Result<TokenHash> {

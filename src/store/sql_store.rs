@@ -1,6 +1,9 @@
 //! The one implementation of [`SessionStore`] over any database that provides [`Statements`].
 
-use std::{sync::OnceLock, time::Duration};
+use std::{
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -31,12 +34,9 @@ pub(super) async fn bounded<T>(
 ) -> Result<T> {
     match limit {
         None => op.await,
-        Some(limit) => tokio::time::timeout(limit, op).await.unwrap_or_else(|_| {
-            Err(Error::from(sqlx::Error::Io(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "the store did not answer in time",
-            ))))
-        }),
+        Some(limit) => tokio::time::timeout(limit, op)
+            .await
+            .unwrap_or_else(|_| Err(Error::StoreUnavailable(Arc::new(super::TimedOut(limit))))),
     }
 }
 

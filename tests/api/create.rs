@@ -324,7 +324,8 @@ async fn postgres_a_create_the_database_refuses_fails_alone() {
 
     for (index, result) in results.iter().enumerate() {
         if index == 7 {
-            assert!(matches!(result, Err(Error::Internal(_))), "{result:?}");
+            // INTERNAL to the caller.
+            assert!(matches!(result, Err(Error::StoreFailed(_))), "{result:?}");
         } else {
             assert!(result.is_ok(), "create {index}: {result:?}");
         }
