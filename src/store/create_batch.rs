@@ -12,7 +12,10 @@ use std::{collections::HashSet, sync::Arc, time::Duration};
 use sqlx::Pool;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use super::{Backend, NewSession, Statements, sql_store::bounded};
+use super::{
+    NewSession,
+    dialect::{Backend, Statements, bounded},
+};
 use crate::{
     domain::{RevokeReason, Session},
     error::{Error, Result},

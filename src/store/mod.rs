@@ -21,7 +21,8 @@ use crate::{
     token::TokenHash,
 };
 
-pub use sql_store::{Backend, SqlStore, Statements};
+pub use dialect::{Backend, Statements};
+pub use sql_store::SqlStore;
 
 /// Sessions in Postgres, shared by every replica.
 pub type PostgresStore = SqlStore<sqlx::Postgres>;
@@ -378,6 +379,7 @@ fn sessions_from<T: StoredTime>(rows: Vec<SessionRow<T>>) -> Result<Vec<Session>
 }
 
 mod create_batch;
+mod dialect;
 // Declared after the macros above, which they use.
 mod postgres;
 mod sql_store;

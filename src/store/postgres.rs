@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use super::{
     Activity, Backend, NewSession, PostgresStore, RevokedAfter, SWEEP_LOCK_KEY, Statements,
-    StoredRefreshToken, session_from, sessions_from, sql_store::rollback_safe, token_hash,
+    StoredRefreshToken, dialect::rollback_safe, session_from, sessions_from, token_hash,
 };
 use crate::{
     domain::{RevokeReason, Session, SessionId, UserId},

@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use super::{
     Activity, Backend, NewSession, RevokedAfter, SqliteStore, Statements, StoredRefreshToken,
-    StoredTime, session_from, sessions_from, sql_store::rollback_safe, token_hash,
+    StoredTime, dialect::rollback_safe, session_from, sessions_from, token_hash,
 };
 use crate::{
     domain::{RevokeReason, Session, SessionId, UserId},
