@@ -14,8 +14,9 @@
 //! Writers race (see the parent module), so every write goes through a script that keeps the
 //! copy with the higher [`rank`].
 //!
-//! A write Redis refuses may be a lost revocation, so it puts Redis in doubt (see [`doubt`]):
-//! no replica reads Redis until it has been reconciled with the store.
+//! A write Redis refuses may be a lost revocation, so it puts Redis in doubt (see [`doubt`]): this
+//! replica stops reading Redis until it has reconciled Redis with the store, and a revocation that
+//! did not land is announced as unwritten, so every replica that hears it does the same.
 //!
 //! Files: this one is the tier (reads, writes, the write probe); `breaker.rs` the circuit breaker;
 //! `doubt.rs` when Redis's copies may be read; `subscriber.rs` the invalidation channel.
