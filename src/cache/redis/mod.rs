@@ -73,15 +73,17 @@ struct MergeWrite {
 }
 
 /// What a command is for: whether an open breaker skips it, and whether its failure may have lost
-/// a write (and so raises a doubt).
+/// a revocation (and so raises a doubt).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Command {
     /// Reading a copy: skipped while the breaker is open.
     Read,
     /// Writing live copies: skipped while the breaker is open.
     Fill,
-    /// Writing revoked copies, or probing whether writes land: tried through an open breaker.
+    /// Writing revoked copies: tried through an open breaker.
     Revocation,
+    /// The write probe: tried through an open breaker.
+    Probe,
     /// Publishing on the invalidation channel: tried through an open breaker.
     Announce,
 }
@@ -90,8 +92,21 @@ impl Command {
     fn name(self) -> &'static str {
         match self {
             Self::Read => "read",
-            Self::Fill | Self::Revocation => "write",
+            Self::Fill | Self::Revocation | Self::Probe => "write",
             Self::Announce => "publish",
+        }
+    }
+
+    /// Whether `error` means a revocation may be missing from Redis: a revocation that failed in
+    /// any way (a timed-out write may still land, or not); a copy or probe that Redis refused or
+    /// could not be sent, as a revocation would have been. A copy or probe that only timed out
+    /// proves nothing lost: Redis was slow, which the breaker handles, and a doubt would make
+    /// Redis unreadable through a Postgres outage for no reason.
+    fn may_have_lost_a_revocation(self, error: &fred::error::Error) -> bool {
+        match self {
+            Self::Revocation => true,
+            Self::Fill | Self::Probe => *error.kind() != fred::error::ErrorKind::Timeout,
+            Self::Read | Self::Announce => false,
         }
     }
 }
@@ -190,7 +205,10 @@ impl RedisTier {
         kind: Command,
         command: impl Future<Output = Result<T, fred::error::Error>>,
     ) -> Option<T> {
-        let always = matches!(kind, Command::Revocation | Command::Announce);
+        let always = matches!(
+            kind,
+            Command::Revocation | Command::Probe | Command::Announce
+        );
         if !self.breaker.allow() && !always {
             return None;
         }
@@ -210,8 +228,10 @@ impl RedisTier {
                 } else {
                     tracing::warn!(error = %error, "redis {what} failed; falling back to the store");
                 }
-                if matches!(kind, Command::Fill | Command::Revocation) {
+                if kind != Command::Read && kind != Command::Announce {
                     metrics::redis_write_refused();
+                }
+                if kind.may_have_lost_a_revocation(&error) {
                     self.doubt.raise("Redis refused a write");
                 }
                 None
@@ -300,7 +320,7 @@ impl RedisTier {
                 PROBE_TTL.as_millis().to_string(),
             ],
         };
-        self.guarded(Command::Revocation, self.merge(&write))
+        self.guarded(Command::Probe, self.merge(&write))
             .await
             .is_some()
     }

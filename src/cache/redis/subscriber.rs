@@ -118,9 +118,10 @@ impl RedisTier {
                             state = Subscription::Down;
                         }
                     },
+                    // Also on the first connection, so not a doubt: a lost connection was already
+                    // reported on `errors`, and raised one there.
                     _ = reconnects.recv() => {
                         on_event(Invalidation::Reconnecting);
-                        tier.doubt.raise("the invalidation channel reconnected");
                         state = Subscription::Down;
                     }
                     () = tier.doubt.raised() => on_event(Invalidation::RedisDoubted),
