@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod authority;
+pub mod batch;
 pub mod cache;
 pub mod clock;
 pub mod config;

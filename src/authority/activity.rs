@@ -6,10 +6,10 @@ use std::{sync::Arc, time::Duration};
 
 use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 use super::Policy;
 use crate::{
+    batch::{self, BatchShape},
     cache::SessionCache,
     clock::Clock,
     domain::{Session, SessionId},
@@ -17,15 +17,17 @@ use crate::{
     tasks::{Stage, Tasks},
 };
 
-/// The writer stores at most one batch per period, however many validations come in.
-const WRITE_PERIOD: Duration = Duration::from_millis(50);
-
-/// Most activities written by one statement.
 const MAX_BATCH: usize = 1_000;
 
-/// Most activities waiting for the writer. Beyond it one is dropped; its claim stays, so it is
-/// noted again after an interval (the idle deadline is days away: a minute's delay is harmless).
-const QUEUE_CAPACITY: usize = 8 * MAX_BATCH;
+/// One statement at a time, at most one per period however many validations come in. A full
+/// queue drops a note; its claim stays, so it is noted again after an interval (the idle deadline
+/// is days away: a minute's delay is harmless).
+const WRITES: BatchShape = BatchShape {
+    max_batch: MAX_BATCH,
+    queue_capacity: 8 * MAX_BATCH,
+    in_flight: 1,
+    period: Some(Duration::from_millis(50)),
+};
 
 /// Most stale copies remembered as noted; older claims are forgotten, at worst costing one
 /// extra (harmless, conditional) write.
@@ -48,9 +50,13 @@ impl ActivityRecorder {
         policy: &Policy,
         tasks: &Tasks,
     ) -> Self {
-        let (queue, noted) = mpsc::channel(QUEUE_CAPACITY);
+        let (queue, noted) = batch::queue(WRITES);
+        // At shutdown, after every call has ended, it writes what is still queued.
         tasks.spawn("activity writer", Stage::Flush, |stop| {
-            write_batches(noted, store, cache, clock, stop)
+            noted.write(
+                move |batch| write(store.clone(), cache.clone(), clock.clone(), batch),
+                stop,
+            )
         });
         Self {
             claims: moka::sync::Cache::builder()
@@ -77,7 +83,7 @@ impl ActivityRecorder {
         if !self.claims.entry(claim).or_insert(()).is_fresh() {
             return;
         }
-        // A full queue drops the note (see QUEUE_CAPACITY).
+        // A full queue drops the note (see WRITES).
         let _ = self.queue.try_send(Activity {
             session_id: session.id,
             seen_at: now,
@@ -87,48 +93,24 @@ impl ActivityRecorder {
     }
 }
 
-/// Writes what was noted, a batch per period, and caches the sessions written (their copies
-/// carry the new deadline). Once asked to `stop` (every call has ended), writes what is still
-/// queued and returns.
-async fn write_batches(
-    mut noted: mpsc::Receiver<Activity>,
+/// Writes one batch of what was noted, and caches the sessions written (their copies carry the
+/// new deadline).
+async fn write(
     store: Arc<dyn SessionStore>,
     cache: SessionCache,
     clock: Arc<dyn Clock>,
-    stop: CancellationToken,
+    batch: Vec<Activity>,
 ) {
-    let write = async |batch: &mut Vec<Activity>| {
-        match store.record_activity(batch).await {
-            Ok(written) => {
-                let now = clock.now();
-                for session in &written {
-                    cache.put_in_background(session, now);
-                }
-            }
-            Err(error) => {
-                crate::metrics::store_error(&error);
-                tracing::warn!(error = %error.cause_chain(), sessions = batch.len(), "could not record activity")
+    match store.record_activity(&batch).await {
+        Ok(written) => {
+            let now = clock.now();
+            for session in &written {
+                cache.put_in_background(session, now);
             }
         }
-        batch.clear();
-    };
-    let mut period = tokio::time::interval(WRITE_PERIOD);
-    period.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => break,
-            _ = period.tick() => {}
+        Err(error) => {
+            crate::metrics::store_error(&error);
+            tracing::warn!(error = %error.cause_chain(), sessions = batch.len(), "could not record activity")
         }
-        tokio::select! {
-            () = stop.cancelled() => break,
-            received = noted.recv_many(&mut batch, MAX_BATCH) => if received == 0 { return },
-        }
-        write(&mut batch).await;
-    }
-    // Shutting down: nothing new is noted; what is queued is written.
-    noted.close();
-    while noted.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        write(&mut batch).await;
     }
 }

@@ -21,10 +21,13 @@ use crate::{
     domain::{Device, Metadata, RevokeReason, Session, SessionId, SessionState, UserId},
     error::{Error, RefreshRefusal, Result},
     metrics,
-    store::{Admission, RefreshOutcome, RefreshState, Revocation, SessionStore},
+    store::{Admission, NewSession, RefreshOutcome, RefreshState, Revocation, SessionStore},
     tasks::{Stage, Tasks},
     token::{Keys, RefreshToken, TokenHash, TokenRejection, VerifiedAccessToken, VerifiedTokens},
 };
+
+/// Most sessions RevokeUserSessions revokes, and writes to the caches, at a time.
+const REVOKE_USER_BATCH: usize = 1_000;
 
 /// What CreateSession needs.
 #[derive(Debug)]
@@ -150,15 +153,16 @@ impl Authority {
 
         let admit = |live| rules::admission(&self.policy, live);
         let limited = self.policy.max_sessions_per_user > 0;
+        let create = NewSession {
+            session,
+            refresh_token: refresh_token.hash(),
+            now,
+        };
         let revoked = self
             .store
-            .create(
-                &session,
-                &refresh_token.hash(),
-                limited.then_some(&admit as Admission<'_>),
-                now,
-            )
+            .create(&create, limited.then_some(&admit as Admission<'_>))
             .await?;
+        let session = create.session;
         metrics::session_created();
         for revoked in &revoked {
             metrics::sessions_revoked(revoked.revoke_reason.as_deref().unwrap_or_default(), 1);
@@ -315,13 +319,22 @@ impl Authority {
         reason: RevokeReason,
     ) -> Result<usize> {
         let now = self.now();
-        let revoked = self
-            .store
-            .revoke_user(user_id, except, now, &reason)
-            .await?;
-        metrics::sessions_revoked(reason.as_str(), revoked.len());
-        self.cache.put_before_answering(&revoked, now).await;
-        Ok(revoked.len())
+        let mut revoked_count = 0;
+        // Batch by batch, each revoked and then written to the caches, so that neither memory nor
+        // any one statement or Redis command grows with the number of sessions. A failure part
+        // way leaves the batches before it revoked; a retry revokes the rest.
+        loop {
+            let revoked = self
+                .store
+                .revoke_user(user_id, except, now, &reason, REVOKE_USER_BATCH)
+                .await?;
+            metrics::sessions_revoked(reason.as_str(), revoked.len());
+            self.cache.put_before_answering(&revoked, now).await;
+            revoked_count += revoked.len();
+            if revoked.len() < REVOKE_USER_BATCH {
+                return Ok(revoked_count);
+            }
+        }
     }
 
     /// One page of a user's sessions, newest first.

@@ -88,10 +88,7 @@ mod tests {
     use chrono::Duration;
 
     use super::*;
-    use crate::{
-        domain::{Device, Metadata, SessionId, UserId},
-        store::StoredRefreshToken,
-    };
+    use crate::store::StoredRefreshToken;
 
     fn policy(limit: u32, at_limit: AtLimit) -> Policy {
         Policy {
@@ -102,21 +99,6 @@ mod tests {
             max_sessions_per_user: limit,
             at_limit,
             activity_write_interval: Duration::minutes(1),
-        }
-    }
-
-    fn session(now: DateTime<Utc>) -> Session {
-        Session {
-            id: SessionId::generate(),
-            user_id: UserId::try_from("u".to_owned()).unwrap(),
-            device: Device::default(),
-            metadata: Metadata::default(),
-            created_at: now,
-            last_seen_at: now,
-            expires_at: now + Duration::days(30),
-            idle_expires_at: now + Duration::days(7),
-            revoked_at: None,
-            revoke_reason: None,
         }
     }
 
@@ -158,7 +140,7 @@ mod tests {
     #[test]
     fn the_current_token_rotates_to_the_newest_keys_successor() {
         let now = Utc::now();
-        let session = session(now);
+        let session = Session::example(now);
         let presented = token(&session, 4, None);
         let state = RefreshState {
             session: &session,
@@ -177,7 +159,7 @@ mod tests {
     #[test]
     fn a_retry_within_grace_repeats_only_while_its_successor_is_current() {
         let now = Utc::now();
-        let session = session(now);
+        let session = Session::example(now);
         let presented = token(&session, 4, Some(now - Duration::seconds(10)));
         let successor = TokenHash([1; 32]);
         let policy = policy(0, AtLimit::Deny);
@@ -206,7 +188,7 @@ mod tests {
     #[test]
     fn a_retired_token_after_grace_revokes_the_session() {
         let now = Utc::now();
-        let session = session(now);
+        let session = Session::example(now);
         let presented = token(&session, 4, Some(now - Duration::seconds(11)));
         let state = RefreshState {
             session: &session,
@@ -222,7 +204,7 @@ mod tests {
     #[test]
     fn a_session_that_is_not_live_refuses_before_anything_else() {
         let now = Utc::now();
-        let mut revoked = session(now);
+        let mut revoked = Session::example(now);
         revoked.revoked_at = Some(now);
         let presented = token(&revoked, 4, Some(now - Duration::days(1)));
         let state = RefreshState {

@@ -44,13 +44,11 @@ impl Session {
 }
 
 #[cfg(test)]
-mod tests {
-    use chrono::Duration;
-
-    use super::*;
-
-    fn session(now: DateTime<Utc>) -> Session {
-        Session {
+impl Session {
+    /// A live session of user `u`, created at `now`, for unit tests to start from.
+    pub(crate) fn example(now: DateTime<Utc>) -> Self {
+        use chrono::Duration;
+        Self {
             id: SessionId::generate(),
             user_id: UserId::try_from("u".to_owned()).expect("valid"),
             device: Device::default(),
@@ -63,21 +61,28 @@ mod tests {
             revoke_reason: None,
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Duration;
+
+    use super::*;
 
     #[test]
     fn a_fresh_session_is_live() {
         let now = Utc::now();
-        assert_eq!(session(now).state(now), SessionState::Live);
+        assert_eq!(Session::example(now).state(now), SessionState::Live);
     }
 
     #[test]
     fn idle_expiry_and_absolute_expiry_both_end_it() {
         let now = Utc::now();
         assert_eq!(
-            session(now).state(now + Duration::days(7)),
+            Session::example(now).state(now + Duration::days(7)),
             SessionState::Expired
         );
-        let mut active = session(now);
+        let mut active = Session::example(now);
         active.idle_expires_at = now + Duration::days(60);
         assert_eq!(
             active.state(now + Duration::days(30)),
@@ -88,7 +93,7 @@ mod tests {
     #[test]
     fn revocation_wins_over_expiry() {
         let now = Utc::now();
-        let mut revoked = session(now);
+        let mut revoked = Session::example(now);
         revoked.revoked_at = Some(now);
         assert_eq!(
             revoked.state(now + Duration::days(90)),

@@ -3,35 +3,35 @@
 //! Most of what a single-row insert costs the database is paid once per statement and once per
 //! commit (a round trip, parsing and planning, the commit's WAL flush), so a batch of many creates
 //! costs it little more than one. A create never waits for a batch to fill: the writer sends what
-//! is queued as soon as one of its [`BATCHES_IN_FLIGHT`] slots is free. Alone, a create goes out
+//! is queued as soon as one of its slots (`WRITES.in_flight`) is free. Alone, a create goes out
 //! at once, as it would unbatched; under load, the creates that arrive while earlier batches are
 //! in flight go out together in the next.
 
-use std::{collections::HashSet, sync::Arc, time::Duration};
+use std::{collections::HashSet, time::Duration};
 
 use sqlx::Pool;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 use super::{
     NewSession,
-    dialect::{Backend, Statements, bounded},
+    dialect::{Dialect, bounded},
 };
 use crate::{
+    batch::{self, BatchShape},
     domain::{RevokeReason, Session},
     error::{Error, Result},
 };
 
-/// Batches written at once. More than one, so that a batch is being filled while another waits
-/// for its commit; few, so that each is large under load and the pool keeps connections for
-/// every other operation.
-const BATCHES_IN_FLIGHT: usize = 4;
-
-/// Most creates written by one statement.
-const MAX_BATCH: usize = 256;
-
-/// Most creates waiting for a slot. A create beyond it waits to be queued (still within its
-/// operation timeout).
-const QUEUE_CAPACITY: usize = 16 * MAX_BATCH;
+/// Four batches written at once, so that a batch is being filled while another waits for its
+/// commit; few, so that each is large under load and the pool keeps connections for every other
+/// operation. A create beyond the queue waits to be queued (still within its operation timeout).
+const WRITES: BatchShape = BatchShape {
+    max_batch: 256,
+    queue_capacity: 16 * 256,
+    in_flight: 4,
+    period: None,
+};
 
 /// A create waiting for its batch, and where its answer goes: the sessions it replaced.
 type Queued = (NewSession, oneshot::Sender<Result<Vec<Session>>>);
@@ -43,12 +43,12 @@ pub(super) struct CreateBatcher {
 
 impl CreateBatcher {
     /// Starts the writer on the current Tokio runtime. Each batch is bounded by `op_timeout`.
-    pub(super) fn start<DB: Backend>(pool: Pool<DB>, op_timeout: Option<Duration>) -> Self
-    where
-        DB::Connection: Statements,
-    {
-        let (queue, queued) = mpsc::channel(QUEUE_CAPACITY);
-        tokio::spawn(write_batches(pool, queued, op_timeout));
+    pub(super) fn start<DB: Dialect>(pool: Pool<DB>, op_timeout: Option<Duration>) -> Self {
+        let (queue, queued) = batch::queue(WRITES);
+        tokio::spawn(queued.write(
+            move |batch| write_queued(pool.clone(), batch, op_timeout),
+            CancellationToken::new(),
+        ));
         Self { queue }
     }
 
@@ -64,54 +64,26 @@ impl CreateBatcher {
     }
 }
 
-/// Takes queued creates into batches, one batch per free slot, until the batcher is dropped.
-async fn write_batches<DB: Backend>(
+/// Writes what was queued together: one statement per create on a device, in queue order.
+async fn write_queued<DB: Dialect>(
     pool: Pool<DB>,
-    mut queued: mpsc::Receiver<Queued>,
+    mut queued: Vec<Queued>,
     op_timeout: Option<Duration>,
-) where
-    DB::Connection: Statements,
-{
-    let slots = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
-    // Creates taken from the queue but held back from the last batch (see `one_per_device`).
-    let mut waiting = Vec::with_capacity(MAX_BATCH);
-    loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        if waiting.is_empty() {
-            if queued.recv_many(&mut waiting, MAX_BATCH).await == 0 {
-                return;
-            }
-        } else {
-            while waiting.len() < MAX_BATCH {
-                match queued.try_recv() {
-                    Ok(create) => waiting.push(create),
-                    Err(_) => break,
-                }
-            }
-        }
-        // A caller that gave up (its operation timeout) was answered UNAVAILABLE: writing its
-        // session now would leave one nobody holds tokens for.
-        waiting.retain(|(_, answer)| !answer.is_closed());
-        if waiting.is_empty() {
-            continue;
-        }
-        let (batch, held_back) = one_per_device(std::mem::take(&mut waiting));
-        waiting = held_back;
-        let pool = pool.clone();
-        tokio::spawn(async move {
-            write_batch(&pool, batch, op_timeout).await;
-            drop(slot);
-        });
+) {
+    // A caller that gave up (its operation timeout) was answered UNAVAILABLE: writing its
+    // session now would leave one nobody holds tokens for.
+    queued.retain(|(_, answer)| !answer.is_closed());
+    while !queued.is_empty() {
+        let (batch, held_back) = one_per_device(queued);
+        write_batch(&pool, batch, op_timeout).await;
+        queued = held_back;
     }
 }
 
 /// Splits `creates` into a batch with at most one create per (user, device), in queue order, and
 /// the rest. Two creates on one device cannot share a statement: each would replace only the
 /// sessions that were there before it, and the two new ones would meet in the unique index. The
-/// later one goes in a later batch, which replaces the earlier one's session, or meets it in the
-/// unique index and retries, as racing creates do unbatched.
+/// later one goes in the next statement, which replaces the earlier one's session.
 fn one_per_device(creates: Vec<Queued>) -> (Vec<Queued>, Vec<Queued>) {
     let mut devices = HashSet::with_capacity(creates.len());
     creates.into_iter().partition(|(create, _)| {
@@ -125,14 +97,11 @@ fn one_per_device(creates: Vec<Queued>) -> (Vec<Queued>, Vec<Queued>) {
 }
 
 /// One call to the store for `creates`, bounded by `op_timeout`: the sessions each replaced.
-async fn write_creates<DB: Backend>(
+async fn write_creates<DB: Dialect>(
     pool: &Pool<DB>,
     creates: &[NewSession],
     op_timeout: Option<Duration>,
-) -> Result<Vec<Vec<Session>>>
-where
-    DB::Connection: Statements,
-{
+) -> Result<Vec<Vec<Session>>> {
     let replaced_by = RevokeReason::internal(RevokeReason::DEVICE_REPLACED);
     let replaced = bounded(
         op_timeout,
@@ -151,10 +120,11 @@ where
 
 /// Writes one batch and answers each of its creates.
 #[tracing::instrument(name = "store.create_batch", skip_all, fields(batch = batch.len()))]
-async fn write_batch<DB: Backend>(pool: &Pool<DB>, batch: Vec<Queued>, op_timeout: Option<Duration>)
-where
-    DB::Connection: Statements,
-{
+async fn write_batch<DB: Dialect>(
+    pool: &Pool<DB>,
+    batch: Vec<Queued>,
+    op_timeout: Option<Duration>,
+) {
     let (creates, answers): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
     let write = |creates| write_creates(pool, creates, op_timeout);
     let outcomes: Vec<Result<Vec<Session>>> = match write(&creates).await {

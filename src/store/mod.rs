@@ -7,8 +7,9 @@
 //! decide inside the transaction (the per-user limit, refresh rotation), the authority passes the
 //! decision in as a function of what the store read.
 //!
-//! Both stores share one implementation, [`SqlStore`], which writes each operation once in terms
-//! of [`Statements`]; each database provides those statements in its own SQL dialect.
+//! Both stores share one implementation, [`SqlStore`]: each operation is written once
+//! (`operations.rs`), of statements written once (`statements.rs`); a database's `Dialect`
+//! (`dialect.rs`, implemented in `postgres.rs` and `sqlite.rs`) holds only what differs.
 
 use std::sync::Arc;
 
@@ -21,8 +22,7 @@ use crate::{
     token::TokenHash,
 };
 
-pub use dialect::{Backend, Statements};
-pub use sql_store::SqlStore;
+pub use operations::SqlStore;
 
 /// Sessions in Postgres, shared by every replica.
 pub type PostgresStore = SqlStore<sqlx::Postgres>;
@@ -147,16 +147,14 @@ pub trait SessionStore: Send + Sync + 'static {
     /// connections in use to come back, and closes them all.
     async fn close(&self);
 
-    /// Inserts `session` with its first refresh token. First revokes the user's unrevoked session
-    /// on the same device (reason `device_replaced`), then, under a per-user limit, lets `admit`
-    /// decide from the user's live sessions (`None`: no limit, nothing to count). Returns the
-    /// sessions it revoked.
+    /// Inserts the session with its first refresh token. First revokes the user's unrevoked
+    /// session on the same device (reason `device_replaced`), then, under a per-user limit, lets
+    /// `admit` decide from the user's live sessions (`None`: no limit, nothing to count). Returns
+    /// the sessions it revoked.
     async fn create(
         &self,
-        session: &Session,
-        refresh_token: &TokenHash,
+        create: &NewSession,
         admit: Option<Admission<'_>>,
-        now: DateTime<Utc>,
     ) -> Result<Vec<Session>>;
 
     /// Reads a session.
@@ -186,13 +184,16 @@ pub trait SessionStore: Send + Sync + 'static {
         reason: &RevokeReason,
     ) -> Result<Revocation>;
 
-    /// Revokes every unrevoked session of the user but `except`; returns them.
+    /// Revokes at most `limit` unrevoked sessions of the user but `except`; returns them. Called
+    /// until it returns fewer than `limit`, so that memory, statements and cache writes stay
+    /// bounded however many sessions the user holds.
     async fn revoke_user(
         &self,
         user_id: &UserId,
         except: Option<SessionId>,
         now: DateTime<Utc>,
         reason: &RevokeReason,
+        limit: usize,
     ) -> Result<Vec<Session>>;
 
     /// One page of the user's sessions, newest first, after `after`. Without `include_revoked`,
@@ -381,6 +382,7 @@ fn sessions_from<T: StoredTime>(rows: Vec<SessionRow<T>>) -> Result<Vec<Session>
 mod create_batch;
 mod dialect;
 // Declared after the macros above, which they use.
+mod operations;
 mod postgres;
-mod sql_store;
 mod sqlite;
+mod statements;

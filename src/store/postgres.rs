@@ -6,20 +6,19 @@ use std::{str::FromStr, time::Duration};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::{
-    Connection, PgConnection, PgPool, Postgres, Transaction,
+    Connection, Executor, PgConnection, PgPool, Postgres, Transaction,
     postgres::{PgConnectOptions, PgPoolOptions},
     types::Json,
 };
-use uuid::Uuid;
 
 use super::{
-    Activity, Backend, NewSession, PostgresStore, RevokedAfter, SWEEP_LOCK_KEY, Statements,
-    StoredRefreshToken, dialect::rollback_safe, session_from, sessions_from, token_hash,
+    Activity, NewSession, PostgresStore, SWEEP_LOCK_KEY,
+    dialect::{Dialect, rollback_safe},
+    sessions_from,
 };
 use crate::{
-    domain::{RevokeReason, Session, SessionId, UserId},
+    domain::{RevokeReason, Session, UserId},
     error::{Error, Result},
-    token::TokenHash,
 };
 
 impl PostgresStore {
@@ -79,9 +78,9 @@ const ONE_PER_DEVICE_INDEX: &str = "session_one_per_device_idx";
 /// deployment, a benchmark) scans the whole table to replace sessions, a cost that grows with
 /// it until the next ANALYZE. Planning costs Postgres CPU for each statement (figures in
 /// docs/performance.md), which a batch shares.
-async fn insert_replacing_devices<'a>(
+async fn insert_replacing_devices(
     conn: &mut PgConnection,
-    creates: impl Iterator<Item = (&'a Session, &'a TokenHash, DateTime<Utc>)>,
+    creates: &[NewSession],
     reason: &RevokeReason,
 ) -> Result<Vec<SessionRow>, sqlx::Error> {
     let sql = concat!(
@@ -115,10 +114,7 @@ async fn insert_replacing_devices<'a>(
             FROM created JOIN new ON session_id = new_session_id \
         ) SELECT * FROM replaced"
     );
-    let (sessions, rest): (Vec<_>, Vec<_>) = creates
-        .map(|(session, token, now)| (session, (token.0.as_slice(), now)))
-        .unzip();
-    let (tokens, decided_at): (Vec<_>, Vec<_>) = rest.into_iter().unzip();
+    let sessions: Vec<&Session> = creates.iter().map(|create| &create.session).collect();
     sqlx::query_as::<_, SessionRow>(sql)
         .persistent(false)
         .bind(each(&sessions, |s| s.id.as_uuid()))
@@ -134,8 +130,13 @@ async fn insert_replacing_devices<'a>(
         .bind(each(&sessions, |s| s.last_seen_at))
         .bind(each(&sessions, |s| s.expires_at))
         .bind(each(&sessions, |s| s.idle_expires_at))
-        .bind(tokens)
-        .bind(decided_at)
+        .bind(
+            creates
+                .iter()
+                .map(|create| create.refresh_token.0.as_slice())
+                .collect::<Vec<_>>(),
+        )
+        .bind(creates.iter().map(|create| create.now).collect::<Vec<_>>())
         .bind(reason.as_str())
         .fetch_all(conn)
         .await
@@ -147,9 +148,42 @@ fn each<'a, T>(sessions: &[&'a Session], field: impl Fn(&'a Session) -> T) -> Ve
 }
 
 #[async_trait]
-impl Backend for Postgres {
-    async fn begin_write(pool: &PgPool) -> Result<Transaction<'static, Postgres>> {
-        Ok(pool.begin().await?)
+impl Dialect for Postgres {
+    type Time = DateTime<Utc>;
+
+    fn time(time: DateTime<Utc>) -> DateTime<Utc> {
+        time
+    }
+
+    fn on(conn: &mut PgConnection) -> impl Executor<'_, Database = Postgres> {
+        conn
+    }
+
+    const FIND_SESSION_FOR_UPDATE: &'static str = concat!(
+        "SELECT ",
+        columns!(),
+        " FROM session WHERE session_id = $1 FOR UPDATE"
+    );
+
+    async fn begin_write(conn: &mut PgConnection) -> Result<Transaction<'_, Postgres>> {
+        Ok(conn.begin().await?)
+    }
+
+    async fn lock_user(conn: &mut PgConnection, user_id: &UserId) -> Result<()> {
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+            .bind(user_id.as_str())
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn insert_replacing_devices(
+        conn: &mut PgConnection,
+        creates: &[NewSession],
+        reason: &RevokeReason,
+    ) -> Result<Vec<Vec<Session>>> {
+        let replaced = sessions_from(insert_replacing_devices(conn, creates, reason).await?)?;
+        by_create(creates, replaced)
     }
 
     /// One statement for the whole batch, outside any transaction: it is atomic on its own, and
@@ -163,34 +197,15 @@ impl Backend for Postgres {
         batch: &[NewSession],
         reason: &RevokeReason,
     ) -> Result<Vec<Vec<Session>>> {
-        let creates = batch
-            .iter()
-            .map(|create| (&create.session, &create.refresh_token, create.now));
         let mut conn = pool.acquire().await?;
         let rows = loop {
-            match insert_replacing_devices(&mut conn, creates.clone(), reason).await {
+            match insert_replacing_devices(&mut conn, batch, reason).await {
                 Err(sqlx::Error::Database(error))
                     if error.constraint() == Some(ONE_PER_DEVICE_INDEX) => {}
                 rows => break rows?,
             }
         };
-        // Each replaced session goes to the create on its device: there is one per device.
-        let mut replaced = vec![Vec::new(); batch.len()];
-        for session in sessions_from(rows)? {
-            let create = batch.iter().position(|create| {
-                create.session.user_id == session.user_id
-                    && create.session.device.device_id == session.device.device_id
-            });
-            match create {
-                Some(index) => replaced[index].push(session),
-                None => {
-                    return Err(Error::Internal(anyhow::anyhow!(
-                        "a create replaced a session on another device"
-                    )));
-                }
-            }
-        }
-        Ok(replaced)
+        by_create(batch, sessions_from(rows)?)
     }
 
     /// One statement for the whole batch, in a transaction that does not wait for its commit to
@@ -236,6 +251,49 @@ impl Backend for Postgres {
         sessions_from(written)
     }
 
+    async fn try_lock_sweep(conn: &mut PgConnection) -> Result<bool> {
+        Ok(sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(SWEEP_LOCK_KEY)
+            .fetch_one(conn)
+            .await?)
+    }
+
+    async fn delete_ended_before(
+        conn: &mut PgConnection,
+        cutoff: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<u64> {
+        // One bounded index scan per condition (session_idle_expires_at_idx, session_revoked_at_idx),
+        // deduplicated: the union holds min($2, rows to delete) ids, so a short batch means nothing
+        // is left. A session past its absolute end is past its idle end too (idle_expires_at <=
+        // expires_at), so the idle scan finds it. ORDER BY and `= ANY(ARRAY(..))` keep even the
+        // generic plan of this prepared statement on indexes (with `IN (..)` or ORed conditions it
+        // seq-scans `session`).
+        let sql = "DELETE FROM session WHERE session_id = ANY(ARRAY( \
+             SELECT session_id FROM (SELECT session_id FROM session WHERE idle_expires_at < $1 \
+                                     ORDER BY idle_expires_at LIMIT $2) AS i \
+             UNION SELECT session_id FROM (SELECT session_id FROM session WHERE revoked_at < $1 \
+                                           ORDER BY revoked_at LIMIT $2) AS r \
+             LIMIT $2))";
+        Ok(sqlx::query(sql)
+            .bind(cutoff)
+            .bind(limit)
+            .execute(conn)
+            .await?
+            .rows_affected())
+    }
+
+    async fn unlock_sweep(conn: &mut PgConnection) -> Result<()> {
+        let released: bool = sqlx::query_scalar("SELECT pg_advisory_unlock($1)")
+            .bind(SWEEP_LOCK_KEY)
+            .fetch_one(conn)
+            .await?;
+        if !released {
+            tracing::warn!("the sweep lock was not held at unlock");
+        }
+        Ok(())
+    }
+
     async fn migrate(pool: &PgPool) -> Result<()> {
         rollback_safe(sqlx::migrate!("./migrations/postgres"))
             .run(pool)
@@ -247,343 +305,25 @@ impl Backend for Postgres {
     }
 }
 
-type SessionRow = super::SessionRow<DateTime<Utc>>;
-
-#[async_trait]
-impl Statements for PgConnection {
-    async fn lock_user(&mut self, user_id: &UserId) -> Result<()> {
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-            .bind(user_id.as_str())
-            .execute(self)
-            .await?;
-        Ok(())
-    }
-
-    async fn insert_replacing_device(
-        &mut self,
-        session: &Session,
-        refresh_token: &TokenHash,
-        now: DateTime<Utc>,
-        reason: &RevokeReason,
-    ) -> Result<Vec<Session>> {
-        sessions_from(
-            insert_replacing_devices(self, std::iter::once((session, refresh_token, now)), reason)
-                .await?,
-        )
-    }
-
-    async fn find_session(&mut self, id: SessionId) -> Result<Option<Session>> {
-        let sql = concat!("SELECT ", columns!(), " FROM session WHERE session_id = $1");
-        session_from(
-            sqlx::query_as::<_, SessionRow>(sql)
-                .bind(id.as_uuid())
-                .fetch_optional(self)
-                .await?,
-        )
-    }
-
-    async fn find_session_for_update(&mut self, id: SessionId) -> Result<Option<Session>> {
-        let sql = concat!(
-            "SELECT ",
-            columns!(),
-            " FROM session WHERE session_id = $1 FOR UPDATE"
-        );
-        session_from(
-            sqlx::query_as::<_, SessionRow>(sql)
-                .bind(id.as_uuid())
-                .fetch_optional(self)
-                .await?,
-        )
-    }
-
-    async fn count_live(&mut self, user_id: &UserId, now: DateTime<Utc>) -> Result<i64> {
-        let sql = concat!(
-            "SELECT count(*) FROM session WHERE user_id = $1 AND ",
-            live_at!("$2")
-        );
-        Ok(sqlx::query_scalar(sql)
-            .bind(user_id.as_str())
-            .bind(now)
-            .fetch_one(self)
-            .await?)
-    }
-
-    async fn revoke(
-        &mut self,
-        id: SessionId,
-        now: DateTime<Utc>,
-        reason: &RevokeReason,
-    ) -> Result<Option<Session>> {
-        let sql = concat!(
-            "UPDATE session SET revoked_at = $2, revoke_reason = $3 \
-             WHERE session_id = $1 AND revoked_at IS NULL RETURNING ",
-            columns!()
-        );
-        session_from(
-            sqlx::query_as::<_, SessionRow>(sql)
-                .bind(id.as_uuid())
-                .bind(now)
-                .bind(reason.as_str())
-                .fetch_optional(self)
-                .await?,
-        )
-    }
-
-    async fn revoke_device(
-        &mut self,
-        user_id: &UserId,
-        device_id: &str,
-        now: DateTime<Utc>,
-        reason: &RevokeReason,
-    ) -> Result<Vec<Session>> {
-        let sql = concat!(
-            "UPDATE session SET revoked_at = $3, revoke_reason = $4 \
-             WHERE user_id = $1 AND device_id = $2 AND revoked_at IS NULL RETURNING ",
-            columns!()
-        );
-        sessions_from(
-            sqlx::query_as::<_, SessionRow>(sql)
-                .bind(user_id.as_str())
-                .bind(device_id)
-                .bind(now)
-                .bind(reason.as_str())
-                .fetch_all(self)
-                .await?,
-        )
-    }
-
-    async fn revoke_oldest_live(
-        &mut self,
-        user_id: &UserId,
-        count: i64,
-        now: DateTime<Utc>,
-        reason: &RevokeReason,
-    ) -> Result<Vec<Session>> {
-        let sql = concat!(
-            "UPDATE session SET revoked_at = $2, revoke_reason = $3 WHERE session_id IN ( \
-               SELECT session_id FROM session WHERE user_id = $1 AND ",
-            live_at!("$2"),
-            " ORDER BY session_id LIMIT $4) RETURNING ",
-            columns!()
-        );
-        sessions_from(
-            sqlx::query_as::<_, SessionRow>(sql)
-                .bind(user_id.as_str())
-                .bind(now)
-                .bind(reason.as_str())
-                .bind(count)
-                .fetch_all(self)
-                .await?,
-        )
-    }
-
-    async fn revoke_user(
-        &mut self,
-        user_id: &UserId,
-        except: Option<SessionId>,
-        now: DateTime<Utc>,
-        reason: &RevokeReason,
-    ) -> Result<Vec<Session>> {
-        let sql = concat!(
-            "UPDATE session SET revoked_at = $3, revoke_reason = $4 \
-             WHERE user_id = $1 AND revoked_at IS NULL AND session_id IS DISTINCT FROM $2 RETURNING ",
-            columns!()
-        );
-        sessions_from(
-            sqlx::query_as::<_, SessionRow>(sql)
-                .bind(user_id.as_str())
-                .bind(except.map(|id| id.as_uuid()))
-                .bind(now)
-                .bind(reason.as_str())
-                .fetch_all(self)
-                .await?,
-        )
-    }
-
-    async fn record_activity(
-        &mut self,
-        id: SessionId,
-        now: DateTime<Utc>,
-        idle_expires_at: DateTime<Utc>,
-        stale_before: DateTime<Utc>,
-    ) -> Result<Option<Session>> {
-        let sql = concat!(
-            "UPDATE session SET last_seen_at = GREATEST(last_seen_at, $2), \
-                                idle_expires_at = GREATEST(idle_expires_at, $3) \
-             WHERE session_id = $1 AND last_seen_at < $4 AND ",
-            live_at!("$2"),
-            " RETURNING ",
-            columns!()
-        );
-        session_from(
-            sqlx::query_as::<_, SessionRow>(sql)
-                .bind(id.as_uuid())
-                .bind(now)
-                .bind(idle_expires_at)
-                .bind(stale_before)
-                .fetch_optional(self)
-                .await?,
-        )
-    }
-
-    async fn list_sessions(
-        &mut self,
-        user_id: &UserId,
-        include_revoked: bool,
-        now: DateTime<Utc>,
-        after: Option<SessionId>,
-        limit: i64,
-    ) -> Result<Vec<Session>> {
-        let sql = concat!(
-            "SELECT ",
-            columns!(),
-            " FROM session WHERE user_id = $1 AND ($2 OR (",
-            live_at!("$3"),
-            ")) AND ($4::uuid IS NULL OR session_id < $4) ORDER BY session_id DESC LIMIT $5"
-        );
-        sessions_from(
-            sqlx::query_as::<_, SessionRow>(sql)
-                .bind(user_id.as_str())
-                .bind(include_revoked)
-                .bind(now)
-                .bind(after.map(|id| id.as_uuid()))
-                .bind(limit)
-                .fetch_all(self)
-                .await?,
-        )
-    }
-
-    async fn revoked_since(&mut self, after: RevokedAfter, limit: i64) -> Result<Vec<Session>> {
-        // `revoked_at >= $1` is what session_revoked_at_idx can seek to.
-        let sql = concat!(
-            "SELECT ",
-            columns!(),
-            " FROM session WHERE revoked_at >= $1 AND (revoked_at > $1 OR session_id > $2) \
-             ORDER BY revoked_at, session_id LIMIT $3"
-        );
-        sessions_from(
-            sqlx::query_as::<_, SessionRow>(sql)
-                .bind(after.revoked_at)
-                .bind(after.session_id.as_uuid())
-                .bind(limit)
-                .fetch_all(self)
-                .await?,
-        )
-    }
-
-    async fn insert_refresh_token(
-        &mut self,
-        hash: &TokenHash,
-        session_id: SessionId,
-        generation: i32,
-        now: DateTime<Utc>,
-    ) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO refresh_token (token_hash, session_id, generation, issued_at) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(hash.0.as_slice())
-        .bind(session_id.as_uuid())
-        .bind(generation)
-        .bind(now)
-        .execute(self)
-        .await?;
-        Ok(())
-    }
-
-    async fn find_refresh_token(&mut self, hash: &TokenHash) -> Result<Option<StoredRefreshToken>> {
-        let row: Option<(Uuid, i32, Option<DateTime<Utc>>)> = sqlx::query_as(
-            "SELECT session_id, generation, retired_at FROM refresh_token WHERE token_hash = $1",
-        )
-        .bind(hash.0.as_slice())
-        .fetch_optional(self)
-        .await?;
-        Ok(
-            row.map(|(session_id, generation, retired_at)| StoredRefreshToken {
-                session_id: session_id.into(),
-                generation,
-                retired_at,
-            }),
-        )
-    }
-
-    async fn current_refresh_token(
-        &mut self,
-        session_id: SessionId,
-    ) -> Result<Option<(i32, TokenHash)>> {
-        let row: Option<(i32, Vec<u8>)> = sqlx::query_as(
-            "SELECT generation, token_hash FROM refresh_token WHERE session_id = $1 AND retired_at IS NULL",
-        )
-        .bind(session_id.as_uuid())
-        .fetch_optional(self)
-        .await?;
-        row.map(|(generation, hash)| Ok((generation, token_hash(hash)?)))
-            .transpose()
-    }
-
-    async fn retire_current_refresh_token(
-        &mut self,
-        session_id: SessionId,
-        now: DateTime<Utc>,
-    ) -> Result<()> {
-        sqlx::query(
-            "UPDATE refresh_token SET retired_at = $2 WHERE session_id = $1 AND retired_at IS NULL",
-        )
-        .bind(session_id.as_uuid())
-        .bind(now)
-        .execute(self)
-        .await?;
-        Ok(())
-    }
-
-    async fn forget_refresh_tokens_before(
-        &mut self,
-        session_id: SessionId,
-        generation: i32,
-    ) -> Result<()> {
-        sqlx::query("DELETE FROM refresh_token WHERE session_id = $1 AND generation < $2")
-            .bind(session_id.as_uuid())
-            .bind(generation)
-            .execute(self)
-            .await?;
-        Ok(())
-    }
-
-    async fn try_lock_sweep(&mut self) -> Result<bool> {
-        Ok(sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-            .bind(SWEEP_LOCK_KEY)
-            .fetch_one(self)
-            .await?)
-    }
-
-    async fn unlock_sweep(&mut self) -> Result<()> {
-        let released: bool = sqlx::query_scalar("SELECT pg_advisory_unlock($1)")
-            .bind(SWEEP_LOCK_KEY)
-            .fetch_one(self)
-            .await?;
-        if !released {
-            tracing::warn!("the sweep lock was not held at unlock");
+/// `replaced`, split by the create that replaced each: the one on its device (there is one per
+/// device).
+fn by_create(creates: &[NewSession], replaced: Vec<Session>) -> Result<Vec<Vec<Session>>> {
+    let mut by_create = vec![Vec::new(); creates.len()];
+    for session in replaced {
+        let create = creates.iter().position(|create| {
+            create.session.user_id == session.user_id
+                && create.session.device.device_id == session.device.device_id
+        });
+        match create {
+            Some(index) => by_create[index].push(session),
+            None => {
+                return Err(Error::Internal(anyhow::anyhow!(
+                    "a create replaced a session on another device"
+                )));
+            }
         }
-        Ok(())
     }
-
-    async fn delete_ended_before(&mut self, cutoff: DateTime<Utc>, limit: i64) -> Result<u64> {
-        // One bounded index scan per condition (session_idle_expires_at_idx,
-        // session_revoked_at_idx), deduplicated: the union holds min($2, rows to delete) ids, so
-        // a short batch means nothing is left. A session past its absolute end is past its idle
-        // end too (idle_expires_at <= expires_at), so the idle scan finds it. ORDER BY and
-        // `= ANY(ARRAY(..))` keep even the generic plan of this prepared statement on indexes
-        // (with `IN (..)` or ORed conditions it seq-scans `session`).
-        let sql = "DELETE FROM session WHERE session_id = ANY(ARRAY( \
-                     SELECT session_id FROM (SELECT session_id FROM session WHERE idle_expires_at < $1 \
-                                             ORDER BY idle_expires_at LIMIT $2) AS i \
-                     UNION SELECT session_id FROM (SELECT session_id FROM session WHERE revoked_at < $1 \
-                                                   ORDER BY revoked_at LIMIT $2) AS r \
-                     LIMIT $2))";
-        Ok(sqlx::query(sql)
-            .bind(cutoff)
-            .bind(limit)
-            .execute(self)
-            .await?
-            .rows_affected())
-    }
+    Ok(by_create)
 }
+
+type SessionRow = super::SessionRow<DateTime<Utc>>;

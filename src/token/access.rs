@@ -270,7 +270,6 @@ fn rejection(kind: &ErrorKind) -> TokenRejection {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{Device, Metadata};
 
     fn tokens() -> AccessTokenSigner {
         AccessTokenSigner::new(
@@ -280,26 +279,11 @@ mod tests {
         )
     }
 
-    fn session(now: DateTime<Utc>) -> Session {
-        Session {
-            id: SessionId::generate(),
-            user_id: UserId::try_from("alice".to_owned()).expect("valid"),
-            device: Device::default(),
-            metadata: Metadata::default(),
-            created_at: now,
-            last_seen_at: now,
-            expires_at: now + Duration::days(1),
-            idle_expires_at: now + Duration::days(1),
-            revoked_at: None,
-            revoke_reason: None,
-        }
-    }
-
     #[test]
     fn an_issued_token_verifies_until_it_expires() {
         let tokens = tokens();
         let now = Utc::now();
-        let session = session(now);
+        let session = Session::example(now);
         let issued = tokens
             .issue(&session, now, Duration::minutes(15))
             .expect("signs");
@@ -316,7 +300,7 @@ mod tests {
     fn a_token_never_outlives_its_session() {
         let tokens = tokens();
         let now = Utc::now();
-        let mut session = session(now);
+        let mut session = Session::example(now);
         session.expires_at = now + Duration::minutes(1);
         let issued = tokens
             .issue(&session, now, Duration::minutes(15))
@@ -328,7 +312,7 @@ mod tests {
     fn a_token_from_another_key_has_a_bad_signature() {
         let now = Utc::now();
         let issued = tokens()
-            .issue(&session(now), now, Duration::minutes(15))
+            .issue(&Session::example(now), now, Duration::minutes(15))
             .expect("signs");
         assert_eq!(
             tokens().verify(&issued.token, now),
@@ -344,7 +328,7 @@ mod tests {
         let (first_kid, second_kid) = (first.kid().to_owned(), second.kid().to_owned());
         let tokens = AccessTokenSigner::new(first.clone(), "iss".into(), "aud".into());
         let old = tokens
-            .issue(&session(now), now, Duration::minutes(15))
+            .issue(&Session::example(now), now, Duration::minutes(15))
             .expect("signs");
 
         let change = tokens
@@ -363,7 +347,7 @@ mod tests {
             "the old key still verifies"
         );
         let new = tokens
-            .issue(&session(now), now, Duration::minutes(15))
+            .issue(&Session::example(now), now, Duration::minutes(15))
             .expect("signs");
         assert_eq!(
             jsonwebtoken::decode_header(&new.token).expect("header").kid,

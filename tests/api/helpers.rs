@@ -3,10 +3,13 @@
 
 use std::time::Duration;
 
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use ed25519_dalek::Signer;
+use serde_json::Value;
+
 use sessiond::{
     api::pb,
-    domain::{RevokeReason, Session},
-    store::{Backend, NewSession, PostgresStore, SessionStore, SqliteStore},
+    store::{PostgresStore, SessionStore, SqliteStore},
 };
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
@@ -45,63 +48,85 @@ pub fn assert_invalid_field(status: &Status, field: &str) {
     );
 }
 
+// Access tokens taken apart and put together again, to tamper with or to forge.
+
+pub fn encode(value: &Value) -> String {
+    URL_SAFE_NO_PAD.encode(serde_json::to_vec(value).unwrap())
+}
+
+pub fn decode(part: &str) -> Value {
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
+}
+
+/// Header and claims of a real token, to tamper with.
+pub fn parts(token: &str) -> (Value, Value) {
+    let mut parts = token.split('.');
+    (decode(parts.next().unwrap()), decode(parts.next().unwrap()))
+}
+
+/// A token with this header and these claims, signed by `key`.
+pub fn sign(header: &Value, claims: &Value, key: &ed25519_dalek::SigningKey) -> String {
+    let input = format!("{}.{}", encode(header), encode(claims));
+    let signature = key.sign(input.as_bytes());
+    format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature.to_bytes()))
+}
+
 pub const MINUTE: Duration = Duration::from_secs(60);
 pub const DAY: Duration = Duration::from_secs(86_400);
 
-/// A store over the same data as `app`, to call by hand.
-pub enum Direct {
-    Postgres(PostgresStore),
-    Sqlite(SqliteStore),
+/// A store over the same data as `app`, to call by hand, and a pool of its own to look
+/// underneath.
+pub struct Direct {
+    store: Box<dyn SessionStore>,
+    pool: Pool,
+}
+
+enum Pool {
+    Postgres(sqlx::PgPool),
+    Sqlite(sqlx::SqlitePool),
 }
 
 impl Direct {
     pub fn of(app: &TestApp, store: Store) -> Self {
         match store {
-            Store::Postgres => Self::Postgres(PostgresStore::new(
-                app.pool.clone().expect("a Postgres test has a pool"),
-            )),
-            Store::Sqlite => Self::Sqlite(
-                SqliteStore::open(&app.data_dir, Duration::from_secs(5)).expect("opens"),
-            ),
+            Store::Postgres => {
+                let pool = app.pool.clone().expect("a Postgres test has a pool");
+                Self {
+                    store: Box::new(PostgresStore::new(pool.clone())),
+                    pool: Pool::Postgres(pool),
+                }
+            }
+            Store::Sqlite => Self {
+                store: Box::new(
+                    SqliteStore::open(&app.data_dir, Duration::from_secs(5)).expect("opens"),
+                ),
+                pool: Pool::Sqlite(sqlx::SqlitePool::connect_lazy_with(
+                    sqlx::sqlite::SqliteConnectOptions::new()
+                        .filename(app.data_dir.join("sessiond.db"))
+                        .foreign_keys(true),
+                )),
+            },
         }
     }
 
     pub fn store(&self) -> &dyn SessionStore {
-        match self {
-            Self::Postgres(store) => store,
-            Self::Sqlite(store) => store,
-        }
-    }
-
-    /// Writes `batch` the way the store writes concurrent creates: one call to the database's
-    /// [`Backend::create_unlimited`]. Returns the sessions each create replaced.
-    pub async fn create_batch(&self, batch: &[NewSession]) -> Vec<Vec<Session>> {
-        let replaced = RevokeReason::internal(RevokeReason::DEVICE_REPLACED);
-        match self {
-            Self::Postgres(store) => {
-                sqlx::Postgres::create_unlimited(store.pool(), batch, &replaced).await
-            }
-            Self::Sqlite(store) => {
-                sqlx::Sqlite::create_unlimited(store.pool(), batch, &replaced).await
-            }
-        }
-        .unwrap()
+        self.store.as_ref()
     }
 
     /// Runs `sql`, which changes something, on the underlying database.
     pub async fn execute(&self, sql: &'static str) {
-        match self {
-            Self::Postgres(store) => sqlx::query(sql).execute(store.pool()).await.map(drop),
-            Self::Sqlite(store) => sqlx::query(sql).execute(store.pool()).await.map(drop),
+        match &self.pool {
+            Pool::Postgres(pool) => sqlx::query(sql).execute(pool).await.map(drop),
+            Pool::Sqlite(pool) => sqlx::query(sql).execute(pool).await.map(drop),
         }
         .unwrap()
     }
 
     /// Runs `SELECT count(*) ...` on the underlying database.
     pub async fn count(&self, sql: &'static str) -> i64 {
-        match self {
-            Self::Postgres(store) => sqlx::query_scalar(sql).fetch_one(store.pool()).await,
-            Self::Sqlite(store) => sqlx::query_scalar(sql).fetch_one(store.pool()).await,
+        match &self.pool {
+            Pool::Postgres(pool) => sqlx::query_scalar(sql).fetch_one(pool).await,
+            Pool::Sqlite(pool) => sqlx::query_scalar(sql).fetch_one(pool).await,
         }
         .unwrap()
     }

@@ -1,10 +1,11 @@
+use serde_json::json;
 use sessiond::api::pb::{self, TokenStatus};
 use tonic::Code;
 
-use sessiond::{clock::Clock, store::RevokedAfter};
+use sessiond::{clock::Clock, domain::UserId, store::RevokedAfter};
 
 use crate::{
-    helpers::{Direct, MINUTE, assert_invalid_field},
+    helpers::{Direct, MINUTE, assert_invalid_field, parts, sign},
     support::{
         app::{Store, spawn_app},
         rpc::tokens,
@@ -121,6 +122,74 @@ async fn signing_out_other_devices_keeps_the_current_one(store: Store) {
     );
 }
 
+/// RevokeUserSessions works batch by batch, so a user with 100 000 sessions is signed out in
+/// bounded memory, and every session is revoked: in the store, and for Validate (a sample of
+/// 1 000 tokens spread over them; signing and checking all of them would take minutes in a debug
+/// build).
+async fn signing_out_a_user_with_a_hundred_thousand_sessions_revokes_every_one(store: Store) {
+    const SESSIONS: usize = 100_000;
+    let app = spawn_app(store).await;
+    let (header, mut claims) = parts(&tokens(&app.create("many", "first").await.tokens).0);
+    let direct = Direct::of(&app, store);
+    direct
+        .execute(match store {
+            Store::Postgres => {
+                "INSERT INTO session (session_id, user_id, device_id, created_at, last_seen_at, \
+                                      expires_at, idle_expires_at) \
+                 SELECT gen_random_uuid(), 'many', 'device-' || n, now(), now(), \
+                        now() + interval '30 days', now() + interval '7 days' \
+                 FROM generate_series(2, 100000) AS n"
+            }
+            Store::Sqlite => {
+                "WITH RECURSIVE n(i) AS (SELECT 2 UNION ALL SELECT i + 1 FROM n WHERE i < 100000) \
+                 INSERT INTO session (session_id, user_id, device_id, created_at, last_seen_at, \
+                                      expires_at, idle_expires_at) \
+                 SELECT randomblob(16), 'many', 'device-' || i, unixepoch() * 1000000, \
+                        unixepoch() * 1000000, (unixepoch() + 30 * 86400) * 1000000, \
+                        (unixepoch() + 7 * 86400) * 1000000 \
+                 FROM n"
+            }
+        })
+        .await;
+    let mut ids = Vec::with_capacity(SESSIONS);
+    loop {
+        let page = direct
+            .store()
+            .list(
+                &UserId::try_from("many".to_owned()).unwrap(),
+                false,
+                app.clock.now(),
+                ids.last().copied(),
+                10_000,
+            )
+            .await
+            .unwrap();
+        if page.is_empty() {
+            break;
+        }
+        ids.extend(page.iter().map(|session| session.id));
+    }
+    assert_eq!(ids.len(), SESSIONS, "all live before");
+
+    assert_eq!(app.revoke_user("many", "").await.unwrap(), SESSIONS as u32);
+
+    assert_eq!(
+        direct
+            .count("SELECT count(*) FROM session WHERE user_id = 'many' AND revoked_at IS NULL")
+            .await,
+        0
+    );
+    for id in ids.iter().step_by(SESSIONS / 1_000) {
+        claims["sid"] = json!(id.to_string());
+        let forged = sign(&header, &claims, &app.signing_key);
+        assert_eq!(
+            app.status_of(&forged).await,
+            TokenStatus::SessionRevoked,
+            "{id}"
+        );
+    }
+}
+
 /// What the Redis reconciler reads: revocations in the order they were made, from a point on, a
 /// page at a time, ties on one instant broken by session id.
 async fn the_store_walks_revocations_in_order_from_a_point_on(store: Store) {
@@ -173,4 +242,5 @@ on_every_store!(
     get_session_reads_a_session_and_refuses_unknown_ids,
     signing_out_everywhere_revokes_every_session_of_the_user_only,
     signing_out_other_devices_keeps_the_current_one,
+    signing_out_a_user_with_a_hundred_thousand_sessions_revokes_every_one,
 );

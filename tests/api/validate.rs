@@ -1,42 +1,18 @@
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-use ed25519_dalek::{
-    Signer,
-    pkcs8::{EncodePublicKey, spki::der::pem::LineEnding},
-};
+use ed25519_dalek::pkcs8::{EncodePublicKey, spki::der::pem::LineEnding};
 use hmac::{Hmac, Mac};
-use serde_json::{Value, json};
+use serde_json::json;
 use sessiond::api::pb::TokenStatus;
 use sha2::Sha256;
 
 use crate::{
-    helpers::{DAY, MINUTE},
+    helpers::{DAY, MINUTE, encode, parts, sign},
     support::{
         app::{Store, TestApp, spawn_app, spawn_app_with},
         redis::redis_url,
         rpc::tokens,
     },
 };
-
-fn encode(value: &Value) -> String {
-    URL_SAFE_NO_PAD.encode(serde_json::to_vec(value).unwrap())
-}
-
-fn decode(part: &str) -> Value {
-    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
-}
-
-/// Header and claims of a real token, to tamper with.
-fn parts(token: &str) -> (Value, Value) {
-    let mut parts = token.split('.');
-    (decode(parts.next().unwrap()), decode(parts.next().unwrap()))
-}
-
-/// A token with this header and these claims, signed by `key`.
-fn sign(header: &Value, claims: &Value, key: &ed25519_dalek::SigningKey) -> String {
-    let input = format!("{}.{}", encode(header), encode(claims));
-    let signature = key.sign(input.as_bytes());
-    format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature.to_bytes()))
-}
 
 async fn fresh_access_token(app: &TestApp) -> String {
     tokens(&app.create("mallory-target", "device").await.tokens).0

@@ -1,16 +1,19 @@
-//! The one implementation of [`SessionStore`] over any database that provides [`Statements`].
+//! The one implementation of [`SessionStore`]: what each operation does, written once over the
+//! shared statements (`statements.rs`) and what each [`Dialect`] does its own way.
 
 use std::{sync::OnceLock, time::Duration};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::{Database, Pool, pool::PoolConnection};
+use uuid::Uuid;
 
 use super::{
     Activity, Admission, NewSession, RefreshDecision, RefreshOutcome, RefreshRule, RefreshState,
     Revocation, RevokedAfter, SessionStore,
     create_batch::CreateBatcher,
-    dialect::{Backend, Statements, bounded},
+    dialect::{Dialect, bounded},
+    statements::{Bind, Read, Statements},
 };
 use crate::{
     domain::{RevokeReason, Session, SessionId, UserId},
@@ -49,17 +52,24 @@ impl<DB: Database> SqlStore<DB> {
     async fn bounded<T>(&self, op: impl Future<Output = Result<T>> + Send) -> Result<T> {
         bounded(self.op_timeout, op).await
     }
-
-    /// The pool, for tests and tools that need to look underneath.
-    pub fn pool(&self) -> &Pool<DB> {
-        &self.pool
-    }
 }
 
+// The bounds of the shared statements (`statements.rs`), which Rust does not carry along.
 #[async_trait]
-impl<DB: Backend> SessionStore for SqlStore<DB>
+impl<DB: Dialect> SessionStore for SqlStore<DB>
 where
-    DB::Connection: Statements,
+    Uuid: Bind<DB>,
+    Option<Uuid>: Bind<DB>,
+    for<'a> &'a str: Bind<DB>,
+    for<'a> &'a [u8]: Bind<DB>,
+    i64: Bind<DB>,
+    i32: Bind<DB>,
+    bool: Bind<DB>,
+    DB::Time: Bind<DB>,
+    super::SessionRow<DB::Time>: Read<DB>,
+    (Uuid, i32, Option<DB::Time>): Read<DB>,
+    (i32, Vec<u8>): Read<DB>,
+    (i64,): Read<DB>,
 {
     #[tracing::instrument(name = "store.migrate", skip_all)]
     async fn migrate(&self) -> Result<()> {
@@ -73,49 +83,47 @@ where
     #[tracing::instrument(name = "store.create", skip_all)]
     async fn create(
         &self,
-        session: &Session,
-        refresh_token: &TokenHash,
+        create: &NewSession,
         admit: Option<Admission<'_>>,
-        now: DateTime<Utc>,
     ) -> Result<Vec<Session>> {
         let Some(admit) = admit else {
             let batcher = self
                 .batched_creates
                 .get_or_init(|| CreateBatcher::start(self.pool.clone(), self.op_timeout));
-            return self
-                .bounded(batcher.create(NewSession {
-                    session: session.clone(),
-                    refresh_token: *refresh_token,
-                    now,
-                }))
-                .await;
+            return self.bounded(batcher.create(create.clone())).await;
         };
+        let NewSession { session, now, .. } = create;
+        let now = *now;
         let replaced = RevokeReason::internal(RevokeReason::DEVICE_REPLACED);
         self.bounded(async {
-            let mut tx = DB::begin_write(&self.pool).await?;
-            let conn = &mut *tx;
-            conn.lock_user(&session.user_id).await?;
+            let mut conn = self.pool.acquire().await?;
+            let mut tx = DB::begin_write(&mut conn).await?;
+            DB::lock_user(&mut tx, &session.user_id).await?;
+            let mut statements = Statements::<DB>(&mut tx);
             let mut revoked = Vec::new();
             // The limit counts the user's sessions once the device's own is replaced.
             if let Some(device_id) = &session.device.device_id {
                 revoked.extend(
-                    conn.revoke_device(&session.user_id, device_id, now, &replaced)
+                    statements
+                        .revoke_device(&session.user_id, device_id, now, &replaced)
                         .await?,
                 );
             }
             // Returning early drops the transaction: a refusal rolls back the device replacement
             // too.
-            let evict = admit(conn.count_live(&session.user_id, now).await?)?;
+            let evict = admit(statements.count_live(&session.user_id, now).await?)?;
             if evict > 0 {
                 let reason = RevokeReason::internal(RevokeReason::SESSION_LIMIT);
                 revoked.extend(
-                    conn.revoke_oldest_live(&session.user_id, evict, now, &reason)
+                    statements
+                        .revoke_oldest_live(&session.user_id, evict, now, &reason)
                         .await?,
                 );
             }
             revoked.extend(
-                conn.insert_replacing_device(session, refresh_token, now, &replaced)
-                    .await?,
+                DB::insert_replacing_devices(&mut tx, std::slice::from_ref(create), &replaced)
+                    .await?
+                    .concat(),
             );
             tx.commit().await?;
             Ok(revoked)
@@ -125,8 +133,12 @@ where
 
     #[tracing::instrument(name = "store.find", skip_all)]
     async fn find(&self, id: SessionId) -> Result<Option<Session>> {
-        self.bounded(async move { self.pool.acquire().await?.find_session(id).await })
-            .await
+        self.bounded(async move {
+            Statements::<DB>(&mut *self.pool.acquire().await?)
+                .find_session(id)
+                .await
+        })
+        .await
     }
 
     #[tracing::instrument(name = "store.record_activity", skip_all, fields(batch = batch.len()))]
@@ -143,23 +155,27 @@ where
     ) -> Result<RefreshOutcome> {
         self.bounded(async move {
             let unknown = || Error::RefreshRefused(RefreshRefusal::Unknown);
-            let mut tx = DB::begin_write(&self.pool).await?;
-            let conn = &mut *tx;
-            let found = conn
+            // An unknown token costs one indexed read on a pooled connection, and no write
+            // transaction: guessing tokens cannot take the write lock (SQLite) or hold a
+            // connection in a transaction (Postgres).
+            let mut conn = self.pool.acquire().await?;
+            let found = Statements::<DB>(&mut conn)
                 .find_refresh_token(presented)
                 .await?
                 .ok_or_else(unknown)?;
+            let mut tx = DB::begin_write(&mut conn).await?;
+            let mut statements = Statements::<DB>(&mut tx);
             // Concurrent refreshes of one session take turns here. Read the token again under the
-            // lock, since the one before us may have rotated it.
-            let session = conn
+            // lock, since the one before us may have rotated it (or the sweeper deleted it).
+            let session = statements
                 .find_session_for_update(found.session_id)
                 .await?
                 .ok_or_else(unknown)?;
-            let found = conn
+            let found = statements
                 .find_refresh_token(presented)
                 .await?
                 .ok_or_else(unknown)?;
-            let current = conn.current_refresh_token(session.id).await?;
+            let current = statements.current_refresh_token(session.id).await?;
             let decision = decide(RefreshState {
                 session: &session,
                 presented: &found,
@@ -173,13 +189,17 @@ where
                     idle_expires_at,
                     forget_before,
                 } => {
-                    conn.retire_current_refresh_token(session.id, now).await?;
-                    conn.insert_refresh_token(&successor, session.id, found.generation + 1, now)
+                    statements
+                        .retire_current_refresh_token(session.id, now)
                         .await?;
-                    conn.forget_refresh_tokens_before(session.id, forget_before)
+                    statements
+                        .insert_refresh_token(&successor, session.id, found.generation + 1, now)
+                        .await?;
+                    statements
+                        .forget_refresh_tokens_before(session.id, forget_before)
                         .await?;
                     // A refresh is activity, written every time rather than coalesced.
-                    let updated = conn
+                    let updated = statements
                         .record_activity(session.id, now, idle_expires_at, DateTime::<Utc>::MAX_UTC)
                         .await?
                         .ok_or_else(|| {
@@ -188,7 +208,7 @@ where
                     RefreshOutcome::Rotated(updated, successor)
                 }
                 RefreshDecision::Revoke(reason) => {
-                    match conn.revoke(session.id, now, &reason).await? {
+                    match statements.revoke(session.id, now, &reason).await? {
                         Some(revoked) => RefreshOutcome::Revoked(revoked),
                         None => return Err(Error::RefreshRefused(RefreshRefusal::SessionRevoked)),
                     }
@@ -209,9 +229,10 @@ where
     ) -> Result<Revocation> {
         self.bounded(async move {
             let mut conn = self.pool.acquire().await?;
-            Ok(match conn.revoke(id, now, reason).await? {
+            let mut statements = Statements::<DB>(&mut conn);
+            Ok(match statements.revoke(id, now, reason).await? {
                 Some(revoked) => Revocation::Revoked(Box::new(revoked)),
-                None if conn.find_session(id).await?.is_some() => Revocation::AlreadyRevoked,
+                None if statements.find_session(id).await?.is_some() => Revocation::AlreadyRevoked,
                 None => Revocation::NotFound,
             })
         })
@@ -225,12 +246,12 @@ where
         except: Option<SessionId>,
         now: DateTime<Utc>,
         reason: &RevokeReason,
+        limit: usize,
     ) -> Result<Vec<Session>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.bounded(async move {
-            self.pool
-                .acquire()
-                .await?
-                .revoke_user(user_id, except, now, reason)
+            Statements::<DB>(&mut *self.pool.acquire().await?)
+                .revoke_user(user_id, except, now, reason, limit)
                 .await
         })
         .await
@@ -246,9 +267,7 @@ where
         limit: i64,
     ) -> Result<Vec<Session>> {
         self.bounded(async move {
-            self.pool
-                .acquire()
-                .await?
+            Statements::<DB>(&mut *self.pool.acquire().await?)
                 .list_sessions(user_id, include_revoked, now, after, limit)
                 .await
         })
@@ -257,8 +276,12 @@ where
 
     #[tracing::instrument(name = "store.revoked_since", skip_all)]
     async fn revoked_since(&self, after: RevokedAfter, limit: i64) -> Result<Vec<Session>> {
-        self.bounded(async move { self.pool.acquire().await?.revoked_since(after, limit).await })
-            .await
+        self.bounded(async move {
+            Statements::<DB>(&mut *self.pool.acquire().await?)
+                .revoked_since(after, limit)
+                .await
+        })
+        .await
     }
 
     #[tracing::instrument(name = "store.sweep", skip_all)]
@@ -280,13 +303,13 @@ where
             conn: self.pool.acquire().await?,
             held: true,
         };
-        if !lock.conn.try_lock_sweep().await? {
+        if !DB::try_lock_sweep(&mut lock.conn).await? {
             lock.held = false;
             return Ok(None);
         }
         let mut deleted = 0;
         loop {
-            let batch = lock.conn.delete_ended_before(cutoff, batch_size).await?;
+            let batch = DB::delete_ended_before(&mut lock.conn, cutoff, batch_size).await?;
             deleted += batch;
             if batch < batch_size.unsigned_abs() {
                 break;
@@ -294,7 +317,7 @@ where
             // Let requests have the pool and the runtime between batches.
             tokio::task::yield_now().await;
         }
-        lock.conn.unlock_sweep().await?;
+        DB::unlock_sweep(&mut lock.conn).await?;
         // Unlocked: the connection may go back to the pool.
         lock.held = false;
         Ok(Some(deleted))
