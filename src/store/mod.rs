@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use sqlx::sqlite::SqliteError;
 
 use crate::{
     domain::{RevokeReason, Session, SessionId, UserId},
@@ -244,8 +245,14 @@ impl From<sqlx::Error> for Error {
             | sqlx::Error::Tls(_)
             | sqlx::Error::WorkerCrashed
             | sqlx::Error::Protocol(_) => true,
-            // Class 08: connection exception; 57P0x: shutting down or starting up; 53300: too many
-            // connections; 57014: our statement_timeout fired.
+            // SQLite: another writer held the database past the busy timeout (SQLITE_BUSY or
+            // SQLITE_LOCKED, in any extended form).
+            sqlx::Error::Database(db) if db.try_downcast_ref::<SqliteError>().is_some() => db
+                .code()
+                .and_then(|code| code.parse::<u32>().ok())
+                .is_some_and(|code| matches!(code & 0xff, 5 | 6)),
+            // Postgres. Class 08: connection exception; 57P0x: shutting down or starting up;
+            // 53300: too many connections; 57014: our statement_timeout fired.
             sqlx::Error::Database(db) => db.code().is_some_and(|code| {
                 code.starts_with("08")
                     || code.starts_with("57P0")

@@ -161,6 +161,40 @@ async fn an_unknown_refresh_token_is_unauthenticated_and_a_malformed_one_invalid
     }
 }
 
+/// An unknown refresh token costs one read and no write transaction, so guessed tokens cannot
+/// take the write lock from real work. SQLite shows it: while another writer holds the database's
+/// only write lock, an unknown token is still refused at once, not made to wait for the lock and
+/// then answered UNAVAILABLE.
+#[tokio::test]
+async fn sqlite_an_unknown_refresh_token_takes_no_write_lock() {
+    use sqlx::Connection;
+    let app = spawn_app_with(Store::Sqlite, |settings| {
+        settings.database_timeout = Duration::from_millis(500);
+    })
+    .await;
+    app.create("wanda", "d").await;
+    let mut writer = sqlx::SqliteConnection::connect_with(
+        &sqlx::sqlite::SqliteConnectOptions::new().filename(app.data_dir.join("sessiond.db")),
+    )
+    .await
+    .unwrap();
+    let _write_lock = writer.begin_with("BEGIN IMMEDIATE").await.unwrap();
+
+    let unknown = format!("sdrt_{}", "A".repeat(43));
+    let status = app.refresh(&unknown).await.expect_err("unknown");
+
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert_eq!(reason_of(&status), "REFRESH_TOKEN_UNKNOWN");
+
+    // A write does wait for the lock, and past the timeout it is UNAVAILABLE, as a busy
+    // Postgres is: worth a retry, not a bug.
+    let status = app
+        .try_create("wanda", "other")
+        .await
+        .expect_err("locked out");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+}
+
 on_every_store!(
     refresh_rotates_the_refresh_token_and_issues_a_new_access_token,
     a_retry_within_the_grace_window_returns_the_same_refresh_token,
