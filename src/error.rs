@@ -1,39 +1,13 @@
 //! The one domain error. Every variant has a stable code (sent as `ErrorInfo.reason`) and its doc
 //! names the gRPC status it becomes; `api::status` is the only place that turns it into a `Status`.
 
-use std::{fmt, sync::Arc};
+use std::sync::Arc;
+
+use crate::domain::Refusal;
 
 /// What the infrastructure said when the store failed: kept as the error's source, for the log,
 /// and never sent to a caller. Shared, so one failure can answer every create of a batch.
 pub type Cause = Arc<dyn std::error::Error + Send + Sync + 'static>;
-
-/// Why a refresh token was refused. Each becomes UNAUTHENTICATED.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RefreshRefusal {
-    /// No session holds this token (never issued, pruned, or its session was deleted).
-    Unknown,
-    /// The session passed its absolute expiry or its idle timeout.
-    SessionExpired,
-    /// The session was revoked.
-    SessionRevoked,
-    /// A retired token came back after the grace window: the session is now revoked.
-    Reused,
-    /// A retired token came back within the grace window, but its successor has itself been
-    /// rotated, so the answer it would get is no longer valid. The session is left alone.
-    Superseded,
-}
-
-impl fmt::Display for RefreshRefusal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Unknown => "unknown refresh token",
-            Self::SessionExpired => "session expired",
-            Self::SessionRevoked => "session revoked",
-            Self::Reused => "refresh token reused after rotation; the session is revoked",
-            Self::Superseded => "refresh token already rotated twice",
-        })
-    }
-}
 
 /// Everything that can go wrong in a request.
 #[derive(Debug, thiserror::Error)]
@@ -47,9 +21,9 @@ pub enum Error {
     /// NOT_FOUND.
     #[error("session not found")]
     SessionNotFound,
-    /// UNAUTHENTICATED.
+    /// UNAUTHENTICATED: a refresh token is not accepted.
     #[error("refresh refused: {0}")]
-    RefreshRefused(RefreshRefusal),
+    RefreshRefused(Refusal),
     /// RESOURCE_EXHAUSTED: the per-user limit is set to "deny".
     #[error("the user already holds the maximum of {limit} live sessions")]
     SessionLimitReached { limit: u32 },
@@ -93,11 +67,7 @@ impl Error {
         match self {
             Self::InvalidArgument { .. } => "INVALID_ARGUMENT",
             Self::SessionNotFound => "SESSION_NOT_FOUND",
-            Self::RefreshRefused(RefreshRefusal::Unknown) => "REFRESH_TOKEN_UNKNOWN",
-            Self::RefreshRefused(RefreshRefusal::SessionExpired) => "SESSION_EXPIRED",
-            Self::RefreshRefused(RefreshRefusal::SessionRevoked) => "SESSION_REVOKED",
-            Self::RefreshRefused(RefreshRefusal::Reused) => "REFRESH_TOKEN_REUSED",
-            Self::RefreshRefused(RefreshRefusal::Superseded) => "REFRESH_TOKEN_SUPERSEDED",
+            Self::RefreshRefused(refusal) => refusal.code(),
             Self::SessionLimitReached { .. } => "SESSION_LIMIT_REACHED",
             Self::StoreUnavailable(_) => "STORE_UNAVAILABLE",
             Self::StoreFailed(_) | Self::Internal(_) => "INTERNAL",

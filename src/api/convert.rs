@@ -7,10 +7,10 @@ use uuid::Uuid;
 
 use super::pb;
 use crate::{
-    authority::{Issued, Refusal, SessionRequest},
-    domain::{Device, Metadata, RevokeReason, Session, SessionId, UserId},
+    authority::{Issued, SessionRequest},
+    domain::{Device, Metadata, Refusal, RevokeReason, Session, SessionId, UserId},
     error::Error,
-    token::{RefreshToken, TokenRejection},
+    token::RefreshToken,
 };
 
 /// Page size when the request asks for 0.
@@ -148,17 +148,21 @@ pub fn issued(issued: Issued) -> (Option<pb::Session>, Option<pb::TokenPair>) {
     (Some((&issued.session).into()), Some(tokens))
 }
 
+/// Validate's status for a refused access token.
 pub fn token_status(refusal: Refusal) -> pb::TokenStatus {
     match refusal {
-        Refusal::Token(TokenRejection::Malformed) => pb::TokenStatus::Malformed,
-        Refusal::Token(TokenRejection::BadSignature) => pb::TokenStatus::BadSignature,
-        Refusal::Token(TokenRejection::Expired) => pb::TokenStatus::TokenExpired,
-        Refusal::Token(TokenRejection::WrongIssuerOrAudience) => {
-            pb::TokenStatus::WrongIssuerOrAudience
-        }
+        Refusal::Malformed => pb::TokenStatus::Malformed,
+        Refusal::BadSignature => pb::TokenStatus::BadSignature,
+        Refusal::TokenExpired => pb::TokenStatus::TokenExpired,
+        Refusal::WrongIssuerOrAudience => pb::TokenStatus::WrongIssuerOrAudience,
         Refusal::SessionRevoked => pb::TokenStatus::SessionRevoked,
         Refusal::SessionExpired => pb::TokenStatus::SessionExpired,
         Refusal::SessionNotFound => pb::TokenStatus::SessionNotFound,
+        // Only a refresh token is refused so; an access token never is. Should one be, the
+        // caller still hears a refusal.
+        Refusal::RefreshTokenUnknown
+        | Refusal::RefreshTokenReused
+        | Refusal::RefreshTokenSuperseded => pb::TokenStatus::Malformed,
     }
 }
 

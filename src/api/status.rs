@@ -49,7 +49,7 @@ pub fn answer(rpc: Rpc, error: Error) -> Status {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::RefreshRefusal;
+    use crate::domain::Refusal;
 
     #[test]
     fn an_invalid_argument_names_its_field() {
@@ -81,7 +81,7 @@ mod tests {
         let cases = [
             (Error::SessionNotFound, Code::NotFound),
             (
-                Error::RefreshRefused(RefreshRefusal::Reused),
+                Error::RefreshRefused(Refusal::RefreshTokenReused),
                 Code::Unauthenticated,
             ),
             (

@@ -18,12 +18,12 @@ pub use policy::{AtLimit, Policy};
 use crate::{
     cache::SessionCache,
     clock::Clock,
-    domain::{Device, Metadata, RevokeReason, Session, SessionId, SessionState, UserId},
-    error::{Error, RefreshRefusal, Result},
+    domain::{Device, Metadata, Refusal, RevokeReason, Session, SessionId, SessionState, UserId},
+    error::{Error, Result},
     metrics,
-    store::{Admission, NewSession, RefreshOutcome, RefreshState, Revocation, SessionStore},
+    store::{Admission, NewSession, RefreshOutcome, RefreshState, RevokeOutcome, SessionStore},
     tasks::{Stage, Tasks},
-    token::{Keys, RefreshToken, TokenHash, TokenRejection, VerifiedAccessToken, VerifiedTokens},
+    token::{Keys, RefreshToken, TokenHash, VerifiedAccessToken, VerifiedTokens},
 };
 
 /// Most sessions RevokeUserSessions revokes, and writes to the caches, at a time.
@@ -50,19 +50,11 @@ pub struct Issued {
     pub refresh_token_expires_at: DateTime<Utc>,
 }
 
-/// Why `Validate` refused a token. Not an error: the caller gets it as a normal answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
-    Token(TokenRejection),
-    SessionRevoked,
-    SessionExpired,
-    SessionNotFound,
-}
-
 /// The answer of `Validate`.
 #[derive(Debug)]
 pub enum Verdict {
     Valid(Arc<Session>),
+    /// Not an error: the caller gets it as a normal answer.
     Refused(Refusal),
 }
 
@@ -184,7 +176,7 @@ impl Authority {
         let now = self.now();
         let claims = match self.verify(access_token, now) {
             Ok(claims) => claims,
-            Err(rejection) => return Ok(Verdict::Refused(Refusal::Token(rejection))),
+            Err(rejection) => return Ok(Verdict::Refused(rejection)),
         };
         // A cached copy is trusted when it says live or revoked. "Expired" may only mean the copy
         // missed a newer idle deadline, so Postgres decides that.
@@ -232,14 +224,14 @@ impl Authority {
         &self,
         access_token: &str,
         now: DateTime<Utc>,
-    ) -> Result<Arc<VerifiedAccessToken>, TokenRejection> {
+    ) -> Result<Arc<VerifiedAccessToken>, Refusal> {
         let remembered = self.verified.get(access_token);
         metrics::cache_lookup(metrics::CacheTier::Token, remembered.is_some());
         if let Some(verified) = remembered {
             return if now < verified.expires_at {
                 Ok(verified)
             } else {
-                Err(TokenRejection::Expired)
+                Err(Refusal::TokenExpired)
             };
         }
         let verified = Arc::new(self.keys.signer.verify(access_token, now)?);
@@ -290,7 +282,7 @@ impl Authority {
                 self.cache
                     .put_before_answering(std::slice::from_ref(&session), now)
                     .await;
-                Err(Error::RefreshRefused(RefreshRefusal::Reused))
+                Err(Error::RefreshRefused(Refusal::RefreshTokenReused))
             }
         }
     }
@@ -300,13 +292,13 @@ impl Authority {
     pub async fn revoke_session(&self, id: SessionId, reason: RevokeReason) -> Result<bool> {
         let now = self.now();
         match self.store.revoke(id, now, &reason).await? {
-            Revocation::Revoked(revoked) => {
+            RevokeOutcome::Revoked(revoked) => {
                 metrics::sessions_revoked(reason.as_str(), 1);
                 self.cache.put_before_answering(&[*revoked], now).await;
                 Ok(true)
             }
-            Revocation::AlreadyRevoked => Ok(false),
-            Revocation::NotFound => Err(Error::SessionNotFound),
+            RevokeOutcome::AlreadyRevoked => Ok(false),
+            RevokeOutcome::NotFound => Err(Error::SessionNotFound),
         }
     }
 

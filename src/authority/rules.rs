@@ -5,8 +5,8 @@ use chrono::{DateTime, Utc};
 
 use super::{AtLimit, Policy};
 use crate::{
-    domain::{RevokeReason, Session, SessionState},
-    error::{Error, RefreshRefusal, Result},
+    domain::{Refusal, RevokeReason, Session, SessionState},
+    error::{Error, Result},
     store::{RefreshDecision, RefreshState},
     token::TokenHash,
 };
@@ -70,7 +70,7 @@ pub fn refresh(
         .and_then(|(_, current)| successors.iter().find(|successor| *successor == current));
     match current_successor {
         Some(successor) => RefreshDecision::Repeat(*successor),
-        None => RefreshDecision::Refuse(Error::RefreshRefused(RefreshRefusal::Superseded)),
+        None => RefreshDecision::Refuse(Error::RefreshRefused(Refusal::RefreshTokenSuperseded)),
     }
 }
 
@@ -78,8 +78,8 @@ pub fn refresh(
 fn ensure_live(session: &Session, now: DateTime<Utc>) -> Result<()> {
     match session.state(now) {
         SessionState::Live => Ok(()),
-        SessionState::Revoked => Err(Error::RefreshRefused(RefreshRefusal::SessionRevoked)),
-        SessionState::Expired => Err(Error::RefreshRefused(RefreshRefusal::SessionExpired)),
+        SessionState::Revoked => Err(Error::RefreshRefused(Refusal::SessionRevoked)),
+        SessionState::Expired => Err(Error::RefreshRefused(Refusal::SessionExpired)),
     }
 }
 
@@ -181,7 +181,7 @@ mod tests {
         };
         assert!(matches!(
             refresh(&policy, &moved_on, &[successor], now),
-            RefreshDecision::Refuse(Error::RefreshRefused(RefreshRefusal::Superseded))
+            RefreshDecision::Refuse(Error::RefreshRefused(Refusal::RefreshTokenSuperseded))
         ));
     }
 
@@ -219,7 +219,7 @@ mod tests {
                 &[TokenHash([1; 32])],
                 now
             ),
-            RefreshDecision::Refuse(Error::RefreshRefused(RefreshRefusal::SessionRevoked))
+            RefreshDecision::Refuse(Error::RefreshRefused(Refusal::SessionRevoked))
         ));
     }
 }

@@ -106,7 +106,7 @@ pub enum RefreshOutcome {
 
 /// What revoking one session did.
 #[derive(Debug)]
-pub enum Revocation {
+pub enum RevokeOutcome {
     Revoked(Box<Session>),
     AlreadyRevoked,
     NotFound,
@@ -183,7 +183,7 @@ pub trait SessionStore: Send + Sync + 'static {
         id: SessionId,
         now: DateTime<Utc>,
         reason: &RevokeReason,
-    ) -> Result<Revocation>;
+    ) -> Result<RevokeOutcome>;
 
     /// Revokes at most `limit` unrevoked sessions of the user but `except`; returns them. Called
     /// until it returns fewer than `limit`, so that memory, statements and cache writes stay

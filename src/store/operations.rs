@@ -10,14 +10,14 @@ use uuid::Uuid;
 
 use super::{
     Activity, Admission, NewSession, RefreshDecision, RefreshOutcome, RefreshRule, RefreshState,
-    Revocation, RevokedAfter, SessionStore,
+    RevokeOutcome, RevokedAfter, SessionStore,
     create_batch::CreateBatcher,
     dialect::{Dialect, bounded},
     statements::{Bind, Read, Statements},
 };
 use crate::{
-    domain::{RevokeReason, Session, SessionId, UserId},
-    error::{Error, RefreshRefusal, Result},
+    domain::{Refusal, RevokeReason, Session, SessionId, UserId},
+    error::{Error, Result},
     token::TokenHash,
 };
 
@@ -154,7 +154,7 @@ where
         decide: RefreshRule<'_>,
     ) -> Result<RefreshOutcome> {
         self.bounded(async move {
-            let unknown = || Error::RefreshRefused(RefreshRefusal::Unknown);
+            let unknown = || Error::RefreshRefused(Refusal::RefreshTokenUnknown);
             // An unknown token costs one indexed read on a pooled connection, and no write
             // transaction: guessing tokens cannot take the write lock (SQLite) or hold a
             // connection in a transaction (Postgres).
@@ -210,7 +210,7 @@ where
                 RefreshDecision::Revoke(reason) => {
                     match statements.revoke(session.id, now, &reason).await? {
                         Some(revoked) => RefreshOutcome::Revoked(revoked),
-                        None => return Err(Error::RefreshRefused(RefreshRefusal::SessionRevoked)),
+                        None => return Err(Error::RefreshRefused(Refusal::SessionRevoked)),
                     }
                 }
             };
@@ -226,14 +226,16 @@ where
         id: SessionId,
         now: DateTime<Utc>,
         reason: &RevokeReason,
-    ) -> Result<Revocation> {
+    ) -> Result<RevokeOutcome> {
         self.bounded(async move {
             let mut conn = self.pool.acquire().await?;
             let mut statements = Statements::<DB>(&mut conn);
             Ok(match statements.revoke(id, now, reason).await? {
-                Some(revoked) => Revocation::Revoked(Box::new(revoked)),
-                None if statements.find_session(id).await?.is_some() => Revocation::AlreadyRevoked,
-                None => Revocation::NotFound,
+                Some(revoked) => RevokeOutcome::Revoked(Box::new(revoked)),
+                None if statements.find_session(id).await?.is_some() => {
+                    RevokeOutcome::AlreadyRevoked
+                }
+                None => RevokeOutcome::NotFound,
             })
         })
         .await

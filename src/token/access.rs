@@ -13,22 +13,9 @@ use uuid::Uuid;
 
 use super::SigningKey;
 use crate::{
-    domain::{Session, SessionId, UserId},
+    domain::{Refusal, Session, SessionId, UserId},
     error::Error,
 };
-
-/// Why an access token was refused before its session was looked at.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TokenRejection {
-    /// Not a JWT, or one without the claims sessiond issues.
-    Malformed,
-    /// The signature does not verify, the key id is unknown, or the algorithm is not EdDSA.
-    BadSignature,
-    /// `exp` has passed.
-    Expired,
-    /// `iss` or `aud` is not ours.
-    WrongIssuerOrAudience,
-}
 
 /// What a verified token says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -214,33 +201,28 @@ impl AccessTokenSigner {
     }
 
     /// Verifies `token` at `now`.
-    pub fn verify(
-        &self,
-        token: &str,
-        now: DateTime<Utc>,
-    ) -> Result<VerifiedAccessToken, TokenRejection> {
-        let header = read_header(token).ok_or(TokenRejection::Malformed)?;
+    pub fn verify(&self, token: &str, now: DateTime<Utc>) -> Result<VerifiedAccessToken, Refusal> {
+        let header = read_header(token).ok_or(Refusal::Malformed)?;
         // Refuse `none`, HS256-with-the-public-key and every other algorithm before any key is used.
         if header.alg != "EdDSA" {
-            return Err(TokenRejection::BadSignature);
+            return Err(Refusal::BadSignature);
         }
         let ring = self.keys.load();
         let key = header
             .kid
             .as_deref()
             .and_then(|kid| ring.by_kid.get(kid))
-            .ok_or(TokenRejection::BadSignature)?;
+            .ok_or(Refusal::BadSignature)?;
         let claims = jsonwebtoken::decode::<Claims>(token, key.decoding(), &self.validation)
             .map_err(|e| rejection(e.kind()))?
             .claims;
-        let expires_at =
-            DateTime::from_timestamp(claims.exp, 0).ok_or(TokenRejection::Malformed)?;
+        let expires_at = DateTime::from_timestamp(claims.exp, 0).ok_or(Refusal::Malformed)?;
         if now >= expires_at {
-            return Err(TokenRejection::Expired);
+            return Err(Refusal::TokenExpired);
         }
         Ok(VerifiedAccessToken {
-            user_id: UserId::try_from(claims.sub).map_err(|_| TokenRejection::Malformed)?,
-            session_id: claims.sid.parse().map_err(|_| TokenRejection::Malformed)?,
+            user_id: UserId::try_from(claims.sub).map_err(|_| Refusal::Malformed)?,
+            session_id: claims.sid.parse().map_err(|_| Refusal::Malformed)?,
             expires_at,
         })
     }
@@ -251,19 +233,17 @@ fn read_header(token: &str) -> Option<HeaderFields> {
     serde_json::from_slice(&URL_SAFE_NO_PAD.decode(encoded).ok()?).ok()
 }
 
-fn rejection(kind: &ErrorKind) -> TokenRejection {
+fn rejection(kind: &ErrorKind) -> Refusal {
     match kind {
         ErrorKind::InvalidSignature
         | ErrorKind::InvalidAlgorithm
         | ErrorKind::InvalidAlgorithmName
         | ErrorKind::UnsupportedAlgorithm
         | ErrorKind::InvalidEddsaKey
-        | ErrorKind::InvalidKeyFormat => TokenRejection::BadSignature,
-        ErrorKind::ExpiredSignature => TokenRejection::Expired,
-        ErrorKind::InvalidIssuer | ErrorKind::InvalidAudience => {
-            TokenRejection::WrongIssuerOrAudience
-        }
-        _ => TokenRejection::Malformed,
+        | ErrorKind::InvalidKeyFormat => Refusal::BadSignature,
+        ErrorKind::ExpiredSignature => Refusal::TokenExpired,
+        ErrorKind::InvalidIssuer | ErrorKind::InvalidAudience => Refusal::WrongIssuerOrAudience,
+        _ => Refusal::Malformed,
     }
 }
 
@@ -292,7 +272,7 @@ mod tests {
         assert_eq!(verified.user_id, session.user_id);
         assert_eq!(
             tokens.verify(&issued.token, issued.expires_at),
-            Err(TokenRejection::Expired)
+            Err(Refusal::TokenExpired)
         );
     }
 
@@ -316,7 +296,7 @@ mod tests {
             .expect("signs");
         assert_eq!(
             tokens().verify(&issued.token, now),
-            Err(TokenRejection::BadSignature)
+            Err(Refusal::BadSignature)
         );
     }
 
@@ -359,7 +339,7 @@ mod tests {
         assert_eq!(change.removed, 1);
         assert_eq!(
             tokens.verify(&old.token, now),
-            Err(TokenRejection::BadSignature),
+            Err(Refusal::BadSignature),
             "{first_kid} is gone"
         );
         assert!(tokens.verify(&new.token, now).is_ok());
@@ -375,7 +355,7 @@ mod tests {
         for garbage in ["", "abc", "a.b.c", "not a token"] {
             assert_eq!(
                 tokens.verify(garbage, Utc::now()),
-                Err(TokenRejection::Malformed),
+                Err(Refusal::Malformed),
                 "{garbage}"
             );
         }

@@ -7,9 +7,7 @@ mod keys;
 mod refresh;
 mod verified;
 
-pub use access::{
-    AccessTokenSigner, IssuedAccessToken, KeyChange, TokenRejection, VerifiedAccessToken,
-};
+pub use access::{AccessTokenSigner, IssuedAccessToken, KeyChange, VerifiedAccessToken};
 pub use keys::{KeySource, RefreshKey, RefreshKeys, SigningKey};
 pub use refresh::{RefreshToken, TokenHash};
 pub use verified::VerifiedTokens;
