@@ -8,8 +8,8 @@ use uuid::Uuid;
 use super::pb;
 use crate::{
     authority::{Issued, SessionRequest},
-    domain::{Device, Metadata, Refusal, RevokeReason, Session, SessionId, UserId},
-    error::Error,
+    domain::{Device, Metadata, RevokeReason, Session, SessionId, UserId},
+    error::{Error, Refusal},
     token::RefreshToken,
 };
 

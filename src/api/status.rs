@@ -49,7 +49,7 @@ pub fn answer(rpc: Rpc, error: Error) -> Status {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::Refusal;
+    use crate::error::Refusal;
 
     #[test]
     fn an_invalid_argument_names_its_field() {

@@ -18,8 +18,8 @@ pub use policy::{AtLimit, Policy};
 use crate::{
     cache::SessionCache,
     clock::Clock,
-    domain::{Device, Metadata, Refusal, RevokeReason, Session, SessionId, SessionState, UserId},
-    error::{Error, Result},
+    domain::{Device, Metadata, RevokeReason, Session, SessionId, SessionState, UserId},
+    error::{Error, Refusal, Result},
     metrics,
     store::{Admission, NewSession, RefreshOutcome, RefreshState, RevokeOutcome, SessionStore},
     tasks::{Stage, Tasks},

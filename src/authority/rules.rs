@@ -5,8 +5,8 @@ use chrono::{DateTime, Utc};
 
 use super::{AtLimit, Policy};
 use crate::{
-    domain::{Refusal, RevokeReason, Session, SessionState},
-    error::{Error, Result},
+    domain::{RevokeReason, Session, SessionState},
+    error::{Error, Refusal, Result},
     store::{RefreshDecision, RefreshState},
     token::TokenHash,
 };

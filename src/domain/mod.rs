@@ -4,7 +4,6 @@
 mod device;
 mod metadata;
 mod reason;
-mod refusal;
 mod session;
 mod session_id;
 mod user_id;
@@ -12,7 +11,6 @@ mod user_id;
 pub use device::Device;
 pub use metadata::Metadata;
 pub use reason::RevokeReason;
-pub use refusal::Refusal;
 pub use session::{Session, SessionState};
 pub use session_id::SessionId;
 pub use user_id::UserId;

@@ -16,8 +16,8 @@ use super::{
     statements::{Bind, Read, Statements},
 };
 use crate::{
-    domain::{Refusal, RevokeReason, Session, SessionId, UserId},
-    error::{Error, Result},
+    domain::{RevokeReason, Session, SessionId, UserId},
+    error::{Error, Refusal, Result},
     token::TokenHash,
 };
 

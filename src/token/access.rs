@@ -13,8 +13,8 @@ use uuid::Uuid;
 
 use super::SigningKey;
 use crate::{
-    domain::{Refusal, Session, SessionId, UserId},
-    error::Error,
+    domain::{Session, SessionId, UserId},
+    error::{Error, Refusal},
 };
 
 /// What a verified token says.
