@@ -15,8 +15,10 @@ pub use session::{Session, SessionState};
 pub use session_id::SessionId;
 pub use user_id::UserId;
 
-/// Checks that `text` is at most `max_bytes` long and holds no control characters, which would
-/// corrupt logs and terminals. Returns the description of the violation.
+/// Checks that `text` is at most `max_bytes` long and holds no character that would corrupt logs,
+/// terminals or what a person reads: control characters, format characters (Cf: bidi overrides
+/// that reorder what is shown, zero-width joiners) and the line and paragraph separators (Zl, Zp:
+/// U+2028 and U+2029, which break log lines). Returns the description of the violation.
 fn check_text(text: &str, max_bytes: usize) -> Result<(), String> {
     if text.len() > max_bytes {
         return Err(format!(
@@ -24,8 +26,49 @@ fn check_text(text: &str, max_bytes: usize) -> Result<(), String> {
             text.len()
         ));
     }
-    if text.chars().any(char::is_control) {
-        return Err("must not contain control characters".into());
+    if let Some(bad) = text.chars().find(|&c| unprintable(c)) {
+        return Err(format!(
+            "must not contain control, format or separator characters (found U+{:04X})",
+            u32::from(bad)
+        ));
     }
     Ok(())
+}
+
+fn unprintable(c: char) -> bool {
+    use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
+    c.is_control()
+        || matches!(
+            c.general_category(),
+            GeneralCategory::Format
+                | GeneralCategory::LineSeparator
+                | GeneralCategory::ParagraphSeparator
+        )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_text;
+
+    #[test]
+    fn text_that_would_mislead_a_reader_is_refused() {
+        for bad in [
+            "a\nb",
+            "tab\there",
+            "bidi \u{202E}evil",
+            "zero\u{200B}width",
+            "line\u{2028}sep",
+            "para\u{2029}sep",
+            "bom\u{FEFF}",
+        ] {
+            assert!(check_text(bad, 100).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn ordinary_text_in_any_script_passes() {
+        for good in ["alice", "Ünïcödé", "東京のiPhone", "emoji 🙂", "a b"] {
+            assert_eq!(check_text(good, 100), Ok(()), "{good:?}");
+        }
+    }
 }

@@ -17,6 +17,13 @@ impl RevokeReason {
     /// A retired refresh token came back after the grace window.
     pub const REFRESH_TOKEN_REUSE: &str = "refresh_token_reuse";
 
+    /// The reasons only sessiond gives.
+    const SESSIONDS_OWN: [&str; 3] = [
+        Self::DEVICE_REPLACED,
+        Self::SESSION_LIMIT,
+        Self::REFRESH_TOKEN_REUSE,
+    ];
+
     /// One of sessiond's own reasons.
     pub fn internal(reason: &'static str) -> Self {
         Self(reason.to_owned())
@@ -31,10 +38,14 @@ impl RevokeReason {
 impl TryFrom<String> for RevokeReason {
     type Error = String;
 
-    /// An empty reason becomes "revoked".
+    /// A caller's reason. An empty one becomes "revoked". sessiond's own reasons are refused, so
+    /// that the audit trail and the metrics can tell what sessiond did from what a caller did.
     fn try_from(value: String) -> Result<Self, Self::Error> {
         if value.is_empty() {
             return Ok(Self::internal(Self::UNSPECIFIED));
+        }
+        if Self::SESSIONDS_OWN.contains(&value.as_str()) {
+            return Err(format!("{value:?} is one of sessiond's own reasons"));
         }
         super::check_text(&value, Self::MAX_BYTES)?;
         Ok(Self(value))
@@ -51,6 +62,14 @@ mod tests {
             RevokeReason::try_from(String::new()).map(|r| r.as_str().to_owned()),
             Ok("revoked".into())
         );
+    }
+
+    #[test]
+    fn a_caller_cannot_give_sessionds_own_reasons() {
+        for own in ["device_replaced", "session_limit", "refresh_token_reuse"] {
+            assert!(RevokeReason::try_from(own.to_owned()).is_err(), "{own}");
+        }
+        assert!(RevokeReason::try_from("user signed out".to_owned()).is_ok());
     }
 
     #[test]

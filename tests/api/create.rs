@@ -213,6 +213,23 @@ async fn bad_create_requests_are_invalid_arguments_naming_the_field(store: Store
             },
             "device.device_id",
         ),
+        (
+            pb::CreateSessionRequest {
+                device: Some(pb::Device {
+                    name: "Phone\u{202E}gnp.exe".into(),
+                    ..Default::default()
+                }),
+                ..valid()
+            },
+            "device.name",
+        ),
+        (
+            pb::CreateSessionRequest {
+                user_id: "alice\u{2028}admin".into(),
+                ..valid()
+            },
+            "user_id",
+        ),
     ];
     for (request, field) in cases {
         let status = app

@@ -63,6 +63,23 @@ async fn revoking_an_unknown_session_is_not_found_and_a_bad_id_invalid(store: St
             .expect_err("long reason"),
         "reason",
     );
+    // sessiond's own reasons, and text that would mislead whoever reads the audit trail.
+    for reason in [
+        "device_replaced",
+        "session_limit",
+        "refresh_token_reuse",
+        "ok\u{202E}lam",
+    ] {
+        assert_invalid_field(
+            &app.try_revoke(&id, reason).await.expect_err(reason),
+            "reason",
+        );
+    }
+    assert_eq!(
+        app.get(&id).await.unwrap().revoked_at,
+        None,
+        "nothing revoked"
+    );
 }
 
 async fn get_session_reads_a_session_and_refuses_unknown_ids(store: Store) {
