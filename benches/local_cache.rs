@@ -137,7 +137,9 @@ fn lookups(c: &mut Criterion) {
     group.bench_function("session_hit", |b| {
         b.iter(|| tier.get(black_box(&warm.user_id), black_box(warm.id)))
     });
-    group.bench_function("token_hit", |b| b.iter(|| tokens.get(black_box(&token))));
+    group.bench_function("token_hit", |b| {
+        b.iter(|| tokens.get(black_box(&token), &signer))
+    });
     group.bench_function("session_miss", |b| {
         b.iter(|| tier.get(black_box(&warm.user_id), black_box(cold)))
     });

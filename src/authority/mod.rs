@@ -225,7 +225,7 @@ impl Authority {
         access_token: &str,
         now: DateTime<Utc>,
     ) -> Result<Arc<VerifiedAccessToken>, Refusal> {
-        let remembered = self.verified.get(access_token);
+        let remembered = self.verified.get(access_token, &self.keys.signer);
         metrics::cache_lookup(metrics::CacheTier::Token, remembered.is_some());
         if let Some(verified) = remembered {
             return if now < verified.expires_at {

@@ -23,6 +23,9 @@ pub struct VerifiedAccessToken {
     pub user_id: UserId,
     pub session_id: SessionId,
     pub expires_at: DateTime<Utc>,
+    /// The key it verified under: a memoized verification holds only while that key is in the
+    /// ring.
+    pub kid: Arc<str>,
 }
 
 /// A freshly signed token.
@@ -126,6 +129,11 @@ impl AccessTokenSigner {
         self.keys.load().signing.clone()
     }
 
+    /// Whether the key `kid` still verifies tokens.
+    pub fn verifies_with(&self, kid: &str) -> bool {
+        self.keys.load().by_kid.contains_key(kid)
+    }
+
     /// Every verification key, oldest first by kid.
     pub fn verification_keys(&self) -> Vec<Arc<SigningKey>> {
         let mut keys: Vec<_> = self.keys.load().by_kid.values().cloned().collect();
@@ -224,6 +232,7 @@ impl AccessTokenSigner {
             user_id: UserId::try_from(claims.sub).map_err(|_| Refusal::Malformed)?,
             session_id: claims.sid.parse().map_err(|_| Refusal::Malformed)?,
             expires_at,
+            kid: Arc::from(key.kid()),
         })
     }
 }

@@ -2,8 +2,10 @@
 //! by the token's exact bytes until its `exp`, so a token seen before costs a map lookup instead
 //! of an Ed25519 verification.
 //!
-//! Unlike session copies, a verification never goes stale: the bytes and the keys decide it, and
-//! the memo is emptied when a verification key is removed. So it lives here, beside the verifier,
+//! Unlike session copies, a verification never goes stale: the bytes and the keys decide it. The
+//! memo is emptied when a verification key is removed, and each entry also names its key, checked
+//! against the ring on every hit: a verification that finished just after a removal, and was
+//! remembered after the memo was emptied, is never served. So it lives here, beside the verifier,
 //! not in the session cache: it stays on when the in-process session tier is off, and is not
 //! dropped when the invalidation channel is. Every hit is still judged against the injected clock
 //! by the caller; the memo's own expiry only frees memory.
@@ -12,7 +14,7 @@ use std::{sync::Arc, time::Duration};
 
 use moka::{Expiry, sync::Cache};
 
-use super::VerifiedAccessToken;
+use super::{AccessTokenSigner, VerifiedAccessToken};
 use crate::clock::Clock;
 
 /// Verified access tokens, by their exact bytes.
@@ -57,9 +59,12 @@ impl VerifiedTokens {
         }
     }
 
-    /// The verification of a token seen before.
-    pub fn get(&self, token: &str) -> Option<Arc<VerifiedAccessToken>> {
-        self.tokens.get(token)
+    /// The verification of a token seen before, if the key it verified under is still one of
+    /// `signer`'s.
+    pub fn get(&self, token: &str, signer: &AccessTokenSigner) -> Option<Arc<VerifiedAccessToken>> {
+        self.tokens
+            .get(token)
+            .filter(|verified| signer.verifies_with(&verified.kid))
     }
 
     /// Remembers a token that verified.
@@ -70,5 +75,40 @@ impl VerifiedTokens {
     /// Drops every verification, as when a verification key is removed.
     pub fn clear(&self) {
         self.tokens.invalidate_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{Duration, Utc};
+
+    use super::*;
+    use crate::{clock::ManualClock, domain::Session, token::SigningKey};
+
+    /// The race the kid check closes: a verification that started before its key was removed
+    /// is remembered after the memo was emptied.
+    #[test]
+    fn a_verification_under_a_removed_key_is_never_served() {
+        let now = Utc::now();
+        let signer = AccessTokenSigner::new(
+            SigningKey::generate().expect("key"),
+            "iss".into(),
+            "aud".into(),
+        );
+        let memo = VerifiedTokens::new(100, 1 << 20, Arc::new(ManualClock::new(now)));
+        let token = signer
+            .issue(&Session::example(now), now, Duration::minutes(15))
+            .expect("signs")
+            .token;
+        let verified = Arc::new(signer.verify(&token, now).expect("verifies"));
+        memo.remember(&token, verified.clone());
+        assert_eq!(memo.get(&token, &signer), Some(verified.clone()));
+
+        signer
+            .replace_keys(vec![SigningKey::generate().expect("key")])
+            .expect("replaced");
+        memo.remember(&token, verified);
+
+        assert_eq!(memo.get(&token, &signer), None);
     }
 }
