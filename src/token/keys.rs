@@ -14,6 +14,7 @@ use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
 use jsonwebtoken::{DecodingKey, EncodingKey};
 use secrecy::{ExposeSecret, SecretBox};
 use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
 
 /// An Ed25519 key pair and its key id, the RFC 7638 JWK thumbprint of the public key.
 #[derive(Clone)]
@@ -27,14 +28,15 @@ pub struct SigningKey {
 impl SigningKey {
     /// Reads a PKCS#8 PEM private key (as written by `openssl genpkey -algorithm ed25519`).
     pub fn from_pem_file(path: &Path) -> anyhow::Result<Self> {
-        let pem = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        let key = ed25519_dalek::SigningKey::from_pkcs8_pem(&pem).map_err(|_| {
+        let content = read_secret_file(path)?;
+        let not_a_key = || {
             anyhow::anyhow!(
                 "{} is not an Ed25519 private key in PKCS#8 PEM",
                 path.display()
             )
-        })?;
+        };
+        let pem = std::str::from_utf8(&content).map_err(|_| not_a_key())?;
+        let key = ed25519_dalek::SigningKey::from_pkcs8_pem(pem).map_err(|_| not_a_key())?;
         Self::from_dalek(&key)
     }
 
@@ -98,13 +100,22 @@ fn jwk_thumbprint(public_key: &[u8; 32]) -> String {
 pub struct RefreshKey(SecretBox<[u8; 32]>);
 
 impl RefreshKey {
-    /// Reads a key file: its first 32 bytes or more of content are hashed into the key.
+    /// Reads a key file: its content, 32 bytes or more of random data in any format, is hashed
+    /// into the key. Content with plainly too little entropy (repeated or low-variety bytes, such
+    /// as 32 zeros) is refused.
     pub fn from_file(path: &Path) -> anyhow::Result<Self> {
-        let content =
-            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let content = read_secret_file(path)?;
         anyhow::ensure!(
             content.len() >= 32,
             "{} must hold at least 32 bytes of random data",
+            path.display()
+        );
+        let bits = estimated_entropy_bits(&content);
+        anyhow::ensure!(
+            bits >= MIN_REFRESH_KEY_BITS,
+            "{} holds about {bits:.0} bits of entropy, fewer than {MIN_REFRESH_KEY_BITS}: fill it \
+             with random data, e.g. `head -c 32 /dev/urandom > {}`",
+            path.display(),
             path.display()
         );
         // Hashing lets any format (raw bytes, hex, base64) serve, and fixes the key's length.
@@ -127,6 +138,54 @@ impl fmt::Debug for RefreshKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("RefreshKey([redacted])")
     }
+}
+
+/// The least entropy a refresh key file may hold, as [`estimated_entropy_bits`] sees it.
+const MIN_REFRESH_KEY_BITS: f64 = 128.0;
+
+/// A rough estimate of the entropy of `content`, in bits: its length times the Shannon entropy of
+/// its bytes' frequencies. It cannot prove a key good (a predictable text can score well); it
+/// catches content that is plainly not random: 32 random bytes score about 150, their hex about
+/// 240, 32 zeros 0.
+fn estimated_entropy_bits(content: &[u8]) -> f64 {
+    let mut counts = [0_u32; 256];
+    for &byte in content {
+        counts[usize::from(byte)] += 1;
+    }
+    let total = content.len() as f64;
+    let per_byte: f64 = counts
+        .iter()
+        .filter(|&&count| count > 0)
+        .map(|&count| {
+            let p = f64::from(count) / total;
+            -p * p.log2()
+        })
+        .sum();
+    per_byte * total
+}
+
+/// Reads a file that holds a secret; the bytes are wiped from memory when dropped. Warns when the
+/// file's mode lets its group or others read it.
+fn read_secret_file(path: &Path) -> anyhow::Result<Zeroizing<Vec<u8>>> {
+    let content = Zeroizing::new(
+        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?,
+    );
+    #[cfg(unix)]
+    if let Ok(metadata) = std::fs::metadata(path) {
+        use std::os::unix::fs::PermissionsExt;
+        if open_to_others(metadata.permissions().mode()) {
+            tracing::warn!(
+                path = %path.display(),
+                "a key file is readable by its group or others: chmod 600 it"
+            );
+        }
+    }
+    Ok(content)
+}
+
+/// Whether a file `mode` lets anyone but its owner read or write it.
+fn open_to_others(mode: u32) -> bool {
+    mode & 0o077 != 0
 }
 
 /// The refresh keys in use, oldest first: the newest derives successors, and a retried refresh
@@ -238,6 +297,32 @@ mod tests {
             dir: Some(dir.path().to_owned()),
         };
         assert!(source.load(|_| Ok(())).is_err());
+    }
+
+    #[test]
+    fn a_refresh_key_with_too_little_entropy_is_refused_naming_its_file() {
+        let dir = tempfile::tempdir().expect("dir");
+        let file = dir.path().join("refresh.key");
+        for weak in [vec![b'0'; 32], b"abababababababababababababababab".to_vec()] {
+            std::fs::write(&file, weak).expect("written");
+            let error = RefreshKey::from_file(&file).expect_err("weak").to_string();
+            assert!(error.contains("entropy"), "{error}");
+            assert!(error.contains(&file.display().to_string()), "{error}");
+        }
+        let random = super::super::random_bytes::<32>().expect("random");
+        let hex: String = random.iter().map(|byte| format!("{byte:02x}")).collect();
+        for good in [random.to_vec(), hex.into_bytes()] {
+            std::fs::write(&file, good).expect("written");
+            RefreshKey::from_file(&file).expect("a random key is accepted");
+        }
+    }
+
+    #[test]
+    fn a_key_file_open_to_group_or_others_is_told_apart() {
+        assert!(!open_to_others(0o100600));
+        assert!(!open_to_others(0o100400));
+        assert!(open_to_others(0o100640));
+        assert!(open_to_others(0o100604));
     }
 
     #[test]
