@@ -5,6 +5,12 @@ use std::{env, fs, path::PathBuf};
 
 use prost::Message;
 
+const TOKEN_BEARING_MESSAGES: [&str; 3] = [
+    "sessiond.v1.TokenPair",
+    "sessiond.v1.ValidateRequest",
+    "sessiond.v1.RefreshRequest",
+];
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = ["sessiond/v1/session.proto"];
     println!("cargo:rerun-if-changed=proto");
@@ -22,6 +28,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // The messages that carry a token get a `Debug` of their own (`src/api/pb.rs`) that
+        // redacts it.
+        .skip_debug(TOKEN_BEARING_MESSAGES)
         .compile_fds(descriptors)?;
     Ok(())
 }

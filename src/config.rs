@@ -1,11 +1,14 @@
 //! The one typed settings struct, read from flags and `SESSIOND_*` environment variables.
 //!
-//! Durations are written as in `10s`, `15m` or `30d`. Secrets are never read from here directly:
-//! only the paths of files that hold them, so nothing secret reaches `--help`, `Debug` or the logs.
+//! Durations are written as in `10s`, `15m` or `30d`. Keys are never read from here directly: only
+//! the paths of files that hold them. The database and Redis URLs, which may hold passwords, are
+//! kept as secrets: `--help` does not show their values and `Debug` redacts them, so nothing secret
+//! reaches the logs.
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{ArgAction, Parser, ValueEnum, builder::BoolishValueParser};
+use secrecy::SecretString;
 
 /// Everything sessiond can be told at start.
 #[derive(Debug, Clone, Parser)]
@@ -30,8 +33,8 @@ pub struct Settings {
 
     /// Postgres URL, the shared source of truth. Unset: the embedded single-node store (SQLite)
     /// in `SESSIOND_DATA_DIR`.
-    #[arg(long, env = "SESSIOND_DATABASE_URL", hide_env_values = true)]
-    pub database_url: Option<String>,
+    #[arg(long, env = "SESSIOND_DATABASE_URL", hide_env_values = true, value_parser = secret)]
+    pub database_url: Option<SecretString>,
 
     /// Folder of the embedded store's file, when `SESSIOND_DATABASE_URL` is unset.
     #[arg(long, env = "SESSIOND_DATA_DIR", default_value = "data")]
@@ -48,8 +51,8 @@ pub struct Settings {
 
     /// Redis URL for the shared cache (`redis://`, `rediss://`, `redis-cluster://`,
     /// `redis-sentinel://`). Unset: no shared cache, only the in-process tier.
-    #[arg(long, env = "SESSIOND_REDIS_URL", hide_env_values = true)]
-    pub redis_url: Option<String>,
+    #[arg(long, env = "SESSIOND_REDIS_URL", hide_env_values = true, value_parser = secret)]
+    pub redis_url: Option<SecretString>,
 
     /// Prefix of every Redis key, so several deployments can share one Redis. No braces.
     #[arg(long, env = "SESSIOND_REDIS_KEY_PREFIX", default_value = "sessiond:")]
@@ -222,12 +225,32 @@ fn parse_duration(text: &str) -> Result<Duration, humantime::DurationError> {
     humantime::parse_duration(text)
 }
 
+/// A setting that may hold a password.
+fn secret(text: &str) -> Result<SecretString, std::convert::Infallible> {
+    Ok(text.into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> Result<Settings, clap::Error> {
         Settings::try_parse_from(std::iter::once("sessiond").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn debug_output_shows_no_password() {
+        let settings = parse(&[
+            "--database-url",
+            "postgres://sessiond:hunter2@db/sessiond",
+            "--redis-url",
+            "redis://:s3cret@cache:6379",
+        ])
+        .expect("parses");
+        let printed = format!("{settings:?}");
+        assert!(!printed.contains("hunter2"), "{printed}");
+        assert!(!printed.contains("s3cret"), "{printed}");
+        assert!(printed.contains("database_url"), "{printed}");
     }
 
     #[test]
@@ -239,8 +262,11 @@ mod tests {
         assert_eq!(settings.refresh_reuse_grace, Duration::from_secs(10));
         assert_eq!(settings.max_sessions_per_user, 0);
         assert_eq!(settings.session_limit_policy, LimitPolicy::EvictOldest);
-        assert_eq!(settings.database_url, None, "the embedded store by default");
-        assert_eq!(settings.redis_url, None);
+        assert!(
+            settings.database_url.is_none(),
+            "the embedded store by default"
+        );
+        assert!(settings.redis_url.is_none());
         assert!(settings.local_cache);
         assert!(settings.validate().is_ok());
     }

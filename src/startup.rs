@@ -12,6 +12,7 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use axum::{Router, http::header, response::IntoResponse, routing::get};
+use secrecy::ExposeSecret;
 use tokio::{net::TcpListener, sync::watch};
 use tonic::transport::{Server, server::TcpIncoming};
 use tonic_health::{ServingStatus, server::HealthReporter};
@@ -273,7 +274,7 @@ fn build_storage(
     let (store, local_ttl): (Arc<dyn SessionStore>, _) = match &settings.database_url {
         Some(url) => {
             let store = PostgresStore::connect_lazy(
-                url,
+                url.expose_secret(),
                 settings.database_max_connections,
                 settings.database_timeout,
             )

@@ -264,7 +264,7 @@ impl Created {
 /// clock, and the in-process tier off.
 async fn spawn_app(redis_url: String) -> TestApp {
     spawn_app_with(Store::Postgres, |settings| {
-        settings.redis_url = Some(redis_url);
+        settings.redis_url = Some(redis_url.into());
         // Only Redis caches: what Validate answers from a cache, it answers from Redis.
         settings.local_cache = false;
         // A loaded CI machine must not turn a slow cache write into a silently dropped one.

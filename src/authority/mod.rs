@@ -39,8 +39,7 @@ pub struct SessionRequest {
     pub lifetime: Option<std::time::Duration>,
 }
 
-/// A session and the tokens just issued for it.
-#[derive(Debug)]
+/// A session and the tokens just issued for it. `Debug` shows neither token.
 pub struct Issued {
     pub session: Session,
     pub access_token: String,
@@ -48,6 +47,18 @@ pub struct Issued {
     pub refresh_token: RefreshToken,
     /// The refresh token works until the session ends, which activity may push forward.
     pub refresh_token_expires_at: DateTime<Utc>,
+}
+
+impl std::fmt::Debug for Issued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Issued")
+            .field("session", &self.session)
+            .field("access_token", &"[redacted]")
+            .field("access_token_expires_at", &self.access_token_expires_at)
+            .field("refresh_token", &self.refresh_token)
+            .field("refresh_token_expires_at", &self.refresh_token_expires_at)
+            .finish()
+    }
 }
 
 /// The answer of `Validate`.
@@ -403,5 +414,25 @@ impl Authority {
             refresh_token,
             session,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_issued_pair_prints_without_its_tokens() {
+        let now = Utc::now();
+        let issued = Issued {
+            session: Session::example(now),
+            access_token: "eyJhbGciOiJFZERTQSJ9.claims.signature".into(),
+            access_token_expires_at: now,
+            refresh_token: RefreshToken::generate().expect("random"),
+            refresh_token_expires_at: now,
+        };
+        let printed = format!("{issued:?}");
+        assert!(!printed.contains("eyJ"), "{printed}");
+        assert!(!printed.contains(issued.refresh_token.expose()), "{printed}");
     }
 }

@@ -21,7 +21,7 @@ fn dead_address() -> String {
 async fn every_rpc_works_from_postgres_when_redis_is_unreachable() {
     let (url, pool) = fresh_migrated_database().await;
     let mut settings = test_settings(&url);
-    settings.redis_url = Some(format!("redis://{}", dead_address()));
+    settings.redis_url = Some(format!("redis://{}", dead_address()).into());
     let app = spawn(settings, Some(pool)).await;
     let mut client = app.client.clone();
 

@@ -51,8 +51,8 @@ pub fn test_settings(database_url: &str) -> Settings {
     let mut settings = Settings::parse_from(["sessiond"]);
     settings.listen_addr = "127.0.0.1:0".parse().unwrap();
     settings.ops_addr = "127.0.0.1:0".parse().unwrap();
-    settings.database_url = Some(database_url.to_owned());
-    settings.redis_url = Some(redis_url());
+    settings.database_url = Some(database_url.into());
+    settings.redis_url = Some(redis_url().into());
     settings.redis_key_prefix = format!("sessiond-test:{}:", uuid::Uuid::now_v7());
     settings
 }

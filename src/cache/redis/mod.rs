@@ -25,6 +25,7 @@ mod breaker;
 mod doubt;
 mod subscriber;
 
+use secrecy::{ExposeSecret, SecretString};
 use std::{
     sync::{
         Arc,
@@ -117,7 +118,8 @@ const PROBE_TTL: Duration = Duration::from_secs(10);
 /// Settings of the Redis tier.
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
-    pub url: String,
+    /// May hold a password: `Debug` redacts it.
+    pub url: SecretString,
     pub key_prefix: String,
     /// How long one command may take.
     pub timeout: Duration,
@@ -147,7 +149,7 @@ impl RedisTier {
     /// Starts connecting in the background and returns at once: a Redis that is down at start, or
     /// later, only costs cache misses. Fails only on a malformed URL.
     pub fn connect(settings: &RedisSettings) -> anyhow::Result<Self> {
-        let mut config = Config::from_url(&settings.url).map_err(|e| {
+        let mut config = Config::from_url(settings.url.expose_secret()).map_err(|e| {
             anyhow::anyhow!(
                 "SESSIOND_REDIS_URL is not a valid Redis URL: {}",
                 e.details()
