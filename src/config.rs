@@ -111,9 +111,9 @@ pub struct Settings {
     #[arg(long, env = "SESSIOND_SESSION_LIMIT_POLICY", value_enum, default_value_t = LimitPolicy::EvictOldest)]
     pub session_limit_policy: LimitPolicy,
 
-    /// Ed25519 private key (PKCS#8 PEM) that signs access tokens. Without it or a keys folder, a
-    /// random key is made at start: tokens then die with the process and replicas refuse each
-    /// other's tokens.
+    /// Ed25519 private key (PKCS#8 PEM) that signs access tokens. Without it or a keys folder: the
+    /// embedded store makes one once in `SESSIOND_DATA_DIR` and keeps it; with Postgres, start
+    /// fails unless `SESSIOND_ALLOW_EPHEMERAL_KEYS` allows a random key for this process.
     #[arg(long, env = "SESSIOND_SIGNING_KEY_FILE")]
     pub signing_key_file: Option<PathBuf>,
 
@@ -124,8 +124,7 @@ pub struct Settings {
     pub signing_keys_dir: Option<PathBuf>,
 
     /// File holding at least 32 random bytes, the HMAC key that derives each next refresh token.
-    /// Without it or a keys folder, a random key is made at start, and a retried refresh after a
-    /// restart is refused.
+    /// Without it or a keys folder: as for the signing key.
     #[arg(long, env = "SESSIOND_REFRESH_KEY_FILE")]
     pub refresh_key_file: Option<PathBuf>,
 
@@ -133,6 +132,12 @@ pub struct Settings {
     /// retried refresh. Rotating it never invalidates a live refresh token.
     #[arg(long, env = "SESSIOND_REFRESH_KEYS_DIR")]
     pub refresh_keys_dir: Option<PathBuf>,
+
+    /// With Postgres and no key configured, start anyway with random keys that die with the
+    /// process. Only for trying sessiond: replicas then refuse each other's tokens, and every
+    /// token dies at a restart.
+    #[arg(long, env = "SESSIOND_ALLOW_EPHEMERAL_KEYS", default_value = "false", value_parser = BoolishValueParser::new(), action = ArgAction::Set)]
+    pub allow_ephemeral_keys: bool,
 
     /// How often key files are reread (as well as on SIGHUP).
     #[arg(long, env = "SESSIOND_KEY_RELOAD_INTERVAL", default_value = "30s", value_parser = parse_duration)]

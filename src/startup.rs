@@ -16,6 +16,7 @@ use secrecy::ExposeSecret;
 use tokio::{net::TcpListener, sync::watch};
 use tonic::transport::{Server, server::TcpIncoming};
 use tonic_health::{ServingStatus, server::HealthReporter};
+use zeroize::Zeroizing;
 
 use crate::{
     api::{SessionApi, pb, pb::session_service_server::SessionServiceServer},
@@ -27,7 +28,7 @@ use crate::{
     store::{PostgresStore, SessionStore, SqliteStore},
     sweeper::{self, SweepSettings},
     tasks::{Stage, Tasks},
-    token::{KeySource, Keys, VerifiedTokens},
+    token::{KeySource, Keys, RefreshKey, SigningKey, VerifiedTokens, create_key_file_if_missing},
 };
 
 /// The health service name the liveness probe asks for.
@@ -70,18 +71,8 @@ impl Application {
     ) -> anyhow::Result<Self> {
         settings.validate().map_err(anyhow::Error::msg)?;
         let policy = policy(&settings).map_err(anyhow::Error::msg)?;
-        let keys = Keys::load(
-            KeySource {
-                file: settings.signing_key_file.clone(),
-                dir: settings.signing_keys_dir.clone(),
-            },
-            KeySource {
-                file: settings.refresh_key_file.clone(),
-                dir: settings.refresh_keys_dir.clone(),
-            },
-            settings.issuer.clone(),
-            settings.audience.clone(),
-        )
+        let (signing, refresh) = key_sources(&settings)?;
+        let keys = Keys::load(signing, refresh, settings.issuer.clone(), settings.audience.clone())
         .context("SESSIOND_SIGNING_KEY_FILE / SESSIOND_SIGNING_KEYS_DIR / SESSIOND_REFRESH_KEY_FILE / SESSIOND_REFRESH_KEYS_DIR")?;
         metrics::handle();
         metrics::signing_keys(keys.signer.verification_keys().len());
@@ -227,6 +218,58 @@ impl Application {
         tracing::info!("stopped");
         served
     }
+}
+
+/// Where the keys are read from. A kind of key with no file or folder set: the embedded store
+/// keeps one in its data folder, made at the first start, so that a session and its tokens
+/// survive a restart as the store does; with Postgres (several replicas, which must share keys)
+/// start fails, unless `SESSIOND_ALLOW_EPHEMERAL_KEYS` allows keys that die with the process.
+fn key_sources(settings: &Settings) -> anyhow::Result<(KeySource, KeySource)> {
+    let signing = KeySource {
+        file: settings.signing_key_file.clone(),
+        dir: settings.signing_keys_dir.clone(),
+    };
+    let refresh = KeySource {
+        file: settings.refresh_key_file.clone(),
+        dir: settings.refresh_keys_dir.clone(),
+    };
+    Ok((
+        kept_or_made(settings, signing, "signing.pem", SigningKey::generate_pem)?,
+        kept_or_made(
+            settings,
+            refresh,
+            "refresh.key",
+            RefreshKey::generate_file_content,
+        )?,
+    ))
+}
+
+/// `configured`, or else (see [`key_sources`]) the key file `name` in the data folder.
+fn kept_or_made(
+    settings: &Settings,
+    configured: KeySource,
+    name: &str,
+    generate: fn() -> anyhow::Result<Zeroizing<Vec<u8>>>,
+) -> anyhow::Result<KeySource> {
+    if configured.is_configured() || settings.allow_ephemeral_keys {
+        return Ok(configured);
+    }
+    if settings.database_url.is_some() {
+        anyhow::bail!(
+            "no signing or refresh key is configured (SESSIOND_SIGNING_KEY_FILE or \
+             SESSIOND_SIGNING_KEYS_DIR, SESSIOND_REFRESH_KEY_FILE or SESSIOND_REFRESH_KEYS_DIR): \
+             replicas with random keys refuse each other's tokens. Configure the keys, or set \
+             SESSIOND_ALLOW_EPHEMERAL_KEYS=true to try sessiond with keys that die with the process"
+        );
+    }
+    let path = settings.data_dir.join(name);
+    if create_key_file_if_missing(&path, generate)? {
+        tracing::info!(path = %path.display(), "made a key for the embedded store; it is reused at every start");
+    }
+    Ok(KeySource {
+        file: Some(path),
+        dir: None,
+    })
 }
 
 /// The session rules the settings describe; the error names the setting that does not fit.

@@ -1,5 +1,6 @@
-//! Shutdown under load: SIGTERM to a real sessiond while calls are running. No call in flight
-//! may fail, readiness must drop before the listener closes, and the process must exit 0 in time.
+//! A real sessiond's life: shutdown under load (SIGTERM while calls are running: no call in flight
+//! may fail, readiness must drop before the listener closes, and the process must exit 0 in
+//! time), and what survives a restart.
 
 // Tests fail by panicking.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -170,4 +171,62 @@ async fn activity_noted_just_before_sigterm_is_stored_before_exit() {
         "activity noted before SIGTERM was lost\n{}",
         sessiond.log()
     );
+}
+
+/// Run as a new user runs it (no settings): the embedded store makes its keys once, in its data
+/// folder, so a session survives a restart, and a `kill -9`, in every sense: its access token
+/// still validates and its refresh token still rotates.
+#[tokio::test]
+async fn an_embedded_session_and_its_tokens_survive_a_restart_and_a_kill() {
+    let data = tempfile::TempDir::new().unwrap();
+    let env = [("SESSIOND_DATA_DIR", data.path().display().to_string())];
+    let mut first = SessiondProcess::start_without_keys(&env).await;
+    let created = create(&mut first.client().await, "restarted", "phone").await;
+    let (access_token, _) = token_and_id(&created);
+    let refresh_token = created.tokens.clone().unwrap().refresh_token;
+    first.kill();
+
+    let second = SessiondProcess::start_without_keys(&env).await;
+    let mut client = second.client().await;
+    assert!(
+        validate(&mut client, &access_token).await.valid,
+        "{}",
+        second.log()
+    );
+    client
+        .refresh(sessiond::api::pb::RefreshRequest { refresh_token })
+        .await
+        .expect("the refresh token still rotates");
+    #[cfg(unix)]
+    for key in ["signing.pem", "refresh.key"] {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(data.path().join(key))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "{key} is private: {mode:o}");
+    }
+}
+
+/// Replicas on one Postgres must share keys: without any, sessiond refuses to start, naming the
+/// setting that would let it.
+#[tokio::test]
+async fn postgres_without_keys_refuses_to_start_unless_told_to() {
+    let database = support::postgres::fresh_database().await;
+    let mut refused =
+        SessiondProcess::spawn_with_keys(&[("SESSIOND_DATABASE_URL", database.clone())], None);
+    let status = refused.wait(Duration::from_secs(30)).await;
+    assert!(!status.success());
+    assert!(
+        refused.log().contains("SESSIOND_ALLOW_EPHEMERAL_KEYS"),
+        "{}",
+        refused.log()
+    );
+
+    let allowed = SessiondProcess::start_without_keys(&[
+        ("SESSIOND_DATABASE_URL", database),
+        ("SESSIOND_ALLOW_EPHEMERAL_KEYS", "true".into()),
+    ])
+    .await;
+    create(&mut allowed.client().await, "ephemeral", "phone").await;
 }

@@ -433,6 +433,9 @@ mod tests {
         };
         let printed = format!("{issued:?}");
         assert!(!printed.contains("eyJ"), "{printed}");
-        assert!(!printed.contains(issued.refresh_token.expose()), "{printed}");
+        assert!(
+            !printed.contains(issued.refresh_token.expose()),
+            "{printed}"
+        );
     }
 }

@@ -46,6 +46,15 @@ impl SigningKey {
         Self::from_dalek(&ed25519_dalek::SigningKey::from_bytes(&seed))
     }
 
+    /// A new random key, as [`SigningKey::from_pem_file`] reads it.
+    pub fn generate_pem() -> anyhow::Result<Zeroizing<Vec<u8>>> {
+        let seed = Zeroizing::new(super::random_bytes::<32>()?);
+        let pem = ed25519_dalek::SigningKey::from_bytes(&seed)
+            .to_pkcs8_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
+            .context("cannot encode a signing key")?;
+        Ok(Zeroizing::new(pem.as_bytes().to_vec()))
+    }
+
     fn from_dalek(key: &ed25519_dalek::SigningKey) -> anyhow::Result<Self> {
         let der = key
             .to_pkcs8_der()
@@ -129,6 +138,11 @@ impl RefreshKey {
         Ok(Self(SecretBox::new(Box::new(super::random_bytes::<32>()?))))
     }
 
+    /// The content of a new random key file, as [`RefreshKey::from_file`] reads it.
+    pub fn generate_file_content() -> anyhow::Result<Zeroizing<Vec<u8>>> {
+        Ok(Zeroizing::new(super::random_bytes::<32>()?.to_vec()))
+    }
+
     pub(super) fn bytes(&self) -> &[u8; 32] {
         self.0.expose_secret()
     }
@@ -181,6 +195,51 @@ fn read_secret_file(path: &Path) -> anyhow::Result<Zeroizing<Vec<u8>>> {
         }
     }
     Ok(content)
+}
+
+/// Makes the key file `path` with `content` if there is none yet, and never replaces one: the
+/// content goes to a temporary file of mode 0600 beside it, flushed to disk, and is then linked
+/// into place, which fails if a file is already there (a concurrent start made it first: that
+/// one is kept). Returns whether this call made it.
+pub fn create_key_file_if_missing(
+    path: &Path,
+    content: impl FnOnce() -> anyhow::Result<Zeroizing<Vec<u8>>>,
+) -> anyhow::Result<bool> {
+    use std::io::Write;
+    if path.exists() {
+        return Ok(false);
+    }
+    let dir = path
+        .parent()
+        .with_context(|| format!("{} has no folder", path.display()))?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let temporary = dir.join(format!(
+        ".{}.{}.tmp",
+        path.file_name()
+            .and_then(|name| name.to_str())
+            .unwrap_or("key"),
+        uuid::Uuid::now_v7()
+    ));
+    let write = || -> anyhow::Result<bool> {
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(&temporary)?;
+        file.write_all(&content()?)?;
+        file.sync_all()?;
+        match std::fs::hard_link(&temporary, path) {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
+            Err(error) => return Err(error.into()),
+        }
+        // The new name must survive a crash too.
+        std::fs::File::open(dir)?.sync_all()?;
+        Ok(true)
+    };
+    let made = write().with_context(|| format!("cannot create {}", path.display()));
+    let _ = std::fs::remove_file(&temporary);
+    made
 }
 
 /// Whether a file `mode` lets anyone but its owner read or write it.
@@ -315,6 +374,35 @@ mod tests {
             std::fs::write(&file, good).expect("written");
             RefreshKey::from_file(&file).expect("a random key is accepted");
         }
+    }
+
+    #[test]
+    fn a_key_file_is_made_once_private_and_never_replaced() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("data").join("signing.pem");
+        assert!(create_key_file_if_missing(&path, SigningKey::generate_pem).expect("made"));
+        let first = SigningKey::from_pem_file(&path)
+            .expect("reads")
+            .kid()
+            .to_owned();
+        assert!(!create_key_file_if_missing(&path, SigningKey::generate_pem).expect("kept"));
+        assert_eq!(
+            SigningKey::from_pem_file(&path).expect("reads").kid(),
+            first
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path)
+                .expect("exists")
+                .permissions()
+                .mode();
+            assert!(!open_to_others(mode), "{mode:o}");
+        }
+        let leftovers = std::fs::read_dir(path.parent().expect("folder"))
+            .expect("lists")
+            .count();
+        assert_eq!(leftovers, 1, "no temporary file is left");
     }
 
     #[test]

@@ -8,7 +8,7 @@ mod refresh;
 mod verified;
 
 pub use access::{AccessTokenSigner, IssuedAccessToken, KeyChange, VerifiedAccessToken};
-pub use keys::{KeySource, RefreshKey, RefreshKeys, SigningKey};
+pub use keys::{KeySource, RefreshKey, RefreshKeys, SigningKey, create_key_file_if_missing};
 pub use refresh::{RefreshToken, TokenHash};
 pub use verified::VerifiedTokens;
 

@@ -15,7 +15,7 @@ use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 
-use super::{channel, free_addr, metrics, read_or_empty, sum_samples};
+use super::{channel, free_addr, keys::Keys, metrics, read_or_empty, sum_samples};
 
 /// A sessiond child process, killed when dropped if it is still running.
 pub struct SessiondProcess {
@@ -24,6 +24,7 @@ pub struct SessiondProcess {
     child: Option<Child>,
     log: PathBuf,
     _dir: TempDir,
+    _keys: Option<Keys>,
 }
 
 impl SessiondProcess {
@@ -36,9 +37,22 @@ impl SessiondProcess {
     }
 
     /// Starts the sessiond binary with `env`, on top of a listen address, an ops address, a data
-    /// folder and a log file of its own; every other `SESSIOND_*`/`OTEL_*` variable of the test's
-    /// environment is removed. Does not wait for it.
+    /// folder, key files and a log file of its own; every other `SESSIOND_*`/`OTEL_*` variable of
+    /// the test's environment is removed. Does not wait for it.
     pub fn spawn(env: &[(&str, String)]) -> Self {
+        Self::spawn_with_keys(env, Some(Keys::generate()))
+    }
+
+    /// Starts the sessiond binary with `env` and no key configured, and waits until it reports
+    /// SERVING: as a new user runs it.
+    pub async fn start_without_keys(env: &[(&str, String)]) -> Self {
+        let mut process = Self::spawn_with_keys(env, None);
+        process.wait_until_serving().await;
+        process
+    }
+
+    /// [`Self::spawn`], with `keys` configured (or none).
+    pub fn spawn_with_keys(env: &[(&str, String)], keys: Option<Keys>) -> Self {
         let dir = TempDir::new().unwrap();
         let (addr, ops_addr) = (free_addr(), free_addr());
         let log = dir.path().join("sessiond.log");
@@ -54,6 +68,7 @@ impl SessiondProcess {
             .env("SESSIOND_OPS_ADDR", ops_addr.to_string())
             .env("SESSIOND_DATA_DIR", dir.path().join("data"))
             .env("RUST_LOG", "info")
+            .envs(keys.iter().flat_map(Keys::env))
             .envs(env.iter().map(|(name, value)| (name, value)))
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().unwrap())
@@ -64,6 +79,7 @@ impl SessiondProcess {
             child: Some(command.spawn().unwrap()),
             log,
             _dir: dir,
+            _keys: keys,
         }
     }
 
