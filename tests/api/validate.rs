@@ -1,8 +1,8 @@
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use ed25519_dalek::pkcs8::{EncodePublicKey, spki::der::pem::LineEnding};
 use hmac::{Hmac, Mac};
-use serde_json::json;
-use sessiond::api::pb::TokenStatus;
+use serde_json::{Value, json};
+use sessiond::{api::pb::TokenStatus, clock::Clock};
 use sha2::Sha256;
 
 use crate::{
@@ -281,3 +281,134 @@ on_every_store!(
     an_idle_session_expires_and_activity_pushes_the_deadline,
     validate_writes_activity_at_most_once_a_minute,
 );
+
+/// Hostile access tokens, each built from a real one: every one gets the status the README's
+/// "What the answers mean" gives it, and none upsets the server (it answers the next call).
+#[tokio::test]
+async fn hostile_tokens_each_get_their_status() {
+    use TokenStatus::{BadSignature, Malformed, TokenExpired};
+    let app = spawn_app(Store::Sqlite).await;
+    let real = fresh_access_token(&app).await;
+    let (header, claims) = parts(&real);
+    let key = &app.signing_key;
+    let with = |mut value: Value, field: &str, new: Value| {
+        value[field] = new;
+        value
+    };
+    let signed_raw = |header: &str, claims: &str| {
+        let input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header),
+            URL_SAFE_NO_PAD.encode(claims)
+        );
+        let signature = ed25519_dalek::Signer::sign(key, input.as_bytes());
+        format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature.to_bytes()))
+    };
+    let (head, rest) = real.split_once('.').unwrap();
+    let now = app.clock.now().timestamp();
+    let cases: Vec<(&str, String, TokenStatus)> = vec![
+        (
+            "alg none",
+            sign(&with(header.clone(), "alg", json!("none")), &claims, key),
+            BadSignature,
+        ),
+        (
+            "alg ES256",
+            sign(&with(header.clone(), "alg", json!("ES256")), &claims, key),
+            BadSignature,
+        ),
+        (
+            "alg RS256",
+            sign(&with(header.clone(), "alg", json!("RS256")), &claims, key),
+            BadSignature,
+        ),
+        (
+            "alg missing",
+            sign(&json!({"typ": "JWT", "kid": header["kid"]}), &claims, key),
+            Malformed,
+        ),
+        (
+            "kid missing",
+            sign(&json!({"alg": "EdDSA"}), &claims, key),
+            BadSignature,
+        ),
+        (
+            "kid unknown",
+            sign(
+                &with(header.clone(), "kid", json!("no-such-key")),
+                &claims,
+                key,
+            ),
+            BadSignature,
+        ),
+        (
+            "kid path-like",
+            sign(
+                &with(header.clone(), "kid", json!("../../../etc/passwd")),
+                &claims,
+                key,
+            ),
+            BadSignature,
+        ),
+        (
+            "exp equal to now",
+            sign(&header, &with(claims.clone(), "exp", json!(now)), key),
+            TokenExpired,
+        ),
+        (
+            "aud as an array",
+            sign(
+                &header,
+                &with(claims.clone(), "aud", json!([claims["aud"]])),
+                key,
+            ),
+            Malformed,
+        ),
+        (
+            "duplicate key in the claims",
+            signed_raw(
+                &serde_json::to_string(&header).unwrap(),
+                &serde_json::to_string(&claims).unwrap().replacen(
+                    '{',
+                    "{\"sub\":\"someone-else\",",
+                    1,
+                ),
+            ),
+            Malformed,
+        ),
+        (
+            "duplicate alg in the header",
+            signed_raw(
+                &serde_json::to_string(&header)
+                    .unwrap()
+                    .replacen('{', "{\"alg\":\"none\",", 1),
+                &serde_json::to_string(&claims).unwrap(),
+            ),
+            Malformed,
+        ),
+        ("padded base64 header", format!("{head}=.{rest}"), Malformed),
+        (
+            "standard-alphabet base64",
+            real.replace('-', "+").replace('_', "/") + "+",
+            Malformed,
+        ),
+        ("an extra segment", format!("{real}.extra"), Malformed),
+        (
+            "two segments",
+            real.rsplit_once('.').unwrap().0.to_owned(),
+            Malformed,
+        ),
+        (
+            "a 1 MB header",
+            format!(
+                "{}.{rest}",
+                URL_SAFE_NO_PAD.encode("{".to_owned() + &" ".repeat(1 << 20) + "}")
+            ),
+            Malformed,
+        ),
+    ];
+    for (what, token, expected) in cases {
+        assert_eq!(app.status_of(&token).await, expected, "{what}");
+    }
+    assert!(app.validate(&real).await.valid, "the server still answers");
+}
