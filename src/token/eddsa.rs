@@ -1,7 +1,9 @@
-//! jsonwebtoken's RustCrypto provider, with each Ed25519 signing key decoded once instead of once
-//! per token: the stock signer decodes the PKCS#8 key and derives its public key (a scalar
-//! multiplication, as costly as the signature itself) for every token it signs. Everything else,
-//! verification included (its per-token decoding is cheap), is the stock provider's.
+//! jsonwebtoken's crypto, for the one algorithm sessiond uses: Ed25519 through `ed25519-dalek`,
+//! and nothing else. jsonwebtoken's stock RustCrypto provider would pull in RSA (with its
+//! unfixed timing advisory, RUSTSEC-2023-0071), P-256 and P-384 for algorithms sessiond refuses
+//! anyway; here every other algorithm fails as unsupported. Each signing key is also decoded once
+//! instead of once per token: decoding a PKCS#8 key derives its public key, a scalar
+//! multiplication as costly as the signature itself.
 
 use std::{
     collections::HashMap,
@@ -10,29 +12,61 @@ use std::{
 
 use ed25519_dalek::pkcs8::DecodePrivateKey;
 use jsonwebtoken::{
-    Algorithm, AlgorithmFamily, EncodingKey,
-    crypto::{CryptoProvider, JwtSigner, rust_crypto},
+    Algorithm, AlgorithmFamily, DecodingKey, EncodingKey,
+    crypto::{CryptoProvider, JwtSigner, JwtVerifier, KeyUtils},
     errors::{ErrorKind, Result},
     signature,
 };
 
-/// Makes this the process's provider. Call it before any token is signed or verified: once
-/// jsonwebtoken has picked its stock provider, this one is refused (tokens stay correct, only
-/// slower). Later calls do nothing.
+/// Makes this the process's provider. Call it before any token is signed or verified. Later
+/// calls do nothing.
 pub(super) fn install() {
     static PROVIDER: LazyLock<CryptoProvider> = LazyLock::new(|| CryptoProvider {
         signer_factory: signer,
-        ..rust_crypto::DEFAULT_PROVIDER.clone()
+        verifier_factory: verifier,
+        // sessiond writes its JWKS itself (`keys.rs`) and never asks jsonwebtoken for JWK
+        // components. Should anything ask, it gets an error, not the panic of jsonwebtoken's
+        // placeholder.
+        key_utils: KeyUtils {
+            rsa_pub_components_from_private_key: |_| Err(unsupported()),
+            rsa_pub_components_from_public_key: |_| Err(unsupported()),
+            ec_pub_components_from_private_key: |_, _| Err(unsupported()),
+            ed_pub_components_from_private_key: |_, _| Err(unsupported()),
+            compute_digest: |_, _| Err(unsupported()),
+        },
     });
     // Refused only when a provider is in place already: this one, from an earlier call.
     let _ = PROVIDER.install_default();
 }
 
+fn unsupported() -> jsonwebtoken::errors::Error {
+    ErrorKind::UnsupportedAlgorithm.into()
+}
+
 fn signer(algorithm: &Algorithm, key: &EncodingKey) -> Result<Box<dyn JwtSigner>> {
-    if *algorithm != Algorithm::EdDSA || key.family() != AlgorithmFamily::Ed {
-        return (rust_crypto::DEFAULT_PROVIDER.signer_factory)(algorithm, key);
+    if *algorithm != Algorithm::EdDSA {
+        return Err(unsupported());
+    }
+    if key.family() != AlgorithmFamily::Ed {
+        return Err(ErrorKind::InvalidKeyFormat.into());
     }
     Ok(Box::new(EdSigner(decoded(key.as_bytes())?)))
+}
+
+fn verifier(algorithm: &Algorithm, key: &DecodingKey) -> Result<Box<dyn JwtVerifier>> {
+    if *algorithm != Algorithm::EdDSA {
+        return Err(unsupported());
+    }
+    if key.family() != AlgorithmFamily::Ed {
+        return Err(ErrorKind::InvalidKeyFormat.into());
+    }
+    let bytes: &[u8; 32] = key
+        .try_get_as_bytes()?
+        .try_into()
+        .map_err(|_| ErrorKind::InvalidEddsaKey)?;
+    Ok(Box::new(EdVerifier(
+        ed25519_dalek::VerifyingKey::from_bytes(bytes).map_err(|_| ErrorKind::InvalidEddsaKey)?,
+    )))
 }
 
 /// Decoded signing keys, by their PKCS#8 bytes.
@@ -75,30 +109,50 @@ impl JwtSigner for EdSigner {
     }
 }
 
+struct EdVerifier(ed25519_dalek::VerifyingKey);
+
+impl signature::Verifier<Vec<u8>> for EdVerifier {
+    fn verify(
+        &self,
+        message: &[u8],
+        signature: &Vec<u8>,
+    ) -> std::result::Result<(), signature::Error> {
+        // Strict: also refuses the malleable and small-order forms RFC 8032 leaves open.
+        self.0
+            .verify_strict(message, &ed25519_dalek::Signature::from_slice(signature)?)
+    }
+}
+
+impl JwtVerifier for EdVerifier {
+    fn algorithm(&self) -> Algorithm {
+        Algorithm::EdDSA
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use ed25519_dalek::Signer;
+
     use super::*;
     use crate::token::SigningKey;
 
     const MESSAGE: &[u8] = b"header.claims";
 
-    fn stock_signature(key: &SigningKey) -> Vec<u8> {
-        (rust_crypto::DEFAULT_PROVIDER.signer_factory)(&Algorithm::EdDSA, key.encoding())
-            .expect("a stock signer")
-            .try_sign(MESSAGE)
-            .expect("signs")
-    }
-
     #[test]
-    fn signs_as_the_stock_provider_does() {
+    fn signs_and_verifies_ed25519_as_dalek_does() {
         let key = SigningKey::generate().expect("key");
+        let dalek = ed25519_dalek::SigningKey::from_pkcs8_der(key.encoding().as_bytes())
+            .expect("decodes");
         // Ed25519 signatures are deterministic: the same key and message give the same bytes.
         for _ in 0..2 {
             let signature = signer(&Algorithm::EdDSA, key.encoding())
                 .expect("a signer")
                 .try_sign(MESSAGE)
                 .expect("signs");
-            assert_eq!(signature, stock_signature(&key));
+            assert_eq!(signature, dalek.sign(MESSAGE).to_bytes().to_vec());
+            let verifier = verifier(&Algorithm::EdDSA, key.decoding()).expect("a verifier");
+            assert!(verifier.verify(MESSAGE, &signature).is_ok());
+            assert!(verifier.verify(b"header.other", &signature).is_err());
         }
         let memo = SIGNING_KEYS.read().unwrap_or_else(PoisonError::into_inner);
         assert!(
@@ -108,14 +162,14 @@ mod tests {
     }
 
     #[test]
-    fn other_algorithms_go_to_the_stock_provider() {
+    fn every_other_algorithm_is_unsupported() {
         let secret = EncodingKey::from_secret(b"secret");
-        let hs256 = signer(&Algorithm::HS256, &secret).expect("a stock HMAC signer");
-        assert_eq!(hs256.algorithm(), Algorithm::HS256);
-        let key = SigningKey::generate().expect("key");
-        assert!(
-            signer(&Algorithm::HS256, key.encoding()).is_err(),
-            "an Ed25519 key does not sign HS256"
-        );
+        for algorithm in [Algorithm::HS256, Algorithm::RS256, Algorithm::ES256] {
+            assert!(signer(&algorithm, &secret).is_err(), "{algorithm:?}");
+            assert!(
+                verifier(&algorithm, &DecodingKey::from_secret(b"secret")).is_err(),
+                "{algorithm:?}"
+            );
+        }
     }
 }
