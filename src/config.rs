@@ -111,6 +111,11 @@ pub struct Settings {
     #[arg(long, env = "SESSIOND_SESSION_LIMIT_POLICY", value_enum, default_value_t = LimitPolicy::EvictOldest)]
     pub session_limit_policy: LimitPolicy,
 
+    /// How much of `device.ip_address` is stored: `full`, or `truncate` to its network (/24 for
+    /// IPv4, /48 for IPv6), for deployments that must not keep subscribers' addresses.
+    #[arg(long, env = "SESSIOND_IP_PRIVACY", value_enum, default_value_t = IpPrivacy::Full)]
+    pub ip_privacy: IpPrivacy,
+
     /// Ed25519 private key (PKCS#8 PEM) that signs access tokens. Without it or a keys folder: the
     /// embedded store makes one once in `SESSIOND_DATA_DIR` and keeps it; with Postgres, start
     /// fails unless `SESSIOND_ALLOW_EPHEMERAL_KEYS` allows a random key for this process.
@@ -177,6 +182,15 @@ pub enum LimitPolicy {
     EvictOldest,
     /// Refuse the new session with RESOURCE_EXHAUSTED.
     Deny,
+}
+
+/// How much of a client's IP address is stored with its session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum IpPrivacy {
+    /// The address as given.
+    Full,
+    /// Only its network: the /24 of an IPv4 address, the /48 of an IPv6 address.
+    Truncate,
 }
 
 /// How log lines are written.

@@ -20,10 +20,10 @@ use zeroize::Zeroizing;
 
 use crate::{
     api::{SessionApi, pb, pb::session_service_server::SessionServiceServer},
-    authority::{AtLimit, Authority, Policy},
+    authority::{AtLimit, Authority, IpPrivacy, Policy},
     cache::{LocalSettings, LocalTier, RedisSettings, RedisTier, SessionCache},
     clock::{Clock, SystemClock},
-    config::{LimitPolicy, Settings},
+    config::{self, LimitPolicy, Settings},
     metrics,
     store::{PostgresStore, SessionStore, SqliteStore},
     sweeper::{self, SweepSettings},
@@ -291,6 +291,10 @@ fn policy(settings: &Settings) -> Result<Policy, String> {
             LimitPolicy::Deny => AtLimit::Deny,
         },
         activity_write_interval: Policy::ACTIVITY_WRITE_INTERVAL,
+        ip_privacy: match settings.ip_privacy {
+            config::IpPrivacy::Full => IpPrivacy::Full,
+            config::IpPrivacy::Truncate => IpPrivacy::Truncate,
+        },
     })
 }
 

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 
 use activity::ActivityRecorder;
-pub use policy::{AtLimit, Policy};
+pub use policy::{AtLimit, IpPrivacy, Policy};
 
 use crate::{
     cache::SessionCache,
@@ -143,7 +143,10 @@ impl Authority {
         let session = Session {
             id: SessionId::generate(),
             user_id: new.user_id,
-            device: new.device,
+            device: match self.policy.ip_privacy {
+                IpPrivacy::Full => new.device,
+                IpPrivacy::Truncate => new.device.with_truncated_ip(),
+            },
             metadata: new.metadata,
             created_at: now,
             last_seen_at: now,

@@ -11,7 +11,16 @@ pub enum AtLimit {
     Deny,
 }
 
-/// How long things live and how many sessions a user may hold.
+/// How much of a client's address is kept with its session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IpPrivacy {
+    /// The address as given.
+    Full,
+    /// Its network only: /24 for IPv4, /48 for IPv6.
+    Truncate,
+}
+
+/// How long things live, how many sessions a user may hold, what is kept of an address.
 #[derive(Debug, Clone)]
 pub struct Policy {
     pub access_token_ttl: Duration,
@@ -24,6 +33,7 @@ pub struct Policy {
     pub at_limit: AtLimit,
     /// Activity is written to Postgres at most this often per session.
     pub activity_write_interval: Duration,
+    pub ip_privacy: IpPrivacy,
 }
 
 impl Policy {

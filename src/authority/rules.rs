@@ -99,6 +99,7 @@ mod tests {
             max_sessions_per_user: limit,
             at_limit,
             activity_write_interval: Duration::minutes(1),
+            ip_privacy: super::super::IpPrivacy::Full,
         }
     }
 

@@ -1,4 +1,4 @@
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde::{Deserialize, Serialize};
 
@@ -51,9 +51,43 @@ impl Device {
     }
 }
 
+impl Device {
+    /// The device with its address cut to its network: an IPv4 address to its /24, an IPv6
+    /// address to its /48. What is left still says where a sign-in came from (a country, a
+    /// provider) without naming the subscriber.
+    pub fn with_truncated_ip(mut self) -> Self {
+        self.ip_address = self.ip_address.map(|ip| match ip.to_canonical() {
+            IpAddr::V4(v4) => Ipv4Addr::from(u32::from(v4) & !0xff).into(),
+            IpAddr::V6(v6) => Ipv6Addr::from(u128::from(v6) & !((1_u128 << 80) - 1)).into(),
+        });
+        self
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_truncated_address_keeps_only_its_network() {
+        let truncated = |ip: &str| {
+            Device::parse(String::new(), String::new(), String::new(), ip)
+                .expect("valid")
+                .with_truncated_ip()
+                .ip_address
+                .map(|ip| ip.to_string())
+        };
+        assert_eq!(truncated("203.0.113.77").as_deref(), Some("203.0.113.0"));
+        assert_eq!(
+            truncated("2001:db8:1234:5678:9abc::1").as_deref(),
+            Some("2001:db8:1234::")
+        );
+        assert_eq!(
+            truncated("::ffff:198.51.100.9").as_deref(),
+            Some("198.51.100.0")
+        );
+        assert_eq!(truncated(""), None);
+    }
 
     fn field_of(result: Result<Device, Error>) -> &'static str {
         match result {

@@ -141,8 +141,8 @@ mod tests {
     #[test]
     fn signs_and_verifies_ed25519_as_dalek_does() {
         let key = SigningKey::generate().expect("key");
-        let dalek = ed25519_dalek::SigningKey::from_pkcs8_der(key.encoding().as_bytes())
-            .expect("decodes");
+        let dalek =
+            ed25519_dalek::SigningKey::from_pkcs8_der(key.encoding().as_bytes()).expect("decodes");
         // Ed25519 signatures are deterministic: the same key and message give the same bytes.
         for _ in 0..2 {
             let signature = signer(&Algorithm::EdDSA, key.encoding())

@@ -13,7 +13,7 @@ use crate::{
     support::{
         app::{Store, TestApp, spawn_app, spawn_app_with},
         keys::random_bytes,
-        rpc::session_id,
+        rpc::{create_request, session_id},
     },
 };
 
@@ -360,7 +360,33 @@ async fn postgres_a_create_the_database_refuses_fails_alone() {
     assert_eq!(direct.count("SELECT count(*) FROM session").await, 19);
 }
 
+/// With `SESSIOND_IP_PRIVACY=truncate`, only the address's network is stored.
+async fn ip_privacy_truncate_stores_only_the_network(store: Store) {
+    let app = spawn_app_with(store, |settings| {
+        settings.ip_privacy = sessiond::config::IpPrivacy::Truncate;
+    })
+    .await;
+    for (given, stored) in [
+        ("203.0.113.77", "203.0.113.0"),
+        ("2001:db8:1234:5678::1", "2001:db8:1234::"),
+    ] {
+        let mut request = create_request("ines", given);
+        request.device.as_mut().expect("a device").ip_address = given.into();
+        let created = app
+            .client
+            .clone()
+            .create_session(request)
+            .await
+            .expect("created")
+            .into_inner();
+        let id = session_id(&created);
+        let read = app.get(&id).await.expect("found");
+        assert_eq!(read.device.expect("a device").ip_address, stored, "{given}");
+    }
+}
+
 on_every_store!(
+    ip_privacy_truncate_stores_only_the_network,
     a_batch_of_creates_replaces_each_devices_own_session,
     create_session_returns_a_live_session_and_a_token_pair,
     a_new_session_on_the_same_device_revokes_the_previous_one,
