@@ -66,7 +66,7 @@ fn refresh_tokens(c: &mut Criterion) {
     let mut group = c.benchmark_group("refresh_token");
     group.bench_function("hash", |b| b.iter(|| black_box(&token).hash()));
     group.bench_function("successor", |b| {
-        b.iter(|| black_box(&token).successor(black_box(&key)))
+        b.iter(|| black_box(&token).successor(black_box(&key), black_box(&[7; 16])))
     });
     group.finish();
 }

@@ -21,7 +21,10 @@ use crate::{
     domain::{Device, Metadata, RevokeReason, Session, SessionId, SessionState, UserId},
     error::{Error, Refusal, Result},
     metrics,
-    store::{Admission, NewSession, RefreshOutcome, RefreshState, RevokeOutcome, SessionStore},
+    store::{
+        Admission, NewSession, RefreshOutcome, RefreshState, RevokeOutcome, SessionStore,
+        SuccessorSalt,
+    },
     tasks::{Stage, Tasks},
     token::{Keys, RefreshToken, TokenHash, VerifiedAccessToken, VerifiedTokens},
 };
@@ -257,15 +260,20 @@ impl Authority {
     #[tracing::instrument(name = "authority.refresh", skip_all)]
     pub async fn refresh(&self, presented: RefreshToken) -> Result<Issued> {
         let now = self.now();
-        let successors = self
-            .keys
-            .refresh_keys
-            .map_newest_first(|key| presented.successor(key));
-        let successor_hashes: Vec<TokenHash> = successors.iter().map(RefreshToken::hash).collect();
-        let decide =
-            |state: RefreshState<'_>| rules::refresh(&self.policy, &state, &successor_hashes, now);
-        let issued_successor = |hash: TokenHash| {
-            successors
+        // The presented token's successors under each key, newest first, derived with `salt`.
+        let successors = |salt: &SuccessorSalt| {
+            self.keys
+                .refresh_keys
+                .map_newest_first(|key| presented.successor(key, salt))
+        };
+        let successor_hashes =
+            |salt: &SuccessorSalt| successors(salt).iter().map(RefreshToken::hash).collect();
+        let new_salt = RefreshToken::new_salt()?;
+        let decide = |state: RefreshState<'_>| {
+            rules::refresh(&self.policy, &state, &successor_hashes, new_salt, now)
+        };
+        let issued_successor = |hash: TokenHash, salt: &SuccessorSalt| {
+            successors(salt)
                 .into_iter()
                 .find(|successor| successor.hash() == hash)
                 .ok_or_else(|| {
@@ -280,10 +288,10 @@ impl Authority {
                 self.cache
                     .put_before_answering(std::slice::from_ref(&session), now)
                     .await;
-                self.issue(session, issued_successor(hash)?, now)
+                self.issue(session, issued_successor(hash, &new_salt)?, now)
             }
-            RefreshOutcome::Repeated(session, hash) => {
-                self.issue(session, issued_successor(hash)?, now)
+            RefreshOutcome::Repeated(session, hash, salt) => {
+                self.issue(session, issued_successor(hash, &salt)?, now)
             }
             RefreshOutcome::Revoked(session) => {
                 metrics::refresh_token_reuse();

@@ -7,7 +7,7 @@ use super::{AtLimit, Policy};
 use crate::{
     domain::{RevokeReason, Session, SessionState},
     error::{Error, Refusal, Result},
-    store::{RefreshDecision, RefreshState},
+    store::{RefreshDecision, RefreshState, SuccessorSalt},
     token::TokenHash,
 };
 
@@ -30,9 +30,10 @@ pub fn admission(policy: &Policy, live_sessions: i64) -> Result<i64> {
     }
 }
 
-/// Refresh-token rotation. `successors` are the hashes of the presented token's successor under
-/// each refresh key, newest key first: rotation uses the newest, and a retry is recognised under
-/// any (the key may have rotated between the first try and the retry).
+/// Refresh-token rotation. `successors(salt)` are the hashes of the presented token's successor
+/// derived with `salt` under each refresh key, newest key first: rotation uses the newest with
+/// `new_salt`, and a retry is recognised under any key (it may have rotated between the first
+/// try and the retry) with the salt stored when the token was rotated.
 ///
 /// - The current token rotates to its successor.
 /// - A retired token within the grace window is a retry (a lost response, two tabs at once): it
@@ -43,19 +44,21 @@ pub fn admission(policy: &Policy, live_sessions: i64) -> Result<i64> {
 pub fn refresh(
     policy: &Policy,
     state: &RefreshState<'_>,
-    successors: &[TokenHash],
+    successors: &dyn Fn(&SuccessorSalt) -> Vec<TokenHash>,
+    new_salt: SuccessorSalt,
     now: DateTime<Utc>,
 ) -> RefreshDecision {
     if let Err(error) = ensure_live(state.session, now) {
         return RefreshDecision::Refuse(error);
     }
     let Some(retired_at) = state.presented.retired_at else {
-        let Some(successor) = successors.first() else {
+        let Some(successor) = successors(&new_salt).first().copied() else {
             return RefreshDecision::Refuse(Error::Internal(anyhow::anyhow!("no refresh key")));
         };
         let generation = state.presented.generation + 1;
         return RefreshDecision::Rotate {
-            successor: *successor,
+            successor,
+            successor_salt: new_salt,
             idle_expires_at: (now + policy.idle_timeout).min(state.session.expires_at),
             forget_before: generation - KEPT_REFRESH_GENERATIONS,
         };
@@ -63,13 +66,15 @@ pub fn refresh(
     if now - retired_at > policy.refresh_reuse_grace {
         return RefreshDecision::Revoke(RevokeReason::internal(RevokeReason::REFRESH_TOKEN_REUSE));
     }
-    let current_successor = state
-        .current
-        .as_ref()
-        .filter(|(generation, _)| *generation == state.presented.generation + 1)
-        .and_then(|(_, current)| successors.iter().find(|successor| *successor == current));
-    match current_successor {
-        Some(successor) => RefreshDecision::Repeat(*successor),
+    // A token rotated by a release that kept no salt cannot have its answer recomputed: it is
+    // refused as superseded, and the session is left alone.
+    let repeated = state.presented.successor_salt.and_then(|salt| {
+        let (generation, current) = state.current.as_ref()?;
+        (*generation == state.presented.generation + 1 && successors(&salt).contains(current))
+            .then_some((*current, salt))
+    });
+    match repeated {
+        Some((successor, salt)) => RefreshDecision::Repeat(successor, salt),
         None => RefreshDecision::Refuse(Error::RefreshRefused(Refusal::RefreshTokenSuperseded)),
     }
 }
@@ -103,6 +108,10 @@ mod tests {
         }
     }
 
+    const SALT: SuccessorSalt = [3; 16];
+    const NEW_SALT: SuccessorSalt = [4; 16];
+
+    /// A stored token; a retired one was rotated with [`SALT`].
     fn token(
         session: &Session,
         generation: i32,
@@ -112,7 +121,13 @@ mod tests {
             session_id: session.id,
             generation,
             retired_at,
+            successor_salt: retired_at.map(|_| SALT),
         }
+    }
+
+    /// Successors under two keys, newest first, that differ with the salt.
+    fn successors(salt: &SuccessorSalt) -> Vec<TokenHash> {
+        vec![TokenHash([salt[0]; 32]), TokenHash([salt[0] + 100; 32])]
     }
 
     #[test]
@@ -148,12 +163,19 @@ mod tests {
             presented: &presented,
             current: None,
         };
-        let successors = [TokenHash([1; 32]), TokenHash([2; 32])];
-        let decision = refresh(&policy(0, AtLimit::Deny), &state, &successors, now);
+        let decision = refresh(
+            &policy(0, AtLimit::Deny),
+            &state,
+            &successors,
+            NEW_SALT,
+            now,
+        );
         assert!(matches!(
             decision,
-            RefreshDecision::Rotate { forget_before, successor, .. }
-                if forget_before == 5 - KEPT_REFRESH_GENERATIONS && successor == TokenHash([1; 32])
+            RefreshDecision::Rotate { forget_before, successor, successor_salt, .. }
+                if forget_before == 5 - KEPT_REFRESH_GENERATIONS
+                    && successor == successors(&NEW_SALT)[0]
+                    && successor_salt == NEW_SALT
         ));
     }
 
@@ -162,18 +184,17 @@ mod tests {
         let now = Utc::now();
         let session = Session::example(now);
         let presented = token(&session, 4, Some(now - Duration::seconds(10)));
-        let successor = TokenHash([1; 32]);
         let policy = policy(0, AtLimit::Deny);
+        // Recognised under an older key too: the key rotated between the try and the retry.
+        let successor = successors(&SALT)[1];
         let current = RefreshState {
             session: &session,
             presented: &presented,
             current: Some((5, successor)),
         };
-        // Recognised under an older key too: the key rotated between the try and the retry.
-        let newer_key_first = [TokenHash([9; 32]), successor];
         assert!(matches!(
-            refresh(&policy, &current, &newer_key_first, now),
-            RefreshDecision::Repeat(repeated) if repeated == successor
+            refresh(&policy, &current, &successors, NEW_SALT, now),
+            RefreshDecision::Repeat(repeated, SALT) if repeated == successor
         ));
         let moved_on = RefreshState {
             session: &session,
@@ -181,7 +202,21 @@ mod tests {
             current: Some((6, TokenHash([2; 32]))),
         };
         assert!(matches!(
-            refresh(&policy, &moved_on, &[successor], now),
+            refresh(&policy, &moved_on, &successors, NEW_SALT, now),
+            RefreshDecision::Refuse(Error::RefreshRefused(Refusal::RefreshTokenSuperseded))
+        ));
+        // Rotated by a release that kept no salt: its answer cannot be recomputed.
+        let unsalted = StoredRefreshToken {
+            successor_salt: None,
+            ..presented.clone()
+        };
+        let without_salt = RefreshState {
+            session: &session,
+            presented: &unsalted,
+            current: Some((5, successor)),
+        };
+        assert!(matches!(
+            refresh(&policy, &without_salt, &successors, NEW_SALT, now),
             RefreshDecision::Refuse(Error::RefreshRefused(Refusal::RefreshTokenSuperseded))
         ));
     }
@@ -197,7 +232,7 @@ mod tests {
             current: None,
         };
         assert!(matches!(
-            refresh(&policy(0, AtLimit::Deny), &state, &[TokenHash([1; 32])], now),
+            refresh(&policy(0, AtLimit::Deny), &state, &successors, NEW_SALT, now),
             RefreshDecision::Revoke(reason) if reason.as_str() == "refresh_token_reuse"
         ));
     }
@@ -217,7 +252,8 @@ mod tests {
             refresh(
                 &policy(0, AtLimit::Deny),
                 &state,
-                &[TokenHash([1; 32])],
+                &successors,
+                NEW_SALT,
                 now
             ),
             RefreshDecision::Refuse(Error::RefreshRefused(Refusal::SessionRevoked))

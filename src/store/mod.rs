@@ -45,7 +45,14 @@ pub struct StoredRefreshToken {
     pub generation: i32,
     /// `None` while it is the session's current token.
     pub retired_at: Option<DateTime<Utc>>,
+    /// The random value its successor was derived with, once it has one (see
+    /// [`crate::token::RefreshToken::successor`]); `None` too for a token rotated by a release
+    /// before it.
+    pub successor_salt: Option<SuccessorSalt>,
 }
+
+/// The random value, one per rotation, that a refresh token's successor is derived with.
+pub type SuccessorSalt = [u8; 16];
 
 /// A session to insert, with its first refresh token, as decided at `now`.
 #[derive(Debug, Clone)]
@@ -79,15 +86,18 @@ pub struct RefreshState<'a> {
 /// What to do with a refresh, decided from a [`RefreshState`].
 #[derive(Debug)]
 pub enum RefreshDecision {
-    /// Retire the presented (current) token and make `successor` current, recording activity.
+    /// Retire the presented (current) token, keeping the salt its successor was derived with,
+    /// and make `successor` current, recording activity.
     Rotate {
         successor: TokenHash,
+        successor_salt: SuccessorSalt,
         idle_expires_at: DateTime<Utc>,
         /// Forget retired tokens of generations below this.
         forget_before: i32,
     },
-    /// Change nothing: the presented token's successor, this one, is already current (a retry).
-    Repeat(TokenHash),
+    /// Change nothing: the presented token's successor, this one, derived with the presented
+    /// token's salt, is already current (a retry).
+    Repeat(TokenHash, SuccessorSalt),
     /// Revoke the session.
     Revoke(RevokeReason),
     /// Refuse, changing nothing.
@@ -99,8 +109,8 @@ pub enum RefreshDecision {
 pub enum RefreshOutcome {
     /// Rotated to this successor.
     Rotated(Session, TokenHash),
-    /// A retry; the successor the first try got.
-    Repeated(Session, TokenHash),
+    /// A retry; the successor the first try got, and the salt it was derived with.
+    Repeated(Session, TokenHash, SuccessorSalt),
     Revoked(Session),
 }
 

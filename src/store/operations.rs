@@ -13,7 +13,7 @@ use super::{
     RevokeOutcome, RevokedAfter, SessionStore,
     create_batch::CreateBatcher,
     dialect::{Dialect, bounded},
-    statements::{Bind, Read, Statements},
+    statements::{Bind, Read, RefreshTokenRow, Statements},
 };
 use crate::{
     domain::{RevokeReason, Session, SessionId, UserId},
@@ -67,7 +67,7 @@ where
     bool: Bind<DB>,
     DB::Time: Bind<DB>,
     super::SessionRow<DB::Time>: Read<DB>,
-    (Uuid, i32, Option<DB::Time>): Read<DB>,
+    RefreshTokenRow<DB>: Read<DB>,
     (i32, Vec<u8>): Read<DB>,
     (i64,): Read<DB>,
 {
@@ -183,14 +183,17 @@ where
             });
             let outcome = match decision {
                 RefreshDecision::Refuse(error) => return Err(error),
-                RefreshDecision::Repeat(successor) => RefreshOutcome::Repeated(session, successor),
+                RefreshDecision::Repeat(successor, salt) => {
+                    RefreshOutcome::Repeated(session, successor, salt)
+                }
                 RefreshDecision::Rotate {
                     successor,
+                    successor_salt,
                     idle_expires_at,
                     forget_before,
                 } => {
                     statements
-                        .retire_current_refresh_token(session.id, now)
+                        .retire_current_refresh_token(session.id, now, &successor_salt)
                         .await?;
                     statements
                         .insert_refresh_token(&successor, session.id, found.generation + 1, now)

@@ -6,12 +6,12 @@ use sqlx::{Database, Encode, FromRow, Type};
 use uuid::Uuid;
 
 use super::{
-    RevokedAfter, StoredRefreshToken, StoredTime, dialect::Dialect, session_from, sessions_from,
-    token_hash,
+    RevokedAfter, StoredRefreshToken, StoredTime, SuccessorSalt, dialect::Dialect, session_from,
+    sessions_from, token_hash,
 };
 use crate::{
     domain::{RevokeReason, Session, SessionId, UserId},
-    error::Result,
+    error::{Error, Result},
     token::TokenHash,
 };
 
@@ -24,6 +24,9 @@ pub(super) trait Read<DB: Database>: for<'r> FromRow<'r, DB::Row> + Send + Unpin
 impl<DB: Database, T: for<'r> FromRow<'r, DB::Row> + Send + Unpin> Read<DB> for T {}
 
 type SessionRow<DB> = super::SessionRow<<DB as Dialect>::Time>;
+
+/// `session_id, generation, retired_at, successor_salt` of a `refresh_token` row.
+pub(super) type RefreshTokenRow<DB> = (Uuid, i32, Option<<DB as Dialect>::Time>, Option<Vec<u8>>);
 
 /// One connection (usually inside a transaction), and the statements to run on it.
 pub(super) struct Statements<'c, DB: Database>(pub &'c mut DB::Connection);
@@ -41,7 +44,7 @@ where
     bool: Bind<DB>,
     DB::Time: Bind<DB>,
     SessionRow<DB>: Read<DB>,
-    (Uuid, i32, Option<DB::Time>): Read<DB>,
+    RefreshTokenRow<DB>: Read<DB>,
     (i32, Vec<u8>): Read<DB>,
     (i64,): Read<DB>,
 {
@@ -281,17 +284,27 @@ where
         &mut self,
         hash: &TokenHash,
     ) -> Result<Option<StoredRefreshToken>> {
-        let row = sqlx::query_as::<DB, (Uuid, i32, Option<DB::Time>)>(
-            "SELECT session_id, generation, retired_at FROM refresh_token WHERE token_hash = $1",
+        let row = sqlx::query_as::<DB, RefreshTokenRow<DB>>(
+            "SELECT session_id, generation, retired_at, successor_salt FROM refresh_token \
+             WHERE token_hash = $1",
         )
         .bind(hash.0.as_slice())
         .fetch_optional(DB::on(self.0))
         .await?;
-        row.map(|(session_id, generation, retired_at)| {
+        row.map(|(session_id, generation, retired_at, salt)| {
             Ok(StoredRefreshToken {
                 session_id: session_id.into(),
                 generation,
                 retired_at: retired_at.map(StoredTime::into_time).transpose()?,
+                successor_salt: salt
+                    .map(|salt| {
+                        salt.try_into().map_err(|_| {
+                            Error::Internal(anyhow::anyhow!(
+                                "refresh_token.successor_salt is not 16 bytes"
+                            ))
+                        })
+                    })
+                    .transpose()?,
             })
         })
         .transpose()
@@ -313,16 +326,20 @@ where
             .transpose()
     }
 
+    /// Retires the session's current token, keeping the salt its successor is derived with.
     pub async fn retire_current_refresh_token(
         &mut self,
         session_id: SessionId,
         now: DateTime<Utc>,
+        successor_salt: &SuccessorSalt,
     ) -> Result<()> {
         sqlx::query::<DB>(
-            "UPDATE refresh_token SET retired_at = $2 WHERE session_id = $1 AND retired_at IS NULL",
+            "UPDATE refresh_token SET retired_at = $2, successor_salt = $3 \
+             WHERE session_id = $1 AND retired_at IS NULL",
         )
         .bind(session_id.as_uuid())
         .bind(DB::time(now))
+        .bind(successor_salt.as_slice())
         .execute(DB::on(self.0))
         .await?;
         Ok(())

@@ -27,16 +27,24 @@ impl RefreshToken {
         Ok(Self::from_secret(&super::random_bytes::<32>()?))
     }
 
-    /// The token that follows this one: `HMAC(key, this token's secret)`. Deterministic, so a
-    /// retried refresh gets the same successor, and unguessable without the key.
-    pub fn successor(&self, key: &RefreshKey) -> Self {
+    /// The token that follows this one: `HMAC(key, this token's secret, salt)`, where the salt
+    /// is random for each rotation and stored with this token. Deterministic given the salt, so a
+    /// retried refresh gets the same successor; unguessable without the key; and not derivable
+    /// from the key and an old token alone, without the salts the database holds.
+    pub fn successor(&self, key: &RefreshKey, salt: &[u8; 16]) -> Self {
         let secret = &self.0.expose_secret()[Self::PREFIX.len()..];
         #[allow(clippy::expect_used)]
         // HMAC-SHA256 takes a key of any length; 32 bytes cannot fail.
         let mut mac =
             Hmac::<Sha256>::new_from_slice(key.bytes()).expect("HMAC accepts any key length");
         mac.update(secret.as_bytes());
+        mac.update(salt);
         Self::from_secret(&mac.finalize().into_bytes().into())
+    }
+
+    /// A random salt for a rotation.
+    pub fn new_salt() -> Result<[u8; 16], Error> {
+        super::random_bytes()
     }
 
     fn from_secret(secret: &[u8; 32]) -> Self {
@@ -114,16 +122,17 @@ mod tests {
     }
 
     #[test]
-    fn the_successor_is_deterministic_and_depends_on_the_key() {
+    fn the_successor_is_deterministic_and_depends_on_the_key_and_the_salt() {
         let token = RefreshToken::generate().expect("random");
         let key = RefreshKey::generate().expect("random");
-        assert_eq!(token.successor(&key).hash(), token.successor(&key).hash());
-        assert_ne!(token.successor(&key).hash(), token.hash());
+        let salt = RefreshToken::new_salt().expect("random");
+        let successor = |key, salt| token.successor(key, salt).hash();
+        assert_eq!(successor(&key, &salt), successor(&key, &salt));
+        assert_ne!(successor(&key, &salt), token.hash());
         let other_key = RefreshKey::generate().expect("random");
-        assert_ne!(
-            token.successor(&key).hash(),
-            token.successor(&other_key).hash()
-        );
+        assert_ne!(successor(&key, &salt), successor(&other_key, &salt));
+        let other_salt = RefreshToken::new_salt().expect("random");
+        assert_ne!(successor(&key, &salt), successor(&key, &other_salt));
     }
 
     #[test]

@@ -195,7 +195,36 @@ async fn sqlite_an_unknown_refresh_token_takes_no_write_lock() {
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
 }
 
+/// Each rotation mixes a random salt, kept only in the database, into the successor: whoever
+/// holds the refresh key and an old token still cannot compute the next one offline, as they
+/// could when the successor was `HMAC(key, token)` alone.
+async fn the_refresh_key_and_a_token_alone_do_not_give_its_successor(store: Store) {
+    use hmac::{Hmac, Mac};
+    use sha2::{Digest, Sha256};
+    let app = spawn_app(store).await;
+    let (_, first) = tokens(&app.create("kim", "d").await.tokens);
+    let key = Sha256::digest(std::fs::read(app.keys.refresh_file()).unwrap());
+    let mut mac = Hmac::<Sha256>::new_from_slice(&key).unwrap();
+    mac.update(first["sdrt_".len()..].as_bytes());
+    let unsalted = format!(
+        "sdrt_{}",
+        base64::Engine::encode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            mac.finalize().into_bytes()
+        )
+    );
+
+    let rotated = app.refresh(&first).await.expect("rotates");
+    let (_, second) = tokens(&rotated.tokens);
+    assert_ne!(second, unsalted, "the successor is not HMAC(key, token)");
+    // A retry gets the same successor (the salt is read back), and the offline guess is unknown.
+    assert_eq!(tokens(&app.refresh(&first).await.unwrap().tokens).1, second);
+    let status = app.refresh(&unsalted).await.expect_err("unknown");
+    assert_eq!(reason_of(&status), "REFRESH_TOKEN_UNKNOWN");
+}
+
 on_every_store!(
+    the_refresh_key_and_a_token_alone_do_not_give_its_successor,
     refresh_rotates_the_refresh_token_and_issues_a_new_access_token,
     a_retry_within_the_grace_window_returns_the_same_refresh_token,
     reuse_after_the_grace_window_revokes_the_session,

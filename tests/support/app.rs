@@ -43,7 +43,8 @@ pub struct TestApp {
     pub redis_key_prefix: String,
     /// The data folder; deleted when the test ends.
     _files: TempDir,
-    _keys: Keys,
+    /// The key files it reads (unless the test brought its own folders).
+    pub keys: Keys,
 }
 
 /// Settings every test starts from: port 0, `database_url`, the shared Redis under a fresh prefix.
@@ -116,7 +117,7 @@ pub async fn spawn(mut settings: Settings, pool: Option<PgPool>) -> TestApp {
         data_dir,
         redis_key_prefix,
         _files: files,
-        _keys: keys,
+        keys,
     }
 }
 
