@@ -259,4 +259,126 @@ mod tests {
             RefreshDecision::Refuse(Error::RefreshRefused(Refusal::SessionRevoked))
         ));
     }
+
+    /// The rotation state machine against a model of the store: any interleaving of presented
+    /// tokens (current, retired, old), retries and clock steps leaves at most one live token per
+    /// session, gives a retry within the grace window the first try's answer, and revokes the
+    /// session on every token presented after its grace window.
+    mod state_machine {
+        use proptest::prelude::*;
+        use sha2::{Digest, Sha256};
+
+        use super::*;
+
+        #[derive(Debug, Clone)]
+        enum Step {
+            /// Present the `n`th token ever issued (modulo how many there are).
+            Present(usize),
+            /// Let this many seconds pass.
+            Wait(i64),
+        }
+
+        fn step() -> impl Strategy<Value = Step> {
+            prop_oneof![
+                3 => any::<usize>().prop_map(Step::Present),
+                1 => (0_i64..25).prop_map(Step::Wait),
+            ]
+        }
+
+        /// What the store holds of one token.
+        struct Stored {
+            hash: TokenHash,
+            token: StoredRefreshToken,
+        }
+
+        /// The successor a key derives: a function of the token and the salt alone.
+        fn derive(of: &TokenHash, salt: &SuccessorSalt) -> TokenHash {
+            TokenHash(
+                Sha256::new()
+                    .chain_update(of.0)
+                    .chain_update(salt)
+                    .finalize()
+                    .into(),
+            )
+        }
+
+        proptest! {
+            #[test]
+            fn any_interleaving_keeps_one_live_token_and_catches_every_late_reuse(
+                steps in proptest::collection::vec(step(), 1..60),
+            ) {
+                let policy = policy(0, AtLimit::Deny);
+                let mut now = Utc::now();
+                let mut session = Session::example(now);
+                let mut tokens = vec![Stored {
+                    hash: TokenHash([0; 32]),
+                    token: token(&session, 0, None),
+                }];
+                for (salt_counter, step) in steps.into_iter().enumerate() {
+                    let n = match step {
+                        Step::Wait(seconds) => {
+                            now += Duration::seconds(seconds);
+                            continue;
+                        }
+                        Step::Present(n) => n % tokens.len(),
+                    };
+                    let current = tokens
+                        .iter()
+                        .find(|stored| stored.token.retired_at.is_none())
+                        .map(|stored| (stored.token.generation, stored.hash));
+                    let presented = &tokens[n];
+                    let state = RefreshState {
+                        session: &session,
+                        presented: &presented.token,
+                        current,
+                    };
+                    let of = presented.hash;
+                    let successors = |salt: &SuccessorSalt| vec![derive(&of, salt)];
+                    let new_salt = [u8::try_from(salt_counter % 256).unwrap_or(0); 16];
+                    let retired_at = presented.token.retired_at;
+                    match refresh(&policy, &state, &successors, new_salt, now) {
+                        RefreshDecision::Rotate { successor, successor_salt, .. } => {
+                            prop_assert!(retired_at.is_none(), "only the current token rotates");
+                            prop_assert_eq!(successor, derive(&of, &successor_salt));
+                            let generation = tokens[n].token.generation + 1;
+                            tokens[n].token.retired_at = Some(now);
+                            tokens[n].token.successor_salt = Some(successor_salt);
+                            tokens.push(Stored {
+                                hash: successor,
+                                token: token(&session, generation, None),
+                            });
+                        }
+                        RefreshDecision::Repeat(successor, salt) => {
+                            let retired_at = retired_at.expect("only a retired token repeats");
+                            prop_assert!(now - retired_at <= policy.refresh_reuse_grace);
+                            prop_assert_eq!(Some(successor), current.map(|(_, hash)| hash));
+                            prop_assert_eq!(successor, derive(&of, &salt), "the first try's answer");
+                        }
+                        RefreshDecision::Revoke(_) => {
+                            let retired_at = retired_at.expect("only a retired token is reuse");
+                            prop_assert!(now - retired_at > policy.refresh_reuse_grace);
+                            session.revoked_at = Some(now);
+                        }
+                        RefreshDecision::Refuse(Error::RefreshRefused(Refusal::SessionRevoked)) => {
+                            prop_assert!(session.revoked_at.is_some());
+                        }
+                        RefreshDecision::Refuse(Error::RefreshRefused(Refusal::RefreshTokenSuperseded)) => {
+                            let retired_at = retired_at.expect("a current token is never superseded");
+                            prop_assert!(now - retired_at <= policy.refresh_reuse_grace);
+                        }
+                        other => prop_assert!(false, "unexpected {other:?}"),
+                    }
+                    // Every late reuse was caught: a retired token past its grace never leaves
+                    // the session live.
+                    if let Some(retired_at) = retired_at
+                        && now - retired_at > policy.refresh_reuse_grace
+                    {
+                        prop_assert!(session.revoked_at.is_some(), "a late reuse revokes");
+                    }
+                    let live = tokens.iter().filter(|stored| stored.token.retired_at.is_none()).count();
+                    prop_assert!(live <= 1, "{live} live tokens");
+                }
+            }
+        }
+    }
 }

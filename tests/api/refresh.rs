@@ -205,7 +205,7 @@ async fn the_refresh_key_and_a_token_alone_do_not_give_its_successor(store: Stor
     let (_, first) = tokens(&app.create("kim", "d").await.tokens);
     let key = Sha256::digest(std::fs::read(app.keys.refresh_file()).unwrap());
     let mut mac = Hmac::<Sha256>::new_from_slice(&key).unwrap();
-    mac.update(first["sdrt_".len()..].as_bytes());
+    mac.update(&first.as_bytes()["sdrt_".len()..]);
     let unsalted = format!(
         "sdrt_{}",
         base64::Engine::encode(
