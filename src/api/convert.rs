@@ -64,6 +64,49 @@ pub fn new_session(request: pb::CreateSessionRequest) -> Result<SessionRequest, 
     })
 }
 
+/// RevokeSession's request: which session, and why.
+pub fn revoke_session(
+    request: pb::RevokeSessionRequest,
+) -> Result<(SessionId, RevokeReason), Error> {
+    Ok((
+        session_id("session_id", &request.session_id)?,
+        reason("reason", request.reason)?,
+    ))
+}
+
+/// RevokeUserSessions' request: whose sessions, which one to keep, and why.
+pub fn revoke_user_sessions(
+    request: pb::RevokeUserSessionsRequest,
+) -> Result<(UserId, Option<SessionId>, RevokeReason), Error> {
+    Ok((
+        user_id("user_id", request.user_id)?,
+        optional_session_id("except_session_id", &request.except_session_id)?,
+        reason("reason", request.reason)?,
+    ))
+}
+
+/// ListUserSessions' request.
+pub struct ListRequest {
+    pub user_id: UserId,
+    pub include_revoked: bool,
+    pub page_size: u16,
+    pub after: Option<SessionId>,
+}
+
+pub fn list_user_sessions(request: pb::ListUserSessionsRequest) -> Result<ListRequest, Error> {
+    Ok(ListRequest {
+        user_id: user_id("user_id", request.user_id)?,
+        include_revoked: request.include_revoked,
+        page_size: page_size(request.page_size)?,
+        after: decode_page_token(&request.page_token)?,
+    })
+}
+
+/// GetSession's request: which session.
+pub fn get_session(request: &pb::GetSessionRequest) -> Result<SessionId, Error> {
+    session_id("session_id", &request.session_id)
+}
+
 /// The page size the request asks for.
 pub fn page_size(value: i32) -> Result<u16, Error> {
     match u16::try_from(value) {

@@ -89,9 +89,7 @@ impl SessionService for SessionApi {
         request: Request<pb::RevokeSessionRequest>,
     ) -> Result<Response<pb::RevokeSessionResponse>, Status> {
         observed(Rpc::RevokeSession, async {
-            let request = request.into_inner();
-            let id = convert::session_id("session_id", &request.session_id)?;
-            let reason = convert::reason("reason", request.reason)?;
+            let (id, reason) = convert::revoke_session(request.into_inner())?;
             let revoked = self.authority.revoke_session(id, reason).await?;
             Ok(Response::new(pb::RevokeSessionResponse { revoked }))
         })
@@ -104,11 +102,7 @@ impl SessionService for SessionApi {
         request: Request<pb::RevokeUserSessionsRequest>,
     ) -> Result<Response<pb::RevokeUserSessionsResponse>, Status> {
         observed(Rpc::RevokeUserSessions, async {
-            let request = request.into_inner();
-            let user_id = convert::user_id("user_id", request.user_id)?;
-            let except =
-                convert::optional_session_id("except_session_id", &request.except_session_id)?;
-            let reason = convert::reason("reason", request.reason)?;
+            let (user_id, except, reason) = convert::revoke_user_sessions(request.into_inner())?;
             let count = self
                 .authority
                 .revoke_user_sessions(&user_id, except, reason)
@@ -126,13 +120,15 @@ impl SessionService for SessionApi {
         request: Request<pb::ListUserSessionsRequest>,
     ) -> Result<Response<pb::ListUserSessionsResponse>, Status> {
         observed(Rpc::ListUserSessions, async {
-            let request = request.into_inner();
-            let user_id = convert::user_id("user_id", request.user_id)?;
-            let page_size = convert::page_size(request.page_size)?;
-            let after = convert::decode_page_token(&request.page_token)?;
+            let list = convert::list_user_sessions(request.into_inner())?;
             let page = self
                 .authority
-                .list_user_sessions(&user_id, request.include_revoked, page_size, after)
+                .list_user_sessions(
+                    &list.user_id,
+                    list.include_revoked,
+                    list.page_size,
+                    list.after,
+                )
                 .await?;
             Ok(Response::new(pb::ListUserSessionsResponse {
                 sessions: page.sessions.iter().map(Into::into).collect(),
@@ -151,7 +147,7 @@ impl SessionService for SessionApi {
         request: Request<pb::GetSessionRequest>,
     ) -> Result<Response<pb::Session>, Status> {
         observed(Rpc::GetSession, async {
-            let id = convert::session_id("session_id", &request.into_inner().session_id)?;
+            let id = convert::get_session(request.get_ref())?;
             Ok(Response::new(
                 (&self.authority.get_session(id).await?).into(),
             ))
@@ -170,4 +166,39 @@ async fn observed<T>(
     let code = result.as_ref().map_or_else(Status::code, |_| Code::Ok);
     metrics::rpc(method, code, started.elapsed());
     result
+}
+
+/// What the fuzz targets (`fuzz/`) drive: the parsing of what callers send, exactly as the
+/// handlers call it. Built only under cargo-fuzz (`--cfg fuzzing`).
+#[cfg(fuzzing)]
+pub mod fuzzing {
+    use prost::Message;
+
+    pub use super::convert::decode_page_token;
+    use super::{convert, pb};
+
+    /// Decodes `bytes` as each RPC's request and, where it decodes, parses it as its handler
+    /// does. Errors are the expected outcome; a panic is the bug.
+    pub fn parse_every_request(bytes: &[u8]) {
+        if let Ok(request) = pb::CreateSessionRequest::decode(bytes) {
+            let _ = convert::new_session(request);
+        }
+        if let Ok(request) = pb::RefreshRequest::decode(bytes) {
+            let _ = convert::refresh_token(request.refresh_token);
+        }
+        if let Ok(request) = pb::RevokeSessionRequest::decode(bytes) {
+            let _ = convert::revoke_session(request);
+        }
+        if let Ok(request) = pb::RevokeUserSessionsRequest::decode(bytes) {
+            let _ = convert::revoke_user_sessions(request);
+        }
+        if let Ok(request) = pb::ListUserSessionsRequest::decode(bytes) {
+            let _ = convert::list_user_sessions(request);
+        }
+        if let Ok(request) = pb::GetSessionRequest::decode(bytes) {
+            let _ = convert::get_session(&request);
+        }
+        // ValidateRequest carries only the token: the access_token target covers it.
+        let _ = pb::ValidateRequest::decode(bytes);
+    }
 }
