@@ -46,7 +46,7 @@ impl<T: Send + 'static> Batches<T> {
     /// every batch in flight: when it returns, everything queued has been written.
     pub async fn write<W, F>(mut self, write: W, stop: CancellationToken)
     where
-        W: Fn(Vec<T>) -> F,
+        W: Fn(Vec<T>) -> F + Clone + Send + 'static,
         F: Future<Output = ()> + Send + 'static,
     {
         let BatchShape {
@@ -77,9 +77,12 @@ impl<T: Send + 'static> Batches<T> {
                 () = stop.cancelled() => break,
                 received = self.queued.recv_many(&mut batch, max_batch) => if received == 0 { break },
             }
-            let written = write(std::mem::replace(&mut batch, Vec::with_capacity(max_batch)));
+            let taken = std::mem::replace(&mut batch, Vec::with_capacity(max_batch));
+            // The write's future is made inside its task, not here and then moved in: it is large
+            // (it holds the database call's state), and each move is a copy of all of it.
+            let write = write.clone();
             writing.spawn(async move {
-                written.await;
+                write(taken).await;
                 drop(slot);
             });
             // Reap the finished batches, so the set does not grow.
