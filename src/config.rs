@@ -28,6 +28,33 @@ pub struct Settings {
     #[arg(long, env = "SESSIOND_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
 
+    /// Most concurrent HTTP/2 streams (calls) one gRPC connection may have open; the client queues
+    /// the rest.
+    #[arg(long, env = "SESSIOND_MAX_CONCURRENT_STREAMS", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_streams: u32,
+
+    /// How often an idle gRPC connection is pinged (HTTP/2 PING), so a dead peer is noticed.
+    #[arg(long, env = "SESSIOND_HTTP2_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub http2_keepalive_interval: Duration,
+
+    /// How long a keepalive ping may go unanswered before the connection is closed.
+    #[arg(long, env = "SESSIOND_HTTP2_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub http2_keepalive_timeout: Duration,
+
+    /// Age at which a gRPC connection is asked to go away (HTTP/2 GOAWAY; calls in flight finish),
+    /// so clients reconnect and load spreads over replicas added since.
+    #[arg(long, env = "SESSIOND_MAX_CONNECTION_AGE", default_value = "30m", value_parser = parse_duration)]
+    pub max_connection_age: Duration,
+
+    /// Largest request body, in bytes; a larger one is refused with RESOURCE_EXHAUSTED. The
+    /// largest legal request is about 6 KB.
+    #[arg(long, env = "SESSIOND_MAX_REQUEST_BYTES", default_value_t = 16 * 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_request_bytes: u32,
+
+    /// Server-side deadline of every unary call; a shorter `grpc-timeout` from the caller wins.
+    #[arg(long, env = "SESSIOND_REQUEST_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+
     /// Postgres URL, the shared source of truth. Unset: the embedded single-node store (SQLite)
     /// in `SESSIOND_DATA_DIR`.
     #[arg(long, env = "SESSIOND_DATABASE_URL", hide_env_values = true)]
@@ -193,6 +220,16 @@ impl Settings {
             ("SESSIOND_SESSION_LIFETIME", self.session_lifetime),
             ("SESSIOND_IDLE_TIMEOUT", self.idle_timeout),
             ("SESSIOND_SWEEP_INTERVAL", self.sweep_interval),
+            (
+                "SESSIOND_HTTP2_KEEPALIVE_INTERVAL",
+                self.http2_keepalive_interval,
+            ),
+            (
+                "SESSIOND_HTTP2_KEEPALIVE_TIMEOUT",
+                self.http2_keepalive_timeout,
+            ),
+            ("SESSIOND_MAX_CONNECTION_AGE", self.max_connection_age),
+            ("SESSIOND_REQUEST_TIMEOUT", self.request_timeout),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, value)| value.is_zero()) {
             return Err(format!("{name} must be longer than zero"));

@@ -23,7 +23,10 @@ use crate::{
     metrics,
     store::{Admission, RefreshOutcome, RefreshState, Revocation, SessionStore},
     tasks::{Stage, Tasks},
-    token::{Keys, RefreshToken, TokenHash, TokenRejection, VerifiedAccessToken, VerifiedTokens},
+    token::{
+        Keys, MAX_ACCESS_TOKEN_BYTES, RefreshToken, TokenHash, TokenRejection, VerifiedAccessToken,
+        VerifiedTokens,
+    },
 };
 
 /// What CreateSession needs.
@@ -229,6 +232,10 @@ impl Authority {
         access_token: &str,
         now: DateTime<Utc>,
     ) -> Result<Arc<VerifiedAccessToken>, TokenRejection> {
+        // Refused before it is hashed, base64-decoded or parsed: sessiond's tokens are far shorter.
+        if access_token.len() > MAX_ACCESS_TOKEN_BYTES {
+            return Err(TokenRejection::Malformed);
+        }
         let remembered = self.verified.get(access_token);
         metrics::cache_lookup(metrics::CacheTier::Token, remembered.is_some());
         if let Some(verified) = remembered {

@@ -17,6 +17,10 @@ use crate::{
     error::Error,
 };
 
+/// The longest access token looked at; a longer one is `Malformed` unread. sessiond's own are
+/// about 400 bytes; 4 KiB leaves room for long user ids.
+pub const MAX_ACCESS_TOKEN_BYTES: usize = 4 * 1024;
+
 /// Why an access token was refused before its session was looked at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenRejection {

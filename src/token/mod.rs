@@ -8,7 +8,8 @@ mod refresh;
 mod verified;
 
 pub use access::{
-    AccessTokenSigner, IssuedAccessToken, KeyChange, TokenRejection, VerifiedAccessToken,
+    AccessTokenSigner, IssuedAccessToken, KeyChange, MAX_ACCESS_TOKEN_BYTES, TokenRejection,
+    VerifiedAccessToken,
 };
 pub use keys::{KeySource, RefreshKey, RefreshKeys, SigningKey};
 pub use refresh::{RefreshToken, TokenHash};
