@@ -55,6 +55,16 @@ pub struct Settings {
     #[arg(long, env = "SESSIOND_REQUEST_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub request_timeout: Duration,
 
+    /// Most SessionService calls in flight in this process; past it a call is refused at once
+    /// with RESOURCE_EXHAUSTED (`OVERLOADED`) rather than queued.
+    #[arg(long, env = "SESSIOND_MAX_CALLS_IN_FLIGHT", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_calls_in_flight: u32,
+
+    /// Most calls in flight that need the store (every method but Validate), a part of
+    /// `SESSIOND_MAX_CALLS_IN_FLIGHT`: writes cannot take the room Validate needs.
+    #[arg(long, env = "SESSIOND_MAX_STORE_CALLS_IN_FLIGHT", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_store_calls_in_flight: u32,
+
     /// Postgres URL, the shared source of truth. Unset: the embedded single-node store (SQLite)
     /// in `SESSIOND_DATA_DIR`.
     #[arg(long, env = "SESSIOND_DATABASE_URL", hide_env_values = true)]

@@ -73,6 +73,8 @@ struct Transport {
     max_connection_age: Duration,
     max_request_bytes: u32,
     request_timeout: Duration,
+    max_calls_in_flight: u32,
+    max_store_calls_in_flight: u32,
 }
 
 impl Transport {
@@ -84,6 +86,8 @@ impl Transport {
             max_connection_age: settings.max_connection_age,
             max_request_bytes: settings.max_request_bytes,
             request_timeout: settings.request_timeout,
+            max_calls_in_flight: settings.max_calls_in_flight,
+            max_store_calls_in_flight: settings.max_store_calls_in_flight,
         }
     }
 }
@@ -228,7 +232,11 @@ impl Application {
         let max_request = self.transport.max_request_bytes as usize;
         let grpc = grpc_server(&self.transport)
             .trace_fn(crate::telemetry::grpc_request_span)
-            .layer(CallBounds::new(self.transport.max_request_bytes))
+            .layer(CallBounds::new(
+                self.transport.max_calls_in_flight,
+                self.transport.max_store_calls_in_flight,
+                self.transport.max_request_bytes,
+            ))
             .add_service(health_service.max_decoding_message_size(max_request))
             .add_service(
                 reflection()
