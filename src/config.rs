@@ -7,6 +7,8 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{ArgAction, Parser, ValueEnum, builder::BoolishValueParser};
 
+use crate::limits::Rate;
+
 /// Everything sessiond can be told at start.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "sessiond", version, about)]
@@ -64,6 +66,25 @@ pub struct Settings {
     /// `SESSIOND_MAX_CALLS_IN_FLIGHT`: writes cannot take the room Validate needs.
     #[arg(long, env = "SESSIOND_MAX_STORE_CALLS_IN_FLIGHT", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_store_calls_in_flight: u32,
+
+    /// CreateSession calls per user, written `N/period` (`30/1m`) or `off`; shared by every
+    /// replica through Redis. Past it, RESOURCE_EXHAUSTED (`RATE_LIMITED`) with a `RetryInfo`.
+    #[arg(long, env = "SESSIOND_CREATE_RATE_PER_USER", default_value = "30/1m")]
+    pub create_rate_per_user: Rate,
+
+    /// CreateSession calls per caller (`N/period` or `off`). Parsed, but it takes effect only
+    /// with the callers policy, which names callers.
+    #[arg(long, env = "SESSIOND_CREATE_RATE_PER_CALLER", default_value = "off")]
+    pub create_rate_per_caller: Rate,
+
+    /// Refresh rotations per session (`N/period` or `off`). A retry within
+    /// `SESSIOND_REFRESH_REUSE_GRACE`, which gets the same successor, does not count.
+    #[arg(
+        long,
+        env = "SESSIOND_REFRESH_RATE_PER_SESSION",
+        default_value = "10/1m"
+    )]
+    pub refresh_rate_per_session: Rate,
 
     /// Postgres URL, the shared source of truth. Unset: the embedded single-node store (SQLite)
     /// in `SESSIOND_DATA_DIR`.

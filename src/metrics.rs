@@ -30,6 +30,7 @@ const REDIS_TRUSTED: &str = "sessiond_redis_trusted";
 const REDIS_RECONCILED: &str = "sessiond_redis_reconciled_sessions_total";
 const SWEEPER_DELETED: &str = "sessiond_sweeper_deleted_total";
 const CALLS_SHED: &str = "sessiond_calls_shed_total";
+const RATE_LIMITED: &str = "sessiond_rate_limited_total";
 
 /// The process-wide Prometheus recorder, installed on first use.
 pub fn handle() -> Option<&'static PrometheusHandle> {
@@ -108,6 +109,10 @@ fn describe() {
     describe_counter!(
         CALLS_SHED,
         "Calls refused unstarted (RESOURCE_EXHAUSTED, OVERLOADED), by the setting whose bound was full."
+    );
+    describe_counter!(
+        RATE_LIMITED,
+        "Calls refused by a rate limit (RESOURCE_EXHAUSTED, RATE_LIMITED), by its setting."
     );
     describe_counter!(
         SWEEPER_DELETED,
@@ -260,6 +265,11 @@ pub fn refresh_token_reuse() {
 /// A call was refused because the bound `setting` names was full.
 pub fn call_shed(setting: &'static str) {
     counter!(CALLS_SHED, "bound" => setting).increment(1);
+}
+
+/// A call was refused by the rate limit `setting` names.
+pub fn rate_limited(setting: &'static str) {
+    counter!(RATE_LIMITED, "limit" => setting).increment(1);
 }
 
 /// The sweeper deleted `count` sessions.

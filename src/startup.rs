@@ -22,7 +22,7 @@ use crate::{
     cache::{LocalSettings, LocalTier, RedisSettings, RedisTier, SessionCache},
     clock::{Clock, SystemClock},
     config::{LimitPolicy, Settings},
-    limits::CallBounds,
+    limits::{CallBounds, Rates},
     metrics,
     store::{PostgresStore, SessionStore, SqliteStore},
     sweeper::{self, SweepSettings},
@@ -319,6 +319,10 @@ fn policy(settings: &Settings) -> Result<Policy, String> {
             LimitPolicy::Deny => AtLimit::Deny,
         },
         activity_write_interval: Policy::ACTIVITY_WRITE_INTERVAL,
+        rates: Rates {
+            create_per_user: settings.create_rate_per_user,
+            refresh_per_session: settings.refresh_rate_per_session,
+        },
     })
 }
 

@@ -10,6 +10,7 @@ mod rules;
 
 use std::sync::Arc;
 
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 
 use activity::ActivityRecorder;
@@ -20,6 +21,7 @@ use crate::{
     clock::Clock,
     domain::{Device, Metadata, RevokeReason, Session, SessionId, SessionState, UserId},
     error::{Error, RefreshRefusal, Result},
+    limits::{Limit, RateLimiter},
     metrics,
     store::{Admission, RefreshOutcome, RefreshState, Revocation, SessionStore},
     tasks::{Stage, Tasks},
@@ -85,6 +87,7 @@ pub struct Authority {
     clock: Arc<dyn Clock>,
     /// Notes validated sessions' activity, for a background writer.
     activity: ActivityRecorder,
+    limiter: RateLimiter,
 }
 
 impl Authority {
@@ -98,6 +101,7 @@ impl Authority {
         clock: Arc<dyn Clock>,
         tasks: &Tasks,
     ) -> Self {
+        let limiter = RateLimiter::new(policy.rates, cache.redis().cloned());
         let activity =
             ActivityRecorder::start(store.clone(), cache.clone(), clock.clone(), &policy, tasks);
         if let Some(redis) = cache.redis() {
@@ -115,6 +119,7 @@ impl Authority {
             policy,
             clock,
             activity,
+            limiter,
         }
     }
 
@@ -129,6 +134,9 @@ impl Authority {
     /// limit, and issues the first token pair.
     #[tracing::instrument(name = "authority.create", skip_all, fields(user_id = %new.user_id))]
     pub async fn create_session(&self, new: SessionRequest) -> Result<Issued> {
+        self.limiter
+            .take(Limit::CreatePerUser, new.user_id.as_str())
+            .await?;
         let now = self.now();
         let lifetime = new
             .lifetime
@@ -271,8 +279,24 @@ impl Authority {
                     ))
                 })
         };
+        // The per-session count travels with the token chain: a session has one current token,
+        // so its chain is the session. It is read under the presented token's hash before the
+        // store is touched (a limited refresh costs no write), and moved on to the successor
+        // only when a rotation happened: a retry within the grace window, which gets the same
+        // successor, is never counted.
+        let presented_key = rate_key(&presented.hash());
+        let tat = self
+            .limiter
+            .peek(Limit::RefreshPerSession, &presented_key)
+            .await?;
         match self.store.refresh(&presented.hash(), now, &decide).await? {
             RefreshOutcome::Rotated(session, hash) => {
+                // The rotation is committed and must be answered; a refusal here (the window
+                // closed since the peek) only leaves the successor uncounted.
+                let _ = self
+                    .limiter
+                    .take_from(Limit::RefreshPerSession, &rate_key(&hash), tat)
+                    .await;
                 metrics::session_refreshed();
                 self.cache
                     .put_before_answering(std::slice::from_ref(&session), now)
@@ -406,4 +430,9 @@ impl Authority {
             session,
         })
     }
+}
+
+/// The rate-limit key of a refresh token: its hash, never the token.
+fn rate_key(hash: &TokenHash) -> String {
+    URL_SAFE_NO_PAD.encode(hash.0)
 }

@@ -102,6 +102,10 @@ mod tests {
             max_sessions_per_user: limit,
             at_limit,
             activity_write_interval: Duration::minutes(1),
+            rates: crate::limits::Rates {
+                create_per_user: crate::limits::Rate::OFF,
+                refresh_per_session: crate::limits::Rate::OFF,
+            },
         }
     }
 

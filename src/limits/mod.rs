@@ -5,6 +5,10 @@
 //! - `calls`: the tower layer in front of the session service: calls in flight (fail fast rather
 //!   than queue), and the answer to an oversized request.
 
+//! - `rate`: rate limits per user and per session, shared by replicas through Redis.
+
 mod calls;
+mod rate;
 
 pub use calls::CallBounds;
+pub use rate::{Limit, Rate, RateLimiter, Rates};

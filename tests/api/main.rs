@@ -36,6 +36,7 @@ mod limits;
 mod list;
 mod ops;
 mod outages;
+mod rates;
 mod refresh;
 mod revoke;
 mod serving;
