@@ -86,6 +86,20 @@ pub struct Settings {
     )]
     pub refresh_rate_per_session: Rate,
 
+    /// Most connections the ops HTTP port holds at once; one more is closed as soon as accepted.
+    #[arg(long, env = "SESSIOND_OPS_MAX_CONNECTIONS", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub ops_max_connections: u32,
+
+    /// How long an ops HTTP client may take to send a request's headers, and how long a
+    /// kept-alive connection may wait for its next request; past it the connection is closed.
+    #[arg(long, env = "SESSIOND_OPS_HEADER_READ_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub ops_header_read_timeout: Duration,
+
+    /// Longest an ops HTTP connection lives, whatever it does (a client reading an answer slowly
+    /// included): then it is closed after the request in flight.
+    #[arg(long, env = "SESSIOND_OPS_CONNECTION_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub ops_connection_timeout: Duration,
+
     /// Postgres URL, the shared source of truth. Unset: the embedded single-node store (SQLite)
     /// in `SESSIOND_DATA_DIR`.
     #[arg(long, env = "SESSIOND_DATABASE_URL", hide_env_values = true)]
@@ -261,6 +275,14 @@ impl Settings {
             ),
             ("SESSIOND_MAX_CONNECTION_AGE", self.max_connection_age),
             ("SESSIOND_REQUEST_TIMEOUT", self.request_timeout),
+            (
+                "SESSIOND_OPS_HEADER_READ_TIMEOUT",
+                self.ops_header_read_timeout,
+            ),
+            (
+                "SESSIOND_OPS_CONNECTION_TIMEOUT",
+                self.ops_connection_timeout,
+            ),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, value)| value.is_zero()) {
             return Err(format!("{name} must be longer than zero"));

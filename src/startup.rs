@@ -22,7 +22,7 @@ use crate::{
     cache::{LocalSettings, LocalTier, RedisSettings, RedisTier, SessionCache},
     clock::{Clock, SystemClock},
     config::{LimitPolicy, Settings},
-    limits::{CallBounds, Rates},
+    limits::{CallBounds, Rates, http::HttpBounds},
     metrics,
     store::{PostgresStore, SessionStore, SqliteStore},
     sweeper::{self, SweepSettings},
@@ -62,6 +62,7 @@ pub struct Application {
     shutdown_drain: Duration,
     shutdown_grace: Duration,
     transport: Transport,
+    ops_bounds: HttpBounds,
 }
 
 /// The gRPC transport's bounds, from the settings.
@@ -160,6 +161,11 @@ impl Application {
             shutdown_drain: settings.shutdown_drain,
             shutdown_grace: settings.shutdown_grace,
             transport: Transport::from_settings(&settings),
+            ops_bounds: HttpBounds {
+                max_connections: settings.ops_max_connections,
+                header_read_timeout: settings.ops_header_read_timeout,
+                connection_timeout: settings.ops_connection_timeout,
+            },
         })
     }
 
@@ -224,6 +230,7 @@ impl Application {
             Stage::Serving,
             serve_ops(
                 self.ops_listener,
+                self.ops_bounds,
                 self.authority.clone(),
                 stopped(stopping.clone()),
             ),
@@ -444,6 +451,7 @@ async fn reload_keys(authority: Arc<Authority>, every: Duration) {
 /// The ops HTTP server: Prometheus metrics and the JWKS.
 async fn serve_ops(
     listener: TcpListener,
+    bounds: HttpBounds,
     authority: Arc<Authority>,
     stop: impl Future<Output = ()> + Send + 'static,
 ) {
@@ -468,12 +476,7 @@ async fn serve_ops(
                     .into_response()
             }),
         );
-    if let Err(error) = axum::serve(listener, app)
-        .with_graceful_shutdown(stop)
-        .await
-    {
-        tracing::error!(%error, "the ops server failed");
-    }
+    crate::limits::http::serve(listener, app, bounds, stop).await;
 }
 
 /// Reflection over sessiond's and health's protos, so grpcurl needs no proto files.

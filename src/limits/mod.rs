@@ -6,8 +6,10 @@
 //!   than queue), and the answer to an oversized request.
 
 //! - `rate`: rate limits per user and per session, shared by replicas through Redis.
+//! - `http`: the ops HTTP port's connection bound and timeouts.
 
 mod calls;
+pub mod http;
 mod rate;
 
 pub use calls::CallBounds;

@@ -35,6 +35,7 @@ mod helpers;
 mod limits;
 mod list;
 mod ops;
+mod ops_bounds;
 mod outages;
 mod rates;
 mod refresh;
