@@ -172,8 +172,9 @@ pub struct Settings {
     #[arg(long, env = "SESSIOND_REFRESH_REUSE_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub refresh_reuse_grace: Duration,
 
-    /// Most live sessions one user may hold; 0 means unlimited.
-    #[arg(long, env = "SESSIOND_MAX_SESSIONS_PER_USER", default_value_t = 0)]
+    /// Most live sessions one user may hold; 0 means unlimited. Finite by default, so one user
+    /// cannot make RevokeUserSessions or ListUserSessions arbitrarily large.
+    #[arg(long, env = "SESSIOND_MAX_SESSIONS_PER_USER", default_value_t = 100)]
     pub max_sessions_per_user: u32,
 
     /// What a new session does when the user is at the limit.
@@ -327,7 +328,7 @@ mod tests {
         assert_eq!(settings.session_lifetime, Duration::from_secs(30 * 86_400));
         assert_eq!(settings.idle_timeout, Duration::from_secs(7 * 86_400));
         assert_eq!(settings.refresh_reuse_grace, Duration::from_secs(10));
-        assert_eq!(settings.max_sessions_per_user, 0);
+        assert_eq!(settings.max_sessions_per_user, 100);
         assert_eq!(settings.session_limit_policy, LimitPolicy::EvictOldest);
         assert_eq!(settings.database_url, None, "the embedded store by default");
         assert_eq!(settings.redis_url, None);

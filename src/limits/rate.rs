@@ -8,7 +8,6 @@
 //! would turn a Redis outage into a sign-in outage.
 
 use std::{
-    fmt,
     str::FromStr,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -60,20 +59,6 @@ impl FromStr for Rate {
             interval_ms: period_ms / count,
             period_ms,
         })))
-    }
-}
-
-impl fmt::Display for Rate {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0 {
-            None => f.write_str("off"),
-            Some(gcra) => write!(
-                f,
-                "{}/{}ms",
-                gcra.period_ms / gcra.interval_ms,
-                gcra.period_ms
-            ),
-        }
     }
 }
 
