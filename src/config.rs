@@ -10,6 +10,8 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use clap::{ArgAction, Parser, ValueEnum, builder::BoolishValueParser};
 use secrecy::SecretString;
 
+use crate::limits::Rate;
+
 /// Everything sessiond can be told at start.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "sessiond", version, about)]
@@ -30,6 +32,76 @@ pub struct Settings {
     /// After the drain, how long calls in flight may take to finish before the process exits anyway.
     #[arg(long, env = "SESSIOND_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+
+    /// Most concurrent HTTP/2 streams (calls) one gRPC connection may have open; the client queues
+    /// the rest.
+    #[arg(long, env = "SESSIOND_MAX_CONCURRENT_STREAMS", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_streams: u32,
+
+    /// How often an idle gRPC connection is pinged (HTTP/2 PING), so a dead peer is noticed.
+    #[arg(long, env = "SESSIOND_HTTP2_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub http2_keepalive_interval: Duration,
+
+    /// How long a keepalive ping may go unanswered before the connection is closed.
+    #[arg(long, env = "SESSIOND_HTTP2_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub http2_keepalive_timeout: Duration,
+
+    /// Age at which a gRPC connection is asked to go away (HTTP/2 GOAWAY; calls in flight finish),
+    /// so clients reconnect and load spreads over replicas added since.
+    #[arg(long, env = "SESSIOND_MAX_CONNECTION_AGE", default_value = "30m", value_parser = parse_duration)]
+    pub max_connection_age: Duration,
+
+    /// Largest request body, in bytes; a larger one is refused with RESOURCE_EXHAUSTED. The
+    /// largest legal request is about 6 KB.
+    #[arg(long, env = "SESSIOND_MAX_REQUEST_BYTES", default_value_t = 16 * 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_request_bytes: u32,
+
+    /// Server-side deadline of every unary call; a shorter `grpc-timeout` from the caller wins.
+    #[arg(long, env = "SESSIOND_REQUEST_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+
+    /// Most SessionService calls in flight in this process; past it a call is refused at once
+    /// with RESOURCE_EXHAUSTED (`OVERLOADED`) rather than queued.
+    #[arg(long, env = "SESSIOND_MAX_CALLS_IN_FLIGHT", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_calls_in_flight: u32,
+
+    /// Most calls in flight that need the store (every method but Validate), a part of
+    /// `SESSIOND_MAX_CALLS_IN_FLIGHT`: writes cannot take the room Validate needs.
+    #[arg(long, env = "SESSIOND_MAX_STORE_CALLS_IN_FLIGHT", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_store_calls_in_flight: u32,
+
+    /// CreateSession calls per user, written `N/period` (`30/1m`) or `off`; shared by every
+    /// replica through Redis. Past it, RESOURCE_EXHAUSTED (`RATE_LIMITED`) with a `RetryInfo`.
+    #[arg(long, env = "SESSIOND_CREATE_RATE_PER_USER", default_value = "30/1m")]
+    pub create_rate_per_user: Rate,
+
+    /// CreateSession calls per caller (`N/period` or `off`). Parsed, but it takes effect only
+    /// with the callers policy, which names callers.
+    #[arg(long, env = "SESSIOND_CREATE_RATE_PER_CALLER", default_value = "off")]
+    pub create_rate_per_caller: Rate,
+
+    /// Refresh rotations per session (`N/period` or `off`). A retry within
+    /// `SESSIOND_REFRESH_REUSE_GRACE`, which gets the same successor, does not count.
+    #[arg(
+        long,
+        env = "SESSIOND_REFRESH_RATE_PER_SESSION",
+        default_value = "10/1m"
+    )]
+    pub refresh_rate_per_session: Rate,
+
+    /// Most connections the ops HTTP port holds at once; one more is closed as soon as accepted.
+    #[arg(long, env = "SESSIOND_OPS_MAX_CONNECTIONS", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub ops_max_connections: u32,
+
+    /// How long an ops HTTP client may take to send a request's headers, and how long a
+    /// kept-alive connection may wait for its next request; past it the connection is closed.
+    #[arg(long, env = "SESSIOND_OPS_HEADER_READ_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub ops_header_read_timeout: Duration,
+
+    /// Longest an ops HTTP connection lives, whatever it does (a client reading an answer slowly
+    /// included): then it is closed after the request in flight.
+    #[arg(long, env = "SESSIOND_OPS_CONNECTION_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub ops_connection_timeout: Duration,
 
     /// Postgres URL, the shared source of truth. Unset: the embedded single-node store (SQLite)
     /// in `SESSIOND_DATA_DIR`.
@@ -103,8 +175,9 @@ pub struct Settings {
     #[arg(long, env = "SESSIOND_REFRESH_REUSE_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub refresh_reuse_grace: Duration,
 
-    /// Most live sessions one user may hold; 0 means unlimited.
-    #[arg(long, env = "SESSIOND_MAX_SESSIONS_PER_USER", default_value_t = 0)]
+    /// Most live sessions one user may hold; 0 means unlimited. Finite by default, so one user
+    /// cannot make RevokeUserSessions or ListUserSessions arbitrarily large.
+    #[arg(long, env = "SESSIOND_MAX_SESSIONS_PER_USER", default_value_t = 100)]
     pub max_sessions_per_user: u32,
 
     /// What a new session does when the user is at the limit.
@@ -215,6 +288,24 @@ impl Settings {
             ("SESSIOND_SESSION_LIFETIME", self.session_lifetime),
             ("SESSIOND_IDLE_TIMEOUT", self.idle_timeout),
             ("SESSIOND_SWEEP_INTERVAL", self.sweep_interval),
+            (
+                "SESSIOND_HTTP2_KEEPALIVE_INTERVAL",
+                self.http2_keepalive_interval,
+            ),
+            (
+                "SESSIOND_HTTP2_KEEPALIVE_TIMEOUT",
+                self.http2_keepalive_timeout,
+            ),
+            ("SESSIOND_MAX_CONNECTION_AGE", self.max_connection_age),
+            ("SESSIOND_REQUEST_TIMEOUT", self.request_timeout),
+            (
+                "SESSIOND_OPS_HEADER_READ_TIMEOUT",
+                self.ops_header_read_timeout,
+            ),
+            (
+                "SESSIOND_OPS_CONNECTION_TIMEOUT",
+                self.ops_connection_timeout,
+            ),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, value)| value.is_zero()) {
             return Err(format!("{name} must be longer than zero"));
@@ -279,7 +370,7 @@ mod tests {
         assert_eq!(settings.session_lifetime, Duration::from_secs(30 * 86_400));
         assert_eq!(settings.idle_timeout, Duration::from_secs(7 * 86_400));
         assert_eq!(settings.refresh_reuse_grace, Duration::from_secs(10));
-        assert_eq!(settings.max_sessions_per_user, 0);
+        assert_eq!(settings.max_sessions_per_user, 100);
         assert_eq!(settings.session_limit_policy, LimitPolicy::EvictOldest);
         assert!(
             settings.database_url.is_none(),

@@ -91,6 +91,17 @@ pub enum Error {
     /// RESOURCE_EXHAUSTED: the per-user limit is set to "deny".
     #[error("the user already holds the maximum of {limit} live sessions")]
     SessionLimitReached { limit: u32 },
+    /// RESOURCE_EXHAUSTED: `bound` calls are in flight already; the call was refused unstarted,
+    /// so it may be retried at once elsewhere or after a backoff.
+    #[error("too many calls in flight ({setting}); retry with backoff")]
+    Overloaded { setting: &'static str },
+    /// RESOURCE_EXHAUSTED, with a `RetryInfo` detail: the rate limit `setting` refuses this call
+    /// for `retry_after`.
+    #[error("rate limited by {setting}; retry after {}ms", retry_after.as_millis())]
+    RateLimited {
+        setting: &'static str,
+        retry_after: std::time::Duration,
+    },
     /// UNAVAILABLE: the store cannot be reached or did not answer in time. The cause is logged,
     /// not sent.
     #[error("the session store is unavailable")]
@@ -133,6 +144,8 @@ impl Error {
             Self::SessionNotFound => "SESSION_NOT_FOUND",
             Self::RefreshRefused(refusal) => refusal.code(),
             Self::SessionLimitReached { .. } => "SESSION_LIMIT_REACHED",
+            Self::Overloaded { .. } => "OVERLOADED",
+            Self::RateLimited { .. } => "RATE_LIMITED",
             Self::StoreUnavailable(_) => "STORE_UNAVAILABLE",
             Self::StoreFailed(_) | Self::Internal(_) => "INTERNAL",
         }

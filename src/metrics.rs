@@ -29,6 +29,8 @@ const REDIS_WRITES_REFUSED: &str = "sessiond_redis_writes_refused_total";
 const REDIS_TRUSTED: &str = "sessiond_redis_trusted";
 const REDIS_RECONCILED: &str = "sessiond_redis_reconciled_sessions_total";
 const SWEEPER_DELETED: &str = "sessiond_sweeper_deleted_total";
+const CALLS_SHED: &str = "sessiond_calls_shed_total";
+const RATE_LIMITED: &str = "sessiond_rate_limited_total";
 
 /// The process-wide Prometheus recorder, installed on first use.
 pub fn handle() -> Option<&'static PrometheusHandle> {
@@ -103,6 +105,14 @@ fn describe() {
     describe_counter!(
         REDIS_RECONCILED,
         "Revoked sessions copied from the store into Redis to clear a doubt."
+    );
+    describe_counter!(
+        CALLS_SHED,
+        "Calls refused unstarted (RESOURCE_EXHAUSTED, OVERLOADED), by the setting whose bound was full."
+    );
+    describe_counter!(
+        RATE_LIMITED,
+        "Calls refused by a rate limit (RESOURCE_EXHAUSTED, RATE_LIMITED), by its setting."
     );
     describe_counter!(
         SWEEPER_DELETED,
@@ -250,6 +260,16 @@ pub fn sessions_revoked(reason: &str, count: usize) {
 
 pub fn refresh_token_reuse() {
     counter!(REFRESH_TOKEN_REUSE).increment(1);
+}
+
+/// A call was refused because the bound `setting` names was full.
+pub fn call_shed(setting: &'static str) {
+    counter!(CALLS_SHED, "bound" => setting).increment(1);
+}
+
+/// A call was refused by the rate limit `setting` names.
+pub fn rate_limited(setting: &'static str) {
+    counter!(RATE_LIMITED, "limit" => setting).increment(1);
 }
 
 /// The sweeper deleted `count` sessions.

@@ -24,6 +24,7 @@ use crate::{
     cache::{LocalSettings, LocalTier, RedisSettings, RedisTier, SessionCache},
     clock::{Clock, SystemClock},
     config::{self, LimitPolicy, Settings},
+    limits::{CallBounds, Rates, http::HttpBounds},
     metrics,
     store::{PostgresStore, SessionStore, SqliteStore},
     sweeper::{self, SweepSettings},
@@ -33,6 +34,12 @@ use crate::{
 
 /// The health service name the liveness probe asks for.
 pub const LIVENESS: &str = "liveness";
+
+/// Reset streams a connection may have pending before it gets a GOAWAY (h2's default).
+const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
+/// Streams sessiond may reset for a peer's protocol errors before the connection gets a GOAWAY
+/// (hyper's default).
+const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
 
 /// How long to wait between attempts to reach the store at start.
 const STORE_RETRY_INTERVAL: Duration = Duration::from_secs(1);
@@ -56,6 +63,36 @@ pub struct Application {
     key_reload_interval: Duration,
     shutdown_drain: Duration,
     shutdown_grace: Duration,
+    transport: Transport,
+    ops_bounds: HttpBounds,
+}
+
+/// The gRPC transport's bounds, from the settings.
+#[derive(Debug, Clone)]
+struct Transport {
+    max_concurrent_streams: u32,
+    keepalive_interval: Duration,
+    keepalive_timeout: Duration,
+    max_connection_age: Duration,
+    max_request_bytes: u32,
+    request_timeout: Duration,
+    max_calls_in_flight: u32,
+    max_store_calls_in_flight: u32,
+}
+
+impl Transport {
+    fn from_settings(settings: &Settings) -> Self {
+        Self {
+            max_concurrent_streams: settings.max_concurrent_streams,
+            keepalive_interval: settings.http2_keepalive_interval,
+            keepalive_timeout: settings.http2_keepalive_timeout,
+            max_connection_age: settings.max_connection_age,
+            max_request_bytes: settings.max_request_bytes,
+            request_timeout: settings.request_timeout,
+            max_calls_in_flight: settings.max_calls_in_flight,
+            max_store_calls_in_flight: settings.max_store_calls_in_flight,
+        }
+    }
 }
 
 impl Application {
@@ -115,6 +152,12 @@ impl Application {
             key_reload_interval: settings.key_reload_interval,
             shutdown_drain: settings.shutdown_drain,
             shutdown_grace: settings.shutdown_grace,
+            transport: Transport::from_settings(&settings),
+            ops_bounds: HttpBounds {
+                max_connections: settings.ops_max_connections,
+                header_read_timeout: settings.ops_header_read_timeout,
+                connection_timeout: settings.ops_connection_timeout,
+            },
         })
     }
 
@@ -179,19 +222,35 @@ impl Application {
             Stage::Serving,
             serve_ops(
                 self.ops_listener,
+                self.ops_bounds,
                 self.authority.clone(),
                 stopped(stopping.clone()),
             ),
         );
         tracing::info!(addr = %self.local_addr, ops_addr = %self.ops_addr, "serving sessiond.v1.SessionService");
-        let grpc = Server::builder()
+        let max_request = self.transport.max_request_bytes as usize;
+        let grpc = grpc_server(&self.transport)
             .trace_fn(crate::telemetry::grpc_request_span)
-            .add_service(health_service)
-            .add_service(reflection().build_v1()?)
-            .add_service(reflection().build_v1alpha()?)
-            .add_service(SessionServiceServer::from_arc(Arc::new(SessionApi::new(
-                self.authority,
-            ))))
+            .layer(CallBounds::new(
+                self.transport.max_calls_in_flight,
+                self.transport.max_store_calls_in_flight,
+                self.transport.max_request_bytes,
+            ))
+            .add_service(health_service.max_decoding_message_size(max_request))
+            .add_service(
+                reflection()
+                    .build_v1()?
+                    .max_decoding_message_size(max_request),
+            )
+            .add_service(
+                reflection()
+                    .build_v1alpha()?
+                    .max_decoding_message_size(max_request),
+            )
+            .add_service(
+                SessionServiceServer::from_arc(Arc::new(SessionApi::new(self.authority)))
+                    .max_decoding_message_size(max_request),
+            )
             // Without TCP_NODELAY, a response written while the previous one is still unacked
             // waits for the client's delayed ACK: up to 40 ms.
             .serve_with_incoming_shutdown(
@@ -272,6 +331,26 @@ fn kept_or_made(
     })
 }
 
+/// The tonic server with the transport's bounds.
+fn grpc_server(transport: &Transport) -> Server {
+    Server::builder()
+        .max_concurrent_streams(transport.max_concurrent_streams)
+        // tonic leaves hyper's caps on reset streams unset, which for locally reset streams means
+        // none at all (CVE-2025-8671, "MadeYouReset"). These are hyper's and h2's own defaults:
+        // past them the connection gets a GOAWAY.
+        .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_ACCEPT_RESET_STREAMS))
+        .http2_max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESET_STREAMS))
+        .http2_keepalive_interval(Some(transport.keepalive_interval))
+        .http2_keepalive_timeout(Some(transport.keepalive_timeout))
+        // No `max_connection_age_grace`: with it, tonic 0.14 sends no GOAWAY at the age, and only
+        // cuts the connection once the grace too has passed. Without it, a GOAWAY at the age, and
+        // calls in flight finish.
+        .max_connection_age(transport.max_connection_age)
+        // Bounds the wait for the response (a server stream's answer comes at once, so its
+        // messages are not cut), and honours a shorter `grpc-timeout`.
+        .timeout(transport.request_timeout)
+}
+
 /// The session rules the settings describe; the error names the setting that does not fit.
 fn policy(settings: &Settings) -> Result<Policy, String> {
     let duration = |name: &str, value: Duration| {
@@ -294,6 +373,10 @@ fn policy(settings: &Settings) -> Result<Policy, String> {
         ip_privacy: match settings.ip_privacy {
             config::IpPrivacy::Full => IpPrivacy::Full,
             config::IpPrivacy::Truncate => IpPrivacy::Truncate,
+        },
+        rates: Rates {
+            create_per_user: settings.create_rate_per_user,
+            refresh_per_session: settings.refresh_rate_per_session,
         },
     })
 }
@@ -416,6 +499,7 @@ async fn reload_keys(authority: Arc<Authority>, every: Duration) {
 /// The ops HTTP server: Prometheus metrics and the JWKS.
 async fn serve_ops(
     listener: TcpListener,
+    bounds: HttpBounds,
     authority: Arc<Authority>,
     stop: impl Future<Output = ()> + Send + 'static,
 ) {
@@ -440,12 +524,7 @@ async fn serve_ops(
                     .into_response()
             }),
         );
-    if let Err(error) = axum::serve(listener, app)
-        .with_graceful_shutdown(stop)
-        .await
-    {
-        tracing::error!(%error, "the ops server failed");
-    }
+    crate::limits::http::serve(listener, app, bounds, stop).await;
 }
 
 /// Reflection over sessiond's and health's protos, so grpcurl needs no proto files.

@@ -21,13 +21,18 @@ impl From<Error> for Status {
             Error::InvalidArgument { .. } => Code::InvalidArgument,
             Error::SessionNotFound => Code::NotFound,
             Error::RefreshRefused(_) => Code::Unauthenticated,
-            Error::SessionLimitReached { .. } => Code::ResourceExhausted,
+            Error::SessionLimitReached { .. }
+            | Error::Overloaded { .. }
+            | Error::RateLimited { .. } => Code::ResourceExhausted,
             Error::StoreUnavailable(_) => Code::Unavailable,
             Error::StoreFailed(_) | Error::Internal(_) => Code::Internal,
         };
         let mut details = ErrorDetails::with_error_info(error.code(), ERROR_DOMAIN, HashMap::new());
         if let Error::InvalidArgument { field, description } = &error {
             details.add_bad_request_violation(*field, description.clone());
+        }
+        if let Error::RateLimited { retry_after, .. } = &error {
+            details.set_retry_info(Some(*retry_after));
         }
         Status::with_error_details(code, error.to_string(), details)
     }
@@ -77,6 +82,27 @@ mod tests {
     }
 
     #[test]
+    fn a_rate_limited_call_says_when_to_retry() {
+        let status = Status::from(Error::RateLimited {
+            setting: "SESSIOND_CREATE_RATE_PER_USER",
+            retry_after: std::time::Duration::from_millis(1500),
+        });
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert_eq!(
+            status.get_details_error_info().expect("error info").reason,
+            "RATE_LIMITED"
+        );
+        assert_eq!(
+            status
+                .get_details_retry_info()
+                .expect("retry info")
+                .retry_delay,
+            Some(std::time::Duration::from_millis(1500))
+        );
+        assert!(status.message().contains("SESSIOND_CREATE_RATE_PER_USER"));
+    }
+
+    #[test]
     fn each_error_has_its_code() {
         let cases = [
             (Error::SessionNotFound, Code::NotFound),
@@ -86,6 +112,12 @@ mod tests {
             ),
             (
                 Error::SessionLimitReached { limit: 3 },
+                Code::ResourceExhausted,
+            ),
+            (
+                Error::Overloaded {
+                    setting: "SESSIOND_MAX_CALLS_IN_FLIGHT",
+                },
                 Code::ResourceExhausted,
             ),
             (

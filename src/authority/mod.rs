@@ -10,6 +10,7 @@ mod rules;
 
 use std::sync::Arc;
 
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 
 use activity::ActivityRecorder;
@@ -20,13 +21,16 @@ use crate::{
     clock::Clock,
     domain::{Device, Metadata, RevokeReason, Session, SessionId, SessionState, UserId},
     error::{Error, Refusal, Result},
+    limits::{Limit, RateLimiter},
     metrics,
     store::{
         Admission, NewSession, RefreshOutcome, RefreshState, RevokeOutcome, SessionStore,
         SuccessorSalt,
     },
     tasks::{Stage, Tasks},
-    token::{Keys, RefreshToken, TokenHash, VerifiedAccessToken, VerifiedTokens},
+    token::{
+        Keys, MAX_ACCESS_TOKEN_BYTES, RefreshToken, TokenHash, VerifiedAccessToken, VerifiedTokens,
+    },
 };
 
 /// Most sessions RevokeUserSessions revokes, and writes to the caches, at a time.
@@ -91,6 +95,7 @@ pub struct Authority {
     clock: Arc<dyn Clock>,
     /// Notes validated sessions' activity, for a background writer.
     activity: ActivityRecorder,
+    limiter: RateLimiter,
 }
 
 impl Authority {
@@ -104,6 +109,7 @@ impl Authority {
         clock: Arc<dyn Clock>,
         tasks: &Tasks,
     ) -> Self {
+        let limiter = RateLimiter::new(policy.rates, cache.redis().cloned());
         let activity =
             ActivityRecorder::start(store.clone(), cache.clone(), clock.clone(), &policy, tasks);
         if let Some(redis) = cache.redis() {
@@ -121,6 +127,7 @@ impl Authority {
             policy,
             clock,
             activity,
+            limiter,
         }
     }
 
@@ -135,6 +142,9 @@ impl Authority {
     /// limit, and issues the first token pair.
     #[tracing::instrument(name = "authority.create", skip_all, fields(user_id = %new.user_id))]
     pub async fn create_session(&self, new: SessionRequest) -> Result<Issued> {
+        self.limiter
+            .take(Limit::CreatePerUser, new.user_id.as_str())
+            .await?;
         let now = self.now();
         let lifetime = new
             .lifetime
@@ -242,6 +252,10 @@ impl Authority {
         access_token: &str,
         now: DateTime<Utc>,
     ) -> Result<Arc<VerifiedAccessToken>, Refusal> {
+        // Refused before it is hashed, base64-decoded or parsed: sessiond's tokens are far shorter.
+        if access_token.len() > MAX_ACCESS_TOKEN_BYTES {
+            return Err(Refusal::Malformed);
+        }
         let remembered = self.verified.get(access_token, &self.keys.signer);
         metrics::cache_lookup(metrics::CacheTier::Token, remembered.is_some());
         if let Some(verified) = remembered {
@@ -282,8 +296,24 @@ impl Authority {
                     ))
                 })
         };
+        // The per-session count travels with the token chain: a session has one current token,
+        // so its chain is the session. It is read under the presented token's hash before the
+        // store is touched (a limited refresh costs no write), and moved on to the successor
+        // only when a rotation happened: a retry within the grace window, which gets the same
+        // successor, is never counted.
+        let presented_key = rate_key(&presented.hash());
+        let tat = self
+            .limiter
+            .peek(Limit::RefreshPerSession, &presented_key)
+            .await?;
         match self.store.refresh(&presented.hash(), now, &decide).await? {
             RefreshOutcome::Rotated(session, hash) => {
+                // The rotation is committed and must be answered; a refusal here (the window
+                // closed since the peek) only leaves the successor uncounted.
+                let _ = self
+                    .limiter
+                    .take_from(Limit::RefreshPerSession, &rate_key(&hash), tat)
+                    .await;
                 metrics::session_refreshed();
                 self.cache
                     .put_before_answering(std::slice::from_ref(&session), now)
@@ -426,6 +456,11 @@ impl Authority {
             session,
         })
     }
+}
+
+/// The rate-limit key of a refresh token: its hash, never the token.
+fn rate_key(hash: &TokenHash) -> String {
+    URL_SAFE_NO_PAD.encode(hash.0)
 }
 
 #[cfg(test)]

@@ -2,6 +2,8 @@
 
 use chrono::Duration;
 
+use crate::limits::Rates;
+
 /// What a new session does when its user already holds the most live sessions allowed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AtLimit {
@@ -34,6 +36,8 @@ pub struct Policy {
     /// Activity is written to Postgres at most this often per session.
     pub activity_write_interval: Duration,
     pub ip_privacy: IpPrivacy,
+    /// How often a user may create sessions, and a session rotate.
+    pub rates: Rates,
 }
 
 impl Policy {

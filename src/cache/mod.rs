@@ -19,7 +19,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 pub use local::{LocalSettings, LocalTier};
-pub use redis::{Invalidation, RedisSettings, RedisTier};
+pub use redis::{Gcra, Invalidation, RedisSettings, RedisTier};
 
 use crate::{
     domain::{Session, SessionId, UserId},

@@ -17,6 +17,10 @@ use crate::{
     error::{Error, Refusal},
 };
 
+/// The longest access token looked at; a longer one is `Malformed` unread. sessiond's own are
+/// about 400 bytes; 4 KiB leaves room for long user ids.
+pub const MAX_ACCESS_TOKEN_BYTES: usize = 4 * 1024;
+
 /// What a verified token says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifiedAccessToken {

@@ -7,7 +7,9 @@ mod keys;
 mod refresh;
 mod verified;
 
-pub use access::{AccessTokenSigner, IssuedAccessToken, KeyChange, VerifiedAccessToken};
+pub use access::{
+    AccessTokenSigner, IssuedAccessToken, KeyChange, MAX_ACCESS_TOKEN_BYTES, VerifiedAccessToken,
+};
 pub use keys::{KeySource, RefreshKey, RefreshKeys, SigningKey, create_key_file_if_missing};
 pub use refresh::{RefreshToken, TokenHash};
 pub use verified::VerifiedTokens;

@@ -29,12 +29,15 @@ macro_rules! on_every_store {
 }
 
 mod activity;
+mod bounds;
 mod create;
 mod helpers;
 mod limits;
 mod list;
 mod ops;
+mod ops_bounds;
 mod outages;
+mod rates;
 mod refresh;
 mod revoke;
 mod serving;

@@ -9,6 +9,7 @@ use sessiond::{
     api::pb::{self, session_service_client::SessionServiceClient},
     clock::ManualClock,
     config::Settings,
+    limits::Rate,
     startup::Application,
 };
 use sqlx::PgPool;
@@ -55,6 +56,9 @@ pub fn test_settings(database_url: &str) -> Settings {
     settings.database_url = Some(database_url.into());
     settings.redis_url = Some(redis_url().into());
     settings.redis_key_prefix = format!("sessiond-test:{}:", uuid::Uuid::now_v7());
+    // Tests create and refresh many times per user and session; a rate-limit test sets its own.
+    settings.create_rate_per_user = Rate::OFF;
+    settings.refresh_rate_per_session = Rate::OFF;
     settings
 }
 

@@ -140,3 +140,22 @@ pub fn session_id(created: &pb::CreateSessionResponse) -> String {
 pub fn token_and_id(created: &pb::CreateSessionResponse) -> (String, String) {
     (tokens(&created.tokens).0, session_id(created))
 }
+
+/// Asserts `status` is a refusal by the rate limit `setting` (RESOURCE_EXHAUSTED, `RATE_LIMITED`,
+/// the setting named): the delay its `RetryInfo` gives, which must be above zero.
+pub fn rate_limit_delay(status: &Status, setting: &str) -> std::time::Duration {
+    use tonic_types::StatusExt;
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert_eq!(
+        status.get_details_error_info().expect("error info").reason,
+        "RATE_LIMITED"
+    );
+    assert!(status.message().contains(setting), "{status:?}");
+    let delay = status
+        .get_details_retry_info()
+        .expect("retry info")
+        .retry_delay
+        .expect("a delay");
+    assert!(delay > std::time::Duration::ZERO);
+    delay
+}

@@ -23,6 +23,7 @@
 
 mod breaker;
 mod doubt;
+mod rate;
 mod subscriber;
 
 use secrecy::{ExposeSecret, SecretString};
@@ -51,6 +52,8 @@ use crate::{
 use breaker::{Breaker, ProbeSlot};
 use doubt::Doubt;
 pub use doubt::Doubted;
+pub use rate::Gcra;
+use rate::RateScripts;
 pub use subscriber::Invalidation;
 
 /// Keeps the copy with the higher rank. ARGV holds (rank, data, ttl in ms) per key.
@@ -87,6 +90,8 @@ enum Command {
     Probe,
     /// Publishing on the invalidation channel: tried through an open breaker.
     Announce,
+    /// Counting a rate limit: skipped while the breaker is open (the replica counts alone).
+    Rate,
 }
 
 impl Command {
@@ -95,6 +100,7 @@ impl Command {
             Self::Read => "read",
             Self::Fill | Self::Revocation | Self::Probe => "write",
             Self::Announce => "publish",
+            Self::Rate => "rate limit",
         }
     }
 
@@ -107,7 +113,7 @@ impl Command {
         match self {
             Self::Revocation => true,
             Self::Fill | Self::Probe => *error.kind() != fred::error::ErrorKind::Timeout,
-            Self::Read | Self::Announce => false,
+            Self::Read | Self::Announce | Self::Rate => false,
         }
     }
 }
@@ -135,6 +141,7 @@ pub struct RedisTier {
     builder: Arc<Builder>,
     options: Options,
     merge: Script,
+    rate: Arc<RateScripts>,
     key_prefix: String,
     ttl: Duration,
     breaker: Arc<Breaker>,
@@ -182,6 +189,7 @@ impl RedisTier {
                 ..Options::default()
             },
             merge: Script::from_lua(MERGE_LUA),
+            rate: Arc::default(),
             key_prefix: settings.key_prefix.clone(),
             ttl: settings.ttl,
             breaker: Arc::new(Breaker::default()),
@@ -230,7 +238,7 @@ impl RedisTier {
                 } else {
                     tracing::warn!(error = %error, "redis {what} failed; falling back to the store");
                 }
-                if kind != Command::Read && kind != Command::Announce {
+                if matches!(kind, Command::Fill | Command::Revocation | Command::Probe) {
                     metrics::redis_write_refused();
                 }
                 if kind.may_have_lost_a_revocation(&error) {
@@ -377,18 +385,40 @@ impl RedisTier {
     }
 
     async fn merge(&self, write: &MergeWrite) -> Result<(), fred::error::Error> {
+        self.run_script(
+            &self.merge,
+            MERGE_LUA,
+            write.keys.clone(),
+            write.args.clone(),
+        )
+        .await
+    }
+
+    /// Runs `script` (whose source is `lua`) by its hash, loading it first if Redis lost it.
+    /// Boxed: inline, its future nests too deep for the compiler in every caller's future.
+    fn run_script<T: fred::types::FromValue + Send + 'static>(
+        &self,
+        script: &Script,
+        lua: &'static str,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<T, fred::error::Error>> + Send + 'static>>
+    {
         let client = self.client.with_options(&self.options);
-        let (keys, args) = (write.keys.clone(), write.args.clone());
-        match client
-            .evalsha::<(), _, _, _>(self.merge.sha1().clone(), keys.clone(), args.clone())
-            .await
-        {
-            Err(error) if error.details().contains("NOSCRIPT") => {
-                // The script cache is empty after a Redis restart or failover: EVAL loads it again.
-                client.eval(MERGE_LUA, keys, args).await
+        let sha = script.sha1().clone();
+        Box::pin(async move {
+            match client
+                .evalsha::<T, _, _, _>(sha, keys.clone(), args.clone())
+                .await
+            {
+                // The script cache is empty after a Redis restart or failover: EVAL loads it
+                // again.
+                Err(error) if error.details().contains("NOSCRIPT") => {
+                    client.eval(lua, keys, args).await
+                }
+                other => other,
             }
-            other => other,
-        }
+        })
     }
 
     /// How long the entry may live: the cache TTL, but never past the session's end.

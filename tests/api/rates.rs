@@ -1,0 +1,68 @@
+//! Rate limits, on each store: with Postgres they are counted in Redis, on the embedded store
+//! (no Redis) in process.
+
+use std::time::Duration;
+
+use crate::support::{
+    app::{Store, spawn_app_with},
+    rpc::rate_limit_delay,
+};
+
+async fn a_user_over_the_create_rate_is_told_when_to_retry_and_another_user_is_not(store: Store) {
+    let app = spawn_app_with(store, |settings| {
+        settings.create_rate_per_user = "2/1m".parse().unwrap();
+    })
+    .await;
+    app.create("quinn", "a").await;
+    app.create("quinn", "b").await;
+
+    let refused = app
+        .try_create("quinn", "c")
+        .await
+        .expect_err("over the rate");
+
+    let delay = rate_limit_delay(&refused, "SESSIOND_CREATE_RATE_PER_USER");
+    assert!(
+        delay > Duration::from_secs(25) && delay <= Duration::from_secs(30),
+        "{delay:?}"
+    );
+    app.create("rupert", "a").await;
+}
+
+async fn refresh_retries_within_the_grace_window_do_not_count(store: Store) {
+    let app = spawn_app_with(store, |settings| {
+        settings.refresh_rate_per_session = "2/1m".parse().unwrap();
+    })
+    .await;
+    let app = &app;
+    let rotate = |token: String| async move {
+        app.refresh(&token)
+            .await
+            .unwrap()
+            .tokens
+            .unwrap()
+            .refresh_token
+    };
+    let first = app.create("sybil", "").await.tokens.unwrap().refresh_token;
+    let second = rotate(first.clone()).await;
+    // Lost answers, retried: each gets the same successor and is not counted.
+    for _ in 0..5 {
+        assert_eq!(rotate(first.clone()).await, second);
+    }
+
+    let third = app.refresh(&second).await.expect("the second rotation");
+    let refused = app
+        .refresh(&third.tokens.unwrap().refresh_token)
+        .await
+        .expect_err("a third rotation within the minute");
+
+    rate_limit_delay(&refused, "SESSIOND_REFRESH_RATE_PER_SESSION");
+    // Another session of the same user is counted on its own.
+    let other = app.create("sybil", "").await.tokens.unwrap().refresh_token;
+    app.refresh(&other).await.expect("another session");
+}
+
+on_every_store!(
+    a_user_over_the_create_rate_is_told_when_to_retry_and_another_user_is_not,
+    refresh_retries_within_the_grace_window_do_not_count,
+);
