@@ -403,10 +403,10 @@ async fn hostile_tokens_each_get_their_status() {
             Malformed,
         ),
         (
-            "a 1 MB header",
+            "an 8 KiB header (past the 4 KiB token bound, within the request bound)",
             format!(
                 "{}.{rest}",
-                URL_SAFE_NO_PAD.encode("{".to_owned() + &" ".repeat(1 << 20) + "}")
+                URL_SAFE_NO_PAD.encode("{".to_owned() + &" ".repeat(8 << 10) + "}")
             ),
             Malformed,
         ),
@@ -414,5 +414,21 @@ async fn hostile_tokens_each_get_their_status() {
     for (what, token, expected) in cases {
         assert_eq!(app.status_of(&token).await, expected, "{what}");
     }
+    // A 1 MB header makes the request itself too large: refused before it is decoded.
+    let huge = format!(
+        "{}.{rest}",
+        URL_SAFE_NO_PAD.encode("{".to_owned() + &" ".repeat(1 << 20) + "}")
+    );
+    let refused = app
+        .client
+        .clone()
+        .validate(sessiond::api::pb::ValidateRequest { access_token: huge })
+        .await
+        .expect_err("too large");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
     assert!(app.validate(&real).await.valid, "the server still answers");
 }
