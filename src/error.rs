@@ -47,6 +47,14 @@ pub enum Error {
     /// NOT_FOUND.
     #[error("session not found")]
     SessionNotFound,
+    /// UNAUTHENTICATED: the call carries no identity the callers file names (or a wrong key).
+    #[error(
+        "no recognised caller: present a client certificate the callers file names, or `authorization: Bearer <key>`"
+    )]
+    CallerUnidentified,
+    /// PERMISSION_DENIED, with an `ErrorInfo` naming the caller and the method.
+    #[error("caller {caller:?} may not call {method}")]
+    CallerNotAllowed { caller: String, method: String },
     /// UNAUTHENTICATED.
     #[error("refresh refused: {0}")]
     RefreshRefused(RefreshRefusal),
@@ -93,6 +101,8 @@ impl Error {
         match self {
             Self::InvalidArgument { .. } => "INVALID_ARGUMENT",
             Self::SessionNotFound => "SESSION_NOT_FOUND",
+            Self::CallerUnidentified => "CALLER_UNIDENTIFIED",
+            Self::CallerNotAllowed { .. } => "CALLER_NOT_ALLOWED",
             Self::RefreshRefused(RefreshRefusal::Unknown) => "REFRESH_TOKEN_UNKNOWN",
             Self::RefreshRefused(RefreshRefusal::SessionExpired) => "SESSION_EXPIRED",
             Self::RefreshRefused(RefreshRefusal::SessionRevoked) => "SESSION_REVOKED",

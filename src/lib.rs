@@ -6,6 +6,7 @@
 pub mod api;
 pub mod authority;
 pub mod cache;
+pub mod callers;
 pub mod clock;
 pub mod config;
 pub mod domain;

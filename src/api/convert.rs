@@ -22,6 +22,13 @@ pub fn user_id(field: &'static str, value: String) -> Result<UserId, Error> {
     UserId::try_from(value).map_err(|d| Error::invalid(field, d))
 }
 
+/// An optional user id: empty means "none".
+pub fn optional_user_id(field: &'static str, value: String) -> Result<Option<UserId>, Error> {
+    (!value.is_empty())
+        .then(|| user_id(field, value))
+        .transpose()
+}
+
 pub fn session_id(field: &'static str, value: &str) -> Result<SessionId, Error> {
     value.parse().map_err(|d| Error::invalid(field, d))
 }

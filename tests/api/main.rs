@@ -29,6 +29,7 @@ macro_rules! on_every_store {
 }
 
 mod activity;
+mod callers;
 mod create;
 mod helpers;
 mod limits;
