@@ -71,7 +71,7 @@ impl<S> CallersService<S> {
         request: &http::Request<Body>,
         target: Target,
     ) -> Result<Arc<Caller>, Refusal> {
-        let callers = match &**self.policy.current() {
+        let identified = match &**self.policy.current() {
             Policy::Open => return Ok(Caller::anonymous()),
             Policy::Callers(callers) => callers.identify(Credentials {
                 authorization: request
@@ -84,7 +84,7 @@ impl<S> CallersService<S> {
                     .and_then(|info| info.peer.as_deref()),
             }),
         };
-        match callers {
+        match identified {
             Some(caller) if caller.may(target) => Ok(caller),
             Some(caller) => Err(Refusal {
                 error: Error::CallerNotAllowed {

@@ -13,7 +13,7 @@ mod peer;
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{Arc, Mutex, PoisonError},
 };
 
 use anyhow::Context;
@@ -202,28 +202,47 @@ fn bearer(header: &[u8]) -> Option<&[u8]> {
 pub struct PolicySource {
     file: Option<PathBuf>,
     current: Arc<ArcSwap<Policy>>,
+    /// The file's text when last read, so an unchanged file is neither parsed nor logged again
+    /// on every interval (and a broken one is reported once, not every interval).
+    last_read: Arc<Mutex<String>>,
 }
 
 impl PolicySource {
     /// Reads `file` (open mode without one); the error names the file and the caller entry.
     pub fn load(file: Option<PathBuf>) -> anyhow::Result<Self> {
-        let policy = match &file {
-            Some(path) => Policy::Callers(read(path)?),
-            None => Policy::Open,
+        let (policy, text) = match &file {
+            Some(path) => {
+                let text = read(path)?;
+                (Policy::Callers(parse_file(path, &text)?), text)
+            }
+            None => (Policy::Open, String::new()),
         };
         Ok(Self {
             file,
             current: Arc::new(ArcSwap::from_pointee(policy)),
+            last_read: Arc::new(Mutex::new(text)),
         })
     }
 
     /// Rereads the file; on an error the policy in force stays.
     pub fn reload(&self) -> anyhow::Result<()> {
-        if let Some(path) = &self.file {
-            let callers = read(path)?;
-            tracing::info!(file = %path.display(), callers = callers.len(), "callers file read");
-            self.current.store(Arc::new(Policy::Callers(callers)));
+        let Some(path) = &self.file else {
+            return Ok(());
+        };
+        let text = read(path)?;
+        {
+            let mut last_read = self
+                .last_read
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if *last_read == text {
+                return Ok(());
+            }
+            last_read.clone_from(&text);
         }
+        let callers = parse_file(path, &text)?;
+        tracing::info!(file = %path.display(), callers = callers.len(), "callers file applied");
+        self.current.store(Arc::new(Policy::Callers(callers)));
         Ok(())
     }
 
@@ -236,10 +255,13 @@ impl PolicySource {
     }
 }
 
-fn read(path: &Path) -> anyhow::Result<Callers> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read SESSIOND_CALLERS_FILE {}", path.display()))?;
-    parse(&text).with_context(|| format!("SESSIOND_CALLERS_FILE {}", path.display()))
+fn read(path: &Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read SESSIOND_CALLERS_FILE {}", path.display()))
+}
+
+fn parse_file(path: &Path, text: &str) -> anyhow::Result<Callers> {
+    parse(text).with_context(|| format!("SESSIOND_CALLERS_FILE {}", path.display()))
 }
 
 /// The file as written.
