@@ -72,6 +72,11 @@ async fn spans_reach_the_collector_in_the_callers_trace() {
         attribute(&request.span, "rpc.system").as_deref(),
         Some("grpc")
     );
+    // Recorded by the callers layer; open mode attributes every call to `anonymous`.
+    assert_eq!(
+        attribute(&request.span, "caller").as_deref(),
+        Some("anonymous")
+    );
     let handler = span_named(&spans, "rpc.CreateSession");
     assert_eq!(handler.span.parent_span_id, request.span.span_id);
     let authority = span_named(&spans, "authority.create");
