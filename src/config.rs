@@ -16,9 +16,19 @@ use crate::limits::Rate;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "sessiond", version, about)]
 pub struct Settings {
-    /// Address the gRPC server listens on.
-    #[arg(long, env = "SESSIOND_LISTEN_ADDR", default_value = "[::]:50051")]
+    /// Address the gRPC server listens on. Loopback by default: without a callers file anyone who
+    /// reaches it may call everything.
+    #[arg(long, env = "SESSIOND_LISTEN_ADDR", default_value = "127.0.0.1:50051")]
     pub listen_addr: SocketAddr,
+
+    /// TOML file of the callers and what each may call (see the README). Reread on SIGHUP and
+    /// every `SESSIOND_KEY_RELOAD_INTERVAL`. Unset: every caller may call everything (open mode).
+    #[arg(long, env = "SESSIOND_CALLERS_FILE")]
+    pub callers_file: Option<PathBuf>,
+
+    /// Allows open mode (no `SESSIOND_CALLERS_FILE`) on a listen address that is not loopback.
+    #[arg(long, env = "SESSIOND_ALLOW_UNAUTHENTICATED_CALLERS", default_value = "false", value_parser = BoolishValueParser::new(), action = ArgAction::Set)]
+    pub allow_unauthenticated_callers: bool,
 
     /// Address of the ops HTTP server: `/metrics` (Prometheus) and `/.well-known/jwks.json`.
     #[arg(long, env = "SESSIOND_OPS_ADDR", default_value = "[::]:9090")]
@@ -327,6 +337,17 @@ impl Settings {
         if self.audience.is_empty() {
             return Err("SESSIOND_AUDIENCE must not be empty".into());
         }
+        if self.callers_file.is_none()
+            && !self.listen_addr.ip().is_loopback()
+            && !self.allow_unauthenticated_callers
+        {
+            return Err(format!(
+                "SESSIOND_LISTEN_ADDR {} is not a loopback address and SESSIOND_CALLERS_FILE is not set: anyone \
+                 who reaches it could create sessions for any user. Set SESSIOND_CALLERS_FILE, or \
+                 SESSIOND_ALLOW_UNAUTHENTICATED_CALLERS=true if something else guards the port",
+                self.listen_addr
+            ));
+        }
         Ok(())
     }
 }
@@ -425,6 +446,36 @@ mod tests {
         assert!(error.contains("SESSIOND_SWEEP_INTERVAL"), "{error}");
         let error = parse(&["--sweep-batch-size", "0"]).expect_err("must fail");
         assert!(error.to_string().contains("--sweep-batch-size"), "{error}");
+    }
+
+    #[test]
+    fn open_mode_is_refused_off_loopback_unless_allowed() {
+        assert!(
+            parse(&[])
+                .expect("defaults parse")
+                .listen_addr
+                .ip()
+                .is_loopback()
+        );
+        let error = parse(&["--listen-addr", "[::]:50051"])
+            .expect("parses")
+            .validate()
+            .expect_err("must fail");
+        assert!(
+            error.contains("SESSIOND_ALLOW_UNAUTHENTICATED_CALLERS"),
+            "{error}"
+        );
+        let allowed = parse(&[
+            "--listen-addr",
+            "[::]:50051",
+            "--allow-unauthenticated-callers",
+            "true",
+        ])
+        .expect("parses");
+        assert!(allowed.validate().is_ok());
+        let with_file =
+            parse(&["--listen-addr", "[::]:50051", "--callers-file", "c.toml"]).expect("parses");
+        assert!(with_file.validate().is_ok());
     }
 
     #[test]

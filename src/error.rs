@@ -85,6 +85,14 @@ pub enum Error {
     /// NOT_FOUND.
     #[error("session not found")]
     SessionNotFound,
+    /// UNAUTHENTICATED: the call carries no identity the callers file names (or a wrong key).
+    #[error(
+        "no recognised caller: present a client certificate the callers file names, or `authorization: Bearer <key>`"
+    )]
+    CallerUnidentified,
+    /// PERMISSION_DENIED, with an `ErrorInfo` naming the caller and the method.
+    #[error("caller {caller:?} may not call {method}")]
+    CallerNotAllowed { caller: String, method: String },
     /// UNAUTHENTICATED: a refresh token is not accepted.
     #[error("refresh refused: {0}")]
     RefreshRefused(Refusal),
@@ -142,6 +150,8 @@ impl Error {
         match self {
             Self::InvalidArgument { .. } => "INVALID_ARGUMENT",
             Self::SessionNotFound => "SESSION_NOT_FOUND",
+            Self::CallerUnidentified => "CALLER_UNIDENTIFIED",
+            Self::CallerNotAllowed { .. } => "CALLER_NOT_ALLOWED",
             Self::RefreshRefused(refusal) => refusal.code(),
             Self::SessionLimitReached { .. } => "SESSION_LIMIT_REACHED",
             Self::Overloaded { .. } => "OVERLOADED",

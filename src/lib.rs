@@ -7,6 +7,7 @@ pub mod api;
 pub mod authority;
 pub mod batch;
 pub mod cache;
+pub mod callers;
 pub mod clock;
 pub mod config;
 pub mod domain;

@@ -1,8 +1,9 @@
 //! Every metric sessiond exports, in one place: its name, its help text, and the one function that
 //! records it. Served as Prometheus text on the ops port (`/metrics`).
 //!
-//! Labels are bounded: RPC methods and gRPC codes are fixed sets, and a caller's free-text revoke
-//! reason is reported as `caller`, never as itself.
+//! Labels are bounded: RPC methods and gRPC codes are fixed sets, callers are the names in the
+//! callers file (plus `anonymous` and `unidentified`), and a caller's free-text revoke reason is
+//! reported as `caller`, never as itself.
 
 use std::{sync::OnceLock, time::Duration};
 
@@ -60,7 +61,7 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
 fn describe() {
     describe_counter!(
         RPC_REQUESTS,
-        "SessionService calls, by method and gRPC code."
+        "SessionService calls, by method, gRPC code and caller (its name in the callers file)."
     );
     describe_histogram!(
         RPC_DURATION,
@@ -121,7 +122,7 @@ fn describe() {
 }
 
 /// The SessionService methods, a fixed label set.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rpc {
     CreateSession,
     Validate,
@@ -134,6 +135,21 @@ pub enum Rpc {
 
 impl Rpc {
     const COUNT: usize = 7;
+
+    pub const ALL: [Self; Self::COUNT] = [
+        Self::CreateSession,
+        Self::Validate,
+        Self::Refresh,
+        Self::RevokeSession,
+        Self::RevokeUserSessions,
+        Self::ListUserSessions,
+        Self::GetSession,
+    ];
+
+    /// The method called `name` (as in the request path).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|rpc| rpc.name() == name)
+    }
 
     pub fn name(self) -> &'static str {
         match self {
@@ -175,20 +191,42 @@ const GRPC_CODES: usize = 17;
 // handles: the macros look a metric up by name and labels on each call, which costs more than the
 // warm Validate it measures. Registering goes through `handle()`, so the recorder is installed
 // first.
-static RPC_CALLS: [[OnceLock<Counter>; GRPC_CODES]; Rpc::COUNT] =
-    [const { [const { OnceLock::new() }; GRPC_CODES] }; Rpc::COUNT];
 static RPC_LATENCY: [OnceLock<Histogram>; Rpc::COUNT] = [const { OnceLock::new() }; Rpc::COUNT];
 static CACHE_LOOKUP_RESULTS: [[OnceLock<Counter>; 2]; CacheTier::COUNT] =
     [const { [const { OnceLock::new() }; 2] }; CacheTier::COUNT];
 
-/// One SessionService call ended with `code` after `elapsed`.
-pub fn rpc(method: Rpc, code: tonic::Code, elapsed: Duration) {
-    let by_code = &RPC_CALLS[method as usize];
-    let calls = by_code[(code as usize).min(GRPC_CODES - 1)].get_or_init(|| {
+/// One caller's `sessiond_rpc_requests_total` counters, by method and code, registered on first
+/// use. Each caller holds its own, so the hot path looks nothing up by name.
+pub struct RpcCalls {
+    caller: String,
+    counters: [[OnceLock<Counter>; GRPC_CODES]; Rpc::COUNT],
+}
+
+impl RpcCalls {
+    pub fn new(caller: &str) -> Self {
+        Self {
+            caller: caller.to_owned(),
+            counters: [const { [const { OnceLock::new() }; GRPC_CODES] }; Rpc::COUNT],
+        }
+    }
+}
+
+impl std::fmt::Debug for RpcCalls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RpcCalls")
+            .field("caller", &self.caller)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One SessionService call by the caller counted in `calls` ended with `code` after `elapsed`.
+pub fn rpc(calls: &RpcCalls, method: Rpc, code: tonic::Code, elapsed: Duration) {
+    let by_code = &calls.counters[method as usize];
+    let counter = by_code[(code as usize).min(GRPC_CODES - 1)].get_or_init(|| {
         handle();
-        counter!(RPC_REQUESTS, "method" => method.name(), "code" => format!("{code:?}"))
+        counter!(RPC_REQUESTS, "method" => method.name(), "code" => format!("{code:?}"), "caller" => calls.caller.clone())
     });
-    calls.increment(1);
+    counter.increment(1);
     RPC_LATENCY[method as usize]
         .get_or_init(|| {
             handle();

@@ -22,6 +22,7 @@ use crate::{
     api::{SessionApi, pb, pb::session_service_server::SessionServiceServer},
     authority::{AtLimit, Authority, IpPrivacy, Policy},
     cache::{LocalSettings, LocalTier, RedisSettings, RedisTier, SessionCache},
+    callers::{CallersLayer, PolicySource},
     clock::{Clock, SystemClock},
     config::{self, LimitPolicy, Settings},
     limits::{CallBounds, Rates, http::HttpBounds},
@@ -51,6 +52,7 @@ pub struct Application {
     ops_listener: TcpListener,
     ops_addr: SocketAddr,
     authority: Arc<Authority>,
+    callers: PolicySource,
     store: Arc<dyn SessionStore>,
     cache: SessionCache,
     /// Every long-lived task, stopped in order at shutdown.
@@ -108,6 +110,13 @@ impl Application {
     ) -> anyhow::Result<Self> {
         settings.validate().map_err(anyhow::Error::msg)?;
         let policy = policy(&settings).map_err(anyhow::Error::msg)?;
+        let callers = PolicySource::load(settings.callers_file.clone())?;
+        if callers.is_open() {
+            tracing::warn!(
+                addr = %settings.listen_addr,
+                "SESSIOND_CALLERS_FILE is not set: every caller may call every method (open mode)"
+            );
+        }
         let (signing, refresh) = key_sources(&settings)?;
         let keys = Keys::load(signing, refresh, settings.issuer.clone(), settings.audience.clone())
         .context("SESSIOND_SIGNING_KEY_FILE / SESSIOND_SIGNING_KEYS_DIR / SESSIOND_REFRESH_KEY_FILE / SESSIOND_REFRESH_KEYS_DIR")?;
@@ -143,6 +152,7 @@ impl Application {
             listener,
             ops_listener,
             authority: Arc::new(authority),
+            callers,
             store_ready: migrate(store.as_ref()).await,
             store,
             cache,
@@ -193,10 +203,21 @@ impl Application {
                 prepare_store(self.store.clone(), health.clone()),
             );
         }
+        let authority = self.authority.clone();
+        let callers = self.callers.clone();
         self.tasks.spawn_until_stopped(
-            "key reloader",
+            "file reloader",
             Stage::Serving,
-            reload_keys(self.authority.clone(), self.key_reload_interval),
+            reload_files(self.key_reload_interval, move || {
+                if let Err(error) = authority.reload_keys() {
+                    tracing::error!("key reload failed; keeping the keys in use: {error:#}");
+                }
+                if let Err(error) = callers.reload() {
+                    tracing::error!(
+                        "callers file reload failed; keeping the policy in force: {error:#}"
+                    );
+                }
+            }),
         );
         self.tasks.spawn_until_stopped(
             "sweeper",
@@ -231,6 +252,7 @@ impl Application {
         let max_request = self.transport.max_request_bytes as usize;
         let grpc = grpc_server(&self.transport)
             .trace_fn(crate::telemetry::grpc_request_span)
+            .layer(CallersLayer::new(self.callers))
             .layer(CallBounds::new(
                 self.transport.max_calls_in_flight,
                 self.transport.max_store_calls_in_flight,
@@ -468,11 +490,12 @@ async fn prepare_store(store: Arc<dyn SessionStore>, health: HealthReporter) {
     set_readiness(&health, ServingStatus::Serving).await;
 }
 
-/// Rereads the key files on SIGHUP and every `every`; a bad file keeps the keys in use.
-async fn reload_keys(authority: Arc<Authority>, every: Duration) {
+/// Rereads the files sessiond reads at start (keys, callers) on SIGHUP and every `every`, through
+/// `reload`; a bad file keeps what is in use.
+async fn reload_files(every: Duration, reload: impl Fn() + Send) {
     #[cfg(unix)]
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .map_err(|error| tracing::error!(%error, "cannot listen for SIGHUP; keys reload on the interval only"))
+        .map_err(|error| tracing::error!(%error, "cannot listen for SIGHUP; files reload on the interval only"))
         .ok();
     let mut ticker = tokio::time::interval(every);
     ticker.tick().await;
@@ -487,12 +510,10 @@ async fn reload_keys(authority: Arc<Authority>, every: Duration) {
         #[cfg(not(unix))]
         let hangup_received = std::future::pending::<()>();
         tokio::select! {
-            () = hangup_received => tracing::info!("SIGHUP: rereading keys"),
+            () = hangup_received => tracing::info!("SIGHUP: rereading keys and callers"),
             _ = ticker.tick() => {}
         }
-        if let Err(error) = authority.reload_keys() {
-            tracing::error!("key reload failed; keeping the keys in use: {error:#}");
-        }
+        reload();
     }
 }
 

@@ -3,7 +3,7 @@
 //! awaited, stage by stage, so nothing queued is lost and nothing writes after the store closes.
 //!
 //! Shutdown, in order (see `startup.rs`): the listeners stop taking calls; the [`Stage::Serving`]
-//! tasks stop (ops server, key reloader, sweeper, store preparer, invalidation subscriber, Redis
+//! tasks stop (ops server, file reloader, sweeper, store preparer, invalidation subscriber, Redis
 //! reconciler); the [`Stage::Flush`] tasks write what they hold (the activity writer) and the
 //! cache's background writes finish; then the store closes, and `main` flushes telemetry.
 

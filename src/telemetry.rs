@@ -211,6 +211,8 @@ pub fn grpc_request_span(request: &http::Request<()>) -> tracing::Span {
         rpc.service = service,
         rpc.method = method,
         otel.kind = "server",
+        // Recorded by the callers layer once it knows who is calling.
+        caller = tracing::field::Empty,
     );
     if span.is_disabled() {
         return span;

@@ -72,6 +72,11 @@ async fn spans_reach_the_collector_in_the_callers_trace() {
         attribute(&request.span, "rpc.system").as_deref(),
         Some("grpc")
     );
+    // Recorded by the callers layer; open mode attributes every call to `anonymous`.
+    assert_eq!(
+        attribute(&request.span, "caller").as_deref(),
+        Some("anonymous")
+    );
     let handler = span_named(&spans, "rpc.CreateSession");
     assert_eq!(handler.span.parent_span_id, request.span.span_id);
     let authority = span_named(&spans, "authority.create");
@@ -171,6 +176,58 @@ async fn a_store_that_is_not_ready_is_logged_with_its_cause() {
         .find(|line| line.contains("the store is not ready"))
         .unwrap();
     assert!(line.contains("does not exist"), "{line}");
+}
+
+/// Each mutating call writes one audit line naming caller, method, user and session, and no token.
+#[tokio::test]
+async fn mutating_calls_write_one_audit_line_each_without_tokens() {
+    let sessiond = SessiondProcess::start(&[
+        ("SESSIOND_LOG_FORMAT", "json".into()),
+        ("SESSIOND_SHUTDOWN_DRAIN", "100ms".into()),
+    ])
+    .await;
+    let created =
+        create_session(sessiond.addr, &format!("00-{TRACE_ID}-{CALLER_SPAN_ID}-01")).await;
+    let sid = created.session.expect("session").session_id;
+    let tokens = created.tokens.expect("tokens");
+    let mut client = sessiond.client().await;
+    client
+        .validate(pb::ValidateRequest {
+            access_token: tokens.access_token.clone(),
+        })
+        .await
+        .unwrap();
+    client
+        .revoke_session(pb::RevokeSessionRequest {
+            session_id: sid.clone(),
+            reason: String::new(),
+            user_id: String::new(),
+        })
+        .await
+        .unwrap();
+    sessiond
+        .wait_for_log("\"method\":\"RevokeSession\"", 1)
+        .await;
+
+    let log = sessiond.log_text();
+    let audits: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|line| line["message"] == "audit")
+        .collect();
+    let methods: Vec<_> = audits.iter().map(|a| a["method"].clone()).collect();
+    assert_eq!(
+        methods,
+        ["CreateSession", "RevokeSession"],
+        "Validate is not audited"
+    );
+    for audit in &audits {
+        assert_eq!(audit["caller"], "anonymous");
+        assert_eq!(audit["session_id"], sid.as_str());
+    }
+    assert_eq!(audits[0]["user_id"], "user-traced");
+    assert!(!log.contains(&tokens.access_token) && !log.contains(&tokens.refresh_token));
+    stop(sessiond).await;
 }
 
 /// `CreateSession` with the caller's `traceparent` (and a `tracestate`) in the metadata.

@@ -22,6 +22,13 @@ pub fn user_id(field: &'static str, value: String) -> Result<UserId, Error> {
     UserId::try_from(value).map_err(|d| Error::invalid(field, d))
 }
 
+/// An optional user id: empty means "none".
+pub fn optional_user_id(field: &'static str, value: String) -> Result<Option<UserId>, Error> {
+    (!value.is_empty())
+        .then(|| user_id(field, value))
+        .transpose()
+}
+
 pub fn session_id(field: &'static str, value: &str) -> Result<SessionId, Error> {
     value.parse().map_err(|d| Error::invalid(field, d))
 }
@@ -64,12 +71,13 @@ pub fn new_session(request: pb::CreateSessionRequest) -> Result<SessionRequest, 
     })
 }
 
-/// RevokeSession's request: which session, and why.
+/// RevokeSession's request: which session, whose (if the caller says), and why.
 pub fn revoke_session(
     request: pb::RevokeSessionRequest,
-) -> Result<(SessionId, RevokeReason), Error> {
+) -> Result<(SessionId, Option<UserId>, RevokeReason), Error> {
     Ok((
         session_id("session_id", &request.session_id)?,
+        optional_user_id("user_id", request.user_id)?,
         reason("reason", request.reason)?,
     ))
 }
@@ -102,9 +110,12 @@ pub fn list_user_sessions(request: pb::ListUserSessionsRequest) -> Result<ListRe
     })
 }
 
-/// GetSession's request: which session.
-pub fn get_session(request: &pb::GetSessionRequest) -> Result<SessionId, Error> {
-    session_id("session_id", &request.session_id)
+/// GetSession's request: which session, and whose (if the caller says).
+pub fn get_session(request: pb::GetSessionRequest) -> Result<(SessionId, Option<UserId>), Error> {
+    Ok((
+        session_id("session_id", &request.session_id)?,
+        optional_user_id("user_id", request.user_id)?,
+    ))
 }
 
 /// The page size the request asks for.

@@ -5,12 +5,17 @@ mod convert;
 pub mod pb;
 mod status;
 
-use std::{future::Future, sync::Arc, time::Instant};
+use std::{
+    future::Future,
+    sync::{Arc, OnceLock},
+    time::Instant,
+};
 
 use tonic::{Code, Request, Response, Status};
 
 use crate::{
     authority::{Authority, Verdict},
+    callers::Caller,
     error::Error,
     metrics::{self, Rpc},
 };
@@ -35,11 +40,20 @@ impl SessionService for SessionApi {
         &self,
         request: Request<pb::CreateSessionRequest>,
     ) -> Result<Response<pb::CreateSessionResponse>, Status> {
-        observed(Rpc::CreateSession, async {
-            let new = convert::new_session(request.into_inner())?;
-            let (session, tokens) = convert::issued(self.authority.create_session(new).await?);
-            Ok(Response::new(pb::CreateSessionResponse { session, tokens }))
-        })
+        let audit = Audit::default();
+        observed(
+            caller_of(&request),
+            Rpc::CreateSession,
+            Some(&audit),
+            async {
+                let new = convert::new_session(request.into_inner())?;
+                audit.user(&new.user_id);
+                let issued = self.authority.create_session(new).await?;
+                audit.session(&issued.session.id);
+                let (session, tokens) = convert::issued(issued);
+                Ok(Response::new(pb::CreateSessionResponse { session, tokens }))
+            },
+        )
         .await
     }
 
@@ -48,7 +62,7 @@ impl SessionService for SessionApi {
         &self,
         request: Request<pb::ValidateRequest>,
     ) -> Result<Response<pb::ValidateResponse>, Status> {
-        observed(Rpc::Validate, async {
+        observed(caller_of(&request), Rpc::Validate, None, async {
             let response = match self
                 .authority
                 .validate(&request.into_inner().access_token)
@@ -75,9 +89,13 @@ impl SessionService for SessionApi {
         &self,
         request: Request<pb::RefreshRequest>,
     ) -> Result<Response<pb::RefreshResponse>, Status> {
-        observed(Rpc::Refresh, async {
+        let audit = Audit::default();
+        observed(caller_of(&request), Rpc::Refresh, Some(&audit), async {
             let token = convert::refresh_token(request.into_inner().refresh_token)?;
-            let (session, tokens) = convert::issued(self.authority.refresh(token).await?);
+            let issued = self.authority.refresh(token).await?;
+            audit.user(&issued.session.user_id);
+            audit.session(&issued.session.id);
+            let (session, tokens) = convert::issued(issued);
             Ok(Response::new(pb::RefreshResponse { session, tokens }))
         })
         .await
@@ -88,11 +106,24 @@ impl SessionService for SessionApi {
         &self,
         request: Request<pb::RevokeSessionRequest>,
     ) -> Result<Response<pb::RevokeSessionResponse>, Status> {
-        observed(Rpc::RevokeSession, async {
-            let (id, reason) = convert::revoke_session(request.into_inner())?;
-            let revoked = self.authority.revoke_session(id, reason).await?;
-            Ok(Response::new(pb::RevokeSessionResponse { revoked }))
-        })
+        let audit = Audit::default();
+        observed(
+            caller_of(&request),
+            Rpc::RevokeSession,
+            Some(&audit),
+            async {
+                let (id, owner, reason) = convert::revoke_session(request.into_inner())?;
+                audit.session(&id);
+                if let Some(owner) = &owner {
+                    audit.user(owner);
+                }
+                let revoked = self
+                    .authority
+                    .revoke_session(id, owner.as_ref(), reason)
+                    .await?;
+                Ok(Response::new(pb::RevokeSessionResponse { revoked }))
+            },
+        )
         .await
     }
 
@@ -101,16 +132,24 @@ impl SessionService for SessionApi {
         &self,
         request: Request<pb::RevokeUserSessionsRequest>,
     ) -> Result<Response<pb::RevokeUserSessionsResponse>, Status> {
-        observed(Rpc::RevokeUserSessions, async {
-            let (user_id, except, reason) = convert::revoke_user_sessions(request.into_inner())?;
-            let count = self
-                .authority
-                .revoke_user_sessions(&user_id, except, reason)
-                .await?;
-            Ok(Response::new(pb::RevokeUserSessionsResponse {
-                revoked_count: u32::try_from(count).unwrap_or(u32::MAX),
-            }))
-        })
+        let audit = Audit::default();
+        observed(
+            caller_of(&request),
+            Rpc::RevokeUserSessions,
+            Some(&audit),
+            async {
+                let (user_id, except, reason) =
+                    convert::revoke_user_sessions(request.into_inner())?;
+                audit.user(&user_id);
+                let count = self
+                    .authority
+                    .revoke_user_sessions(&user_id, except, reason)
+                    .await?;
+                Ok(Response::new(pb::RevokeUserSessionsResponse {
+                    revoked_count: u32::try_from(count).unwrap_or(u32::MAX),
+                }))
+            },
+        )
         .await
     }
 
@@ -119,7 +158,7 @@ impl SessionService for SessionApi {
         &self,
         request: Request<pb::ListUserSessionsRequest>,
     ) -> Result<Response<pb::ListUserSessionsResponse>, Status> {
-        observed(Rpc::ListUserSessions, async {
+        observed(caller_of(&request), Rpc::ListUserSessions, None, async {
             let list = convert::list_user_sessions(request.into_inner())?;
             let page = self
                 .authority
@@ -146,26 +185,72 @@ impl SessionService for SessionApi {
         &self,
         request: Request<pb::GetSessionRequest>,
     ) -> Result<Response<pb::Session>, Status> {
-        observed(Rpc::GetSession, async {
-            let id = convert::get_session(request.get_ref())?;
+        observed(caller_of(&request), Rpc::GetSession, None, async {
+            let (id, owner) = convert::get_session(request.into_inner())?;
             Ok(Response::new(
-                (&self.authority.get_session(id).await?).into(),
+                (&self.authority.get_session(id, owner.as_ref()).await?).into(),
             ))
         })
         .await
     }
 }
 
-/// Runs one call, answers its error, and records its code and latency.
+/// Runs one call of `caller`, answers its error, records its code and latency, and for
+/// a mutating call writes its audit line.
 async fn observed<T>(
+    caller: Arc<Caller>,
     method: Rpc,
+    audit: Option<&Audit>,
     call: impl Future<Output = Result<T, Error>>,
 ) -> Result<T, Status> {
     let started = Instant::now();
     let result = call.await.map_err(|error| status::answer(method, error));
     let code = result.as_ref().map_or_else(Status::code, |_| Code::Ok);
-    metrics::rpc(method, code, started.elapsed());
+    metrics::rpc(caller.calls(), method, code, started.elapsed());
+    if let Some(audit) = audit {
+        audit.write(&caller, method, code);
+    }
     result
+}
+
+/// The caller the callers layer found for `request`.
+fn caller_of<R>(request: &Request<R>) -> Arc<Caller> {
+    // The layer always puts one; a server built without it serves in open mode.
+    request
+        .extensions()
+        .get::<Arc<Caller>>()
+        .cloned()
+        .unwrap_or_else(Caller::anonymous)
+}
+
+/// What one audit line names besides the caller and method, filled in as the call learns it.
+/// Never a token.
+#[derive(Default)]
+struct Audit {
+    user_id: OnceLock<String>,
+    session_id: OnceLock<String>,
+}
+
+impl Audit {
+    fn user(&self, user_id: &impl ToString) {
+        let _ = self.user_id.set(user_id.to_string());
+    }
+
+    fn session(&self, session_id: &impl ToString) {
+        let _ = self.session_id.set(session_id.to_string());
+    }
+
+    fn write(&self, caller: &Caller, method: Rpc, code: Code) {
+        tracing::info!(
+            target: "sessiond::audit",
+            caller = caller.name(),
+            method = method.name(),
+            user_id = self.user_id.get().map_or("", String::as_str),
+            session_id = self.session_id.get().map_or("", String::as_str),
+            code = ?code,
+            "audit"
+        );
+    }
 }
 
 /// What the fuzz targets (`fuzz/`) drive: the parsing of what callers send, exactly as the
@@ -196,7 +281,7 @@ pub mod fuzzing {
             let _ = convert::list_user_sessions(request);
         }
         if let Ok(request) = pb::GetSessionRequest::decode(bytes) {
-            let _ = convert::get_session(&request);
+            let _ = convert::get_session(request);
         }
         // ValidateRequest carries only the token: the access_token target covers it.
         let _ = pb::ValidateRequest::decode(bytes);

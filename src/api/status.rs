@@ -20,14 +20,22 @@ impl From<Error> for Status {
         let code = match &error {
             Error::InvalidArgument { .. } => Code::InvalidArgument,
             Error::SessionNotFound => Code::NotFound,
-            Error::RefreshRefused(_) => Code::Unauthenticated,
+            Error::RefreshRefused(_) | Error::CallerUnidentified => Code::Unauthenticated,
+            Error::CallerNotAllowed { .. } => Code::PermissionDenied,
             Error::SessionLimitReached { .. }
             | Error::Overloaded { .. }
             | Error::RateLimited { .. } => Code::ResourceExhausted,
             Error::StoreUnavailable(_) => Code::Unavailable,
             Error::StoreFailed(_) | Error::Internal(_) => Code::Internal,
         };
-        let mut details = ErrorDetails::with_error_info(error.code(), ERROR_DOMAIN, HashMap::new());
+        let metadata = match &error {
+            Error::CallerNotAllowed { caller, method } => HashMap::from([
+                ("caller".to_owned(), caller.clone()),
+                ("method".to_owned(), method.clone()),
+            ]),
+            _ => HashMap::new(),
+        };
+        let mut details = ErrorDetails::with_error_info(error.code(), ERROR_DOMAIN, metadata);
         if let Error::InvalidArgument { field, description } = &error {
             details.add_bad_request_violation(*field, description.clone());
         }
@@ -106,6 +114,14 @@ mod tests {
     fn each_error_has_its_code() {
         let cases = [
             (Error::SessionNotFound, Code::NotFound),
+            (Error::CallerUnidentified, Code::Unauthenticated),
+            (
+                Error::CallerNotAllowed {
+                    caller: "edge".into(),
+                    method: "CreateSession".into(),
+                },
+                Code::PermissionDenied,
+            ),
             (
                 Error::RefreshRefused(Refusal::RefreshTokenReused),
                 Code::Unauthenticated,

@@ -339,9 +339,19 @@ impl Authority {
         }
     }
 
-    /// Revokes one session. `Ok(false)` when it already was revoked.
+    /// Revokes one session. `Ok(false)` when it already was revoked. With `owner`, a session of
+    /// another user is not found.
     #[tracing::instrument(name = "authority.revoke", skip_all, fields(session_id = %id))]
-    pub async fn revoke_session(&self, id: SessionId, reason: RevokeReason) -> Result<bool> {
+    pub async fn revoke_session(
+        &self,
+        id: SessionId,
+        owner: Option<&UserId>,
+        reason: RevokeReason,
+    ) -> Result<bool> {
+        if owner.is_some() {
+            // A session's user never changes, so a check before the revoke cannot go stale.
+            self.get_session(id, owner).await?;
+        }
         let now = self.now();
         match self.store.revoke(id, now, &reason).await? {
             RevokeOutcome::Revoked(revoked) => {
@@ -432,10 +442,14 @@ impl Authority {
         self.keys.signer.jwks()
     }
 
-    /// Reads one session, live or not.
+    /// Reads one session, live or not. With `owner`, a session of another user is not found.
     #[tracing::instrument(name = "authority.get", skip_all, fields(session_id = %id))]
-    pub async fn get_session(&self, id: SessionId) -> Result<Session> {
-        self.store.find(id).await?.ok_or(Error::SessionNotFound)
+    pub async fn get_session(&self, id: SessionId, owner: Option<&UserId>) -> Result<Session> {
+        self.store
+            .find(id)
+            .await?
+            .filter(|session| owner.is_none_or(|owner| session.user_id == *owner))
+            .ok_or(Error::SessionNotFound)
     }
 
     fn issue(

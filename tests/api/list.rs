@@ -79,6 +79,7 @@ async fn revoked_sessions_are_listed_only_when_asked(store: Store) {
         .revoke_session(pb::RevokeSessionRequest {
             session_id: revoked.clone(),
             reason: String::new(),
+            user_id: String::new(),
         })
         .await
         .expect("revoked");

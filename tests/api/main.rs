@@ -30,6 +30,7 @@ macro_rules! on_every_store {
 
 mod activity;
 mod bounds;
+mod callers;
 mod create;
 mod helpers;
 mod limits;

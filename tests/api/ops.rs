@@ -106,7 +106,7 @@ async fn metrics_count_calls_and_sessions() {
 
     assert_eq!(status, 200);
     for expected in [
-        "sessiond_rpc_requests_total{method=\"CreateSession\",code=\"Ok\"}",
+        "sessiond_rpc_requests_total{method=\"CreateSession\",code=\"Ok\",caller=\"anonymous\"}",
         "sessiond_rpc_duration_seconds_bucket{method=\"Validate\"",
         "sessiond_sessions_created_total",
         "sessiond_cache_lookups_total{tier=\"token\",result=\"hit\"}",

@@ -140,6 +140,7 @@ async fn refresh_of_a_revoked_session_is_refused(store: Store) {
         .revoke_session(sessiond::api::pb::RevokeSessionRequest {
             session_id: created.session.expect("session").session_id,
             reason: String::new(),
+            user_id: String::new(),
         })
         .await
         .expect("revoked");

@@ -4,6 +4,7 @@
 //! - `app`: sessiond in-process on port 0 (`TestApp`, `spawn_app`), over a fresh store.
 //! - `process`: the real sessiond binary as a child process (`SessiondProcess`): signals, crashes.
 //! - `replicas`: two such processes over one database and one Redis.
+//! - `callers`: callers files and API-key clients.
 //! - `rpc`: the SessionService calls the tests make (CreateSession, Validate, Revoke, ...).
 //! - `keys`: signing and refresh key files; `postgres`: a fresh database on the shared Postgres;
 //!   `redis`: the shared Redis, and `redis-server` children a test owns.
@@ -13,6 +14,7 @@
 #![allow(dead_code)] // Each test binary uses a different part of this harness.
 
 pub mod app;
+pub mod callers;
 pub mod keys;
 pub mod postgres;
 pub mod process;

@@ -80,6 +80,7 @@ pub async fn get(client: &mut Client, session_id: &str) -> Result<pb::Session, S
     client
         .get_session(pb::GetSessionRequest {
             session_id: session_id.into(),
+            user_id: String::new(),
         })
         .await
         .map(tonic::Response::into_inner)
@@ -95,6 +96,7 @@ pub async fn try_revoke(
         .revoke_session(pb::RevokeSessionRequest {
             session_id: session_id.into(),
             reason: reason.into(),
+            user_id: String::new(),
         })
         .await
         .map(|response| response.into_inner().revoked)
