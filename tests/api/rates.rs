@@ -3,13 +3,24 @@
 
 use std::time::Duration;
 
+use sessiond::config::Settings;
+
 use crate::support::{
     app::{Store, spawn_app_with},
     rpc::rate_limit_delay,
 };
 
+/// These tests count in one place. A Redis command that times out falls back to the in-process
+/// count (failing open, by design), which starts from zero, so on a loaded CI machine the default
+/// 100 ms timeout would split a count in two and let a call through. Redis gets all the time it
+/// needs here; falling back is tested in `tests/rate_limits.rs`.
+fn patient_redis(settings: &mut Settings) {
+    settings.redis_timeout = Duration::from_secs(10);
+}
+
 async fn a_user_over_the_create_rate_is_told_when_to_retry_and_another_user_is_not(store: Store) {
     let app = spawn_app_with(store, |settings| {
+        patient_redis(settings);
         settings.create_rate_per_user = "2/1m".parse().unwrap();
     })
     .await;
@@ -31,6 +42,7 @@ async fn a_user_over_the_create_rate_is_told_when_to_retry_and_another_user_is_n
 
 async fn refresh_retries_within_the_grace_window_do_not_count(store: Store) {
     let app = spawn_app_with(store, |settings| {
+        patient_redis(settings);
         settings.refresh_rate_per_session = "2/1m".parse().unwrap();
     })
     .await;
