@@ -10,7 +10,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use clap::{ArgAction, Parser, ValueEnum, builder::BoolishValueParser};
 use secrecy::SecretString;
 
-use crate::limits::Rate;
+use crate::{limits::Rate, tls::TlsFiles};
 
 /// Everything sessiond can be told at start.
 #[derive(Debug, Clone, Parser)]
@@ -29,6 +29,26 @@ pub struct Settings {
     /// Allows open mode (no `SESSIOND_CALLERS_FILE`) on a listen address that is not loopback.
     #[arg(long, env = "SESSIOND_ALLOW_UNAUTHENTICATED_CALLERS", default_value = "false", value_parser = BoolishValueParser::new(), action = ArgAction::Set)]
     pub allow_unauthenticated_callers: bool,
+
+    /// Server certificate chain (PEM, leaf first): with `SESSIOND_TLS_KEY_FILE`, gRPC is served
+    /// over TLS. Both are reread on SIGHUP and every `SESSIOND_KEY_RELOAD_INTERVAL`; a bad pair
+    /// keeps the one in use.
+    #[arg(long, env = "SESSIOND_TLS_CERT_FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+
+    /// The private key (PEM) of `SESSIOND_TLS_CERT_FILE`.
+    #[arg(long, env = "SESSIOND_TLS_KEY_FILE")]
+    pub tls_key_file: Option<PathBuf>,
+
+    /// CA certificates (PEM bundle): every gRPC client must present a certificate that chains to
+    /// one of them (mutual TLS). Needs `SESSIOND_TLS_CERT_FILE`.
+    #[arg(long, env = "SESSIOND_TLS_CLIENT_CA_FILE")]
+    pub tls_client_ca_file: Option<PathBuf>,
+
+    /// With TLS on, where `grpc.health.v1.Health`, and nothing else, is also served in plaintext,
+    /// for probes that cannot speak TLS (Kubernetes' `grpc:` probe).
+    #[arg(long, env = "SESSIOND_PROBE_ADDR", default_value = "[::]:50052")]
+    pub probe_addr: SocketAddr,
 
     /// Address of the ops HTTP server: `/metrics` (Prometheus) and `/.well-known/jwks.json`.
     #[arg(long, env = "SESSIOND_OPS_ADDR", default_value = "[::]:9090")]
@@ -284,6 +304,15 @@ pub enum LogFormat {
 }
 
 impl Settings {
+    /// The TLS files, if gRPC is served over TLS (checked by [`Settings::validate`]).
+    pub fn tls_files(&self) -> Option<TlsFiles> {
+        Some(TlsFiles {
+            cert: self.tls_cert_file.clone()?,
+            key: self.tls_key_file.clone()?,
+            client_ca: self.tls_client_ca_file.clone(),
+        })
+    }
+
     /// Checks what clap's types cannot: the message names the setting.
     pub fn validate(&self) -> Result<(), String> {
         let positive = [
@@ -336,6 +365,22 @@ impl Settings {
         }
         if self.audience.is_empty() {
             return Err("SESSIOND_AUDIENCE must not be empty".into());
+        }
+        match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(_), None) => {
+                return Err("SESSIOND_TLS_CERT_FILE is set without SESSIOND_TLS_KEY_FILE".into());
+            }
+            (None, Some(_)) => {
+                return Err("SESSIOND_TLS_KEY_FILE is set without SESSIOND_TLS_CERT_FILE".into());
+            }
+            _ => {}
+        }
+        if self.tls_client_ca_file.is_some() && self.tls_cert_file.is_none() {
+            return Err(
+                "SESSIOND_TLS_CLIENT_CA_FILE needs SESSIOND_TLS_CERT_FILE and SESSIOND_TLS_KEY_FILE: \
+                 client certificates are asked for only over TLS"
+                    .into(),
+            );
         }
         if self.callers_file.is_none()
             && !self.listen_addr.ip().is_loopback()
@@ -476,6 +521,37 @@ mod tests {
         let with_file =
             parse(&["--listen-addr", "[::]:50051", "--callers-file", "c.toml"]).expect("parses");
         assert!(with_file.validate().is_ok());
+    }
+
+    #[test]
+    fn tls_needs_both_files_and_a_client_ca_needs_tls() {
+        assert!(parse(&[]).expect("defaults parse").tls_files().is_none());
+        for (args, named) in [
+            (&["--tls-cert-file", "c.pem"][..], "SESSIOND_TLS_KEY_FILE"),
+            (&["--tls-key-file", "k.pem"][..], "SESSIOND_TLS_CERT_FILE"),
+            (
+                &["--tls-client-ca-file", "ca.pem"][..],
+                "SESSIOND_TLS_CLIENT_CA_FILE",
+            ),
+        ] {
+            let error = parse(args)
+                .expect("parses")
+                .validate()
+                .expect_err("must fail");
+            assert!(error.contains(named), "{args:?}: {error}");
+        }
+        let mutual = parse(&[
+            "--tls-cert-file",
+            "c.pem",
+            "--tls-key-file",
+            "k.pem",
+            "--tls-client-ca-file",
+            "ca.pem",
+        ])
+        .expect("parses");
+        assert!(mutual.validate().is_ok());
+        let files = mutual.tls_files().expect("TLS is on");
+        assert_eq!(files.client_ca, Some(PathBuf::from("ca.pem")));
     }
 
     #[test]

@@ -19,4 +19,5 @@ pub mod store;
 pub mod sweeper;
 pub mod tasks;
 pub mod telemetry;
+pub mod tls;
 pub mod token;

@@ -1,14 +1,15 @@
 //! Builds the whole service from settings, and runs it until stopped. `main` and the tests both
 //! go through `Application`.
 //!
-//! Two listeners: gRPC (the session API, health, reflection) and the ops HTTP port (`/metrics`,
-//! `/.well-known/jwks.json`).
+//! Two listeners: gRPC (the session API, health, reflection; over TLS when configured) and the ops
+//! HTTP port (`/metrics`, `/.well-known/jwks.json`). With TLS, a third serves health alone in
+//! plaintext, for probes that cannot speak TLS.
 //!
 //! Health: `liveness` reports SERVING from start until exit (is the process serving?);
 //! `sessiond.v1.SessionService` and `""` report readiness: SERVING once the store has answered
 //! and been migrated, NOT_SERVING again from the moment shutdown begins.
 
-use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use std::{future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use axum::{Router, http::header, response::IntoResponse, routing::get};
@@ -30,6 +31,7 @@ use crate::{
     store::{PostgresStore, SessionStore, SqliteStore},
     sweeper::{self, SweepSettings},
     tasks::{Stage, Tasks},
+    tls::ServerTls,
     token::{KeySource, Keys, RefreshKey, SigningKey, VerifiedTokens, create_key_file_if_missing},
 };
 
@@ -48,6 +50,10 @@ const STORE_RETRY_INTERVAL: Duration = Duration::from_secs(1);
 /// A built sessiond, bound to its ports but not yet serving.
 pub struct Application {
     listener: TcpListener,
+    /// Over TLS, the configuration in force; `None`: plaintext (h2c).
+    tls: Option<Arc<ServerTls>>,
+    /// With TLS, the plaintext health-only listener.
+    probe_listener: Option<TcpListener>,
     local_addr: SocketAddr,
     ops_listener: TcpListener,
     ops_addr: SocketAddr,
@@ -144,12 +150,23 @@ impl Application {
             &tasks,
         );
 
+        let tls = settings
+            .tls_files()
+            .map(ServerTls::load)
+            .transpose()?
+            .map(Arc::new);
         let listener = bind("SESSIOND_LISTEN_ADDR", settings.listen_addr).await?;
         let ops_listener = bind("SESSIOND_OPS_ADDR", settings.ops_addr).await?;
+        let probe_listener = match tls {
+            Some(_) => Some(bind("SESSIOND_PROBE_ADDR", settings.probe_addr).await?),
+            None => None,
+        };
         Ok(Self {
             local_addr: listener.local_addr()?,
             ops_addr: ops_listener.local_addr()?,
             listener,
+            tls,
+            probe_listener,
             ops_listener,
             authority: Arc::new(authority),
             callers,
@@ -181,6 +198,13 @@ impl Application {
         self.ops_addr
     }
 
+    /// The plaintext health address actually bound, when TLS is on.
+    pub fn probe_addr(&self) -> Option<SocketAddr> {
+        self.probe_listener
+            .as_ref()
+            .and_then(|listener| listener.local_addr().ok())
+    }
+
     /// Serves until `shutdown` resolves. Then: readiness goes NOT_SERVING, calls are still
     /// answered for the drain period, the listeners close, and calls in flight get the grace
     /// period to finish. Then the background tasks stop in order (see `tasks.rs`): what they hold
@@ -205,6 +229,7 @@ impl Application {
         }
         let authority = self.authority.clone();
         let callers = self.callers.clone();
+        let tls = self.tls.clone();
         self.tasks.spawn_until_stopped(
             "file reloader",
             Stage::Serving,
@@ -215,6 +240,11 @@ impl Application {
                 if let Err(error) = callers.reload() {
                     tracing::error!(
                         "callers file reload failed; keeping the policy in force: {error:#}"
+                    );
+                }
+                if let Some(Err(error)) = tls.as_ref().map(|tls| tls.reload()) {
+                    tracing::error!(
+                        "TLS files reload failed; keeping the certificate in use: {error:#}"
                     );
                 }
             }),
@@ -248,9 +278,34 @@ impl Application {
                 stopped(stopping.clone()),
             ),
         );
-        tracing::info!(addr = %self.local_addr, ops_addr = %self.ops_addr, "serving sessiond.v1.SessionService");
         let max_request = self.transport.max_request_bytes as usize;
-        let grpc = grpc_server(&self.transport)
+        if let Some(listener) = self.probe_listener {
+            let probe_addr = listener.local_addr()?;
+            let probe = grpc_server(&self.transport)
+                .add_service(
+                    health_service
+                        .clone()
+                        .max_decoding_message_size(max_request),
+                )
+                .serve_with_incoming_shutdown(
+                    TcpIncoming::from(listener).with_nodelay(Some(true)),
+                    stopped(stopping.clone()),
+                );
+            self.tasks
+                .spawn_until_stopped("probe server", Stage::Serving, async move {
+                    tracing::info!(addr = %probe_addr, "serving grpc.health.v1.Health in plaintext for probes");
+                    if let Err(error) = probe.await {
+                        tracing::error!("the probe server failed: {error:#}");
+                    }
+                });
+        }
+        tracing::info!(
+            addr = %self.local_addr,
+            ops_addr = %self.ops_addr,
+            tls = self.tls.is_some(),
+            "serving sessiond.v1.SessionService"
+        );
+        let routes = grpc_server(&self.transport)
             .trace_fn(crate::telemetry::grpc_request_span)
             .layer(CallersLayer::new(self.callers))
             .layer(CallBounds::new(
@@ -272,13 +327,18 @@ impl Application {
             .add_service(
                 SessionServiceServer::from_arc(Arc::new(SessionApi::new(self.authority)))
                     .max_decoding_message_size(max_request),
-            )
-            // Without TCP_NODELAY, a response written while the previous one is still unacked
-            // waits for the client's delayed ACK: up to 40 ms.
-            .serve_with_incoming_shutdown(
-                TcpIncoming::from(self.listener).with_nodelay(Some(true)),
-                stopped(stopping.clone()),
             );
+        // Without TCP_NODELAY, a response written while the previous one is still unacked waits
+        // for the client's delayed ACK: up to 40 ms.
+        let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
+        let until = stopped(stopping.clone());
+        let grpc: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
+            match self.tls {
+                Some(tls) => {
+                    Box::pin(routes.serve_with_incoming_shutdown(tls.accept(incoming), until))
+                }
+                None => Box::pin(routes.serve_with_incoming_shutdown(incoming, until)),
+            };
 
         let grace = self.shutdown_grace;
         let served = tokio::select! {

@@ -180,7 +180,7 @@ fn estimated_entropy_bits(content: &[u8]) -> f64 {
 
 /// Reads a file that holds a secret; the bytes are wiped from memory when dropped. Warns when the
 /// file's mode lets its group or others read it.
-fn read_secret_file(path: &Path) -> anyhow::Result<Zeroizing<Vec<u8>>> {
+pub fn read_secret_file(path: &Path) -> anyhow::Result<Zeroizing<Vec<u8>>> {
     let content = Zeroizing::new(
         std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?,
     );

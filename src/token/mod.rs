@@ -10,7 +10,9 @@ mod verified;
 pub use access::{
     AccessTokenSigner, IssuedAccessToken, KeyChange, MAX_ACCESS_TOKEN_BYTES, VerifiedAccessToken,
 };
-pub use keys::{KeySource, RefreshKey, RefreshKeys, SigningKey, create_key_file_if_missing};
+pub use keys::{
+    KeySource, RefreshKey, RefreshKeys, SigningKey, create_key_file_if_missing, read_secret_file,
+};
 pub use refresh::{RefreshToken, TokenHash};
 pub use verified::VerifiedTokens;
 

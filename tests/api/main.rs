@@ -45,4 +45,5 @@ mod serving;
 #[path = "../support/mod.rs"]
 mod support;
 mod sweeper;
+mod tls;
 mod validate;

@@ -33,6 +33,8 @@ pub struct TestApp {
     pub addr: SocketAddr,
     /// The ops HTTP server: `/metrics`, `/.well-known/jwks.json`.
     pub ops_addr: SocketAddr,
+    /// With TLS on, the plaintext health-only port.
+    pub probe_addr: Option<SocketAddr>,
     pub clock: ManualClock,
     /// A pool to the test's own database, when it has one.
     pub pool: Option<PgPool>,
@@ -110,11 +112,20 @@ pub async fn spawn(mut settings: Settings, pool: Option<PgPool>) -> TestApp {
         .unwrap();
     let addr = app.local_addr();
     let ops_addr = app.ops_addr();
+    let probe_addr = app.probe_addr();
     tokio::spawn(app.run_until_stopped(std::future::pending()));
+    // Over TLS a test makes its own channels (`support::tls`); this plaintext one is never used.
+    let channel = match probe_addr {
+        Some(_) => Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect_lazy(),
+        None => channel(addr).await,
+    };
     TestApp {
-        client: SessionServiceClient::new(channel(addr).await),
+        client: SessionServiceClient::new(channel),
         addr,
         ops_addr,
+        probe_addr,
         clock,
         pool,
         signing_key: keys.signing.clone(),

@@ -4,7 +4,7 @@
 //! - `app`: sessiond in-process on port 0 (`TestApp`, `spawn_app`), over a fresh store.
 //! - `process`: the real sessiond binary as a child process (`SessiondProcess`): signals, crashes.
 //! - `replicas`: two such processes over one database and one Redis.
-//! - `callers`: callers files and API-key clients.
+//! - `callers`: callers files and API-key clients; `tls`: a test CA, certificates, TLS channels.
 //! - `rpc`: the SessionService calls the tests make (CreateSession, Validate, Revoke, ...).
 //! - `keys`: signing and refresh key files; `postgres`: a fresh database on the shared Postgres;
 //!   `redis`: the shared Redis, and `redis-server` children a test owns.
@@ -21,6 +21,7 @@ pub mod process;
 pub mod redis;
 pub mod replicas;
 pub mod rpc;
+pub mod tls;
 
 use std::{net::SocketAddr, path::Path, time::Duration};
 
