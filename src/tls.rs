@@ -82,11 +82,6 @@ impl ServerTls {
         Ok(())
     }
 
-    /// Whether client certificates are required.
-    pub fn is_mutual(&self) -> bool {
-        self.files.client_ca.is_some()
-    }
-
     /// The connections accepted on `incoming`, once their handshake is done. A handshake that
     /// fails or takes too long drops its connection; the stream goes on.
     pub fn accept(self: Arc<Self>, incoming: TcpIncoming) -> TlsIncoming {
