@@ -17,6 +17,7 @@ use jsonwebtoken::{
     errors::{ErrorKind, Result},
     signature,
 };
+use sha2::Digest;
 
 /// Makes this the process's provider. Call it before any token is signed or verified. Later
 /// calls do nothing.
@@ -69,8 +70,9 @@ fn verifier(algorithm: &Algorithm, key: &DecodingKey) -> Result<Box<dyn JwtVerif
     )))
 }
 
-/// Decoded signing keys, by their PKCS#8 bytes.
-static SIGNING_KEYS: LazyLock<RwLock<HashMap<Vec<u8>, ed25519_dalek::SigningKey>>> =
+/// Decoded signing keys (which wipe themselves when dropped), by the SHA-256 of their PKCS#8
+/// bytes: the memo holds no copy of those bytes that would outlive them unwiped.
+static SIGNING_KEYS: LazyLock<RwLock<HashMap<[u8; 32], ed25519_dalek::SigningKey>>> =
     LazyLock::new(Default::default);
 
 /// Keys in use are few (one more per rotation); past this many, the memo starts over.
@@ -78,10 +80,11 @@ const MAX_DECODED_KEYS: usize = 64;
 
 /// The signing key `der` decodes to, decoded once.
 fn decoded(der: &[u8]) -> Result<ed25519_dalek::SigningKey> {
+    let fingerprint = memo_key(der);
     if let Some(key) = SIGNING_KEYS
         .read()
         .unwrap_or_else(PoisonError::into_inner)
-        .get(der)
+        .get(&fingerprint)
     {
         return Ok(key.clone());
     }
@@ -91,8 +94,12 @@ fn decoded(der: &[u8]) -> Result<ed25519_dalek::SigningKey> {
     if memo.len() >= MAX_DECODED_KEYS {
         memo.clear();
     }
-    memo.insert(der.to_vec(), key.clone());
+    memo.insert(fingerprint, key.clone());
     Ok(key)
+}
+
+fn memo_key(der: &[u8]) -> [u8; 32] {
+    sha2::Sha256::digest(der).into()
 }
 
 struct EdSigner(ed25519_dalek::SigningKey);
@@ -156,7 +163,7 @@ mod tests {
         }
         let memo = SIGNING_KEYS.read().unwrap_or_else(PoisonError::into_inner);
         assert!(
-            memo.contains_key(key.encoding().as_bytes()),
+            memo.contains_key(&memo_key(key.encoding().as_bytes())),
             "decoded once, kept"
         );
     }
