@@ -156,6 +156,11 @@ pub struct Settings {
     #[arg(long, env = "SESSIOND_REDIS_URL", hide_env_values = true, value_parser = secret)]
     pub redis_url: Option<SecretString>,
 
+    /// With a `rediss://` URL: CA certificates (PEM bundle) the Redis server's certificate must
+    /// chain to, instead of the system's roots.
+    #[arg(long, env = "SESSIOND_REDIS_TLS_CA_FILE")]
+    pub redis_tls_ca_file: Option<PathBuf>,
+
     /// Prefix of every Redis key, so several deployments can share one Redis. No braces.
     #[arg(long, env = "SESSIOND_REDIS_KEY_PREFIX", default_value = "sessiond:")]
     pub redis_key_prefix: String,

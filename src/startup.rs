@@ -520,6 +520,7 @@ fn build_storage(
                 key_prefix: settings.redis_key_prefix.clone(),
                 timeout: settings.redis_timeout,
                 ttl: settings.cache_ttl,
+                tls_ca_file: settings.redis_tls_ca_file.clone(),
             })
         })
         .transpose()?;

@@ -5,6 +5,8 @@
 //! tonic's own TLS cannot swap its certificate while serving, so the handshake is done here, with
 //! rustls: each new connection takes the configuration in force when it arrives; connections
 //! already open keep theirs.
+//!
+//! Also the client side's trust in a private CA (for `rediss://`).
 
 use std::{
     io,
@@ -25,7 +27,7 @@ use tokio::{
 use tokio_rustls::{
     TlsAcceptor,
     rustls::{
-        RootCertStore, ServerConfig,
+        ClientConfig, RootCertStore, ServerConfig,
         crypto::{CryptoProvider, ring},
         pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
         server::WebPkiClientVerifier,
@@ -122,18 +124,33 @@ fn client_verifier(
     path: &Path,
     provider: Arc<CryptoProvider>,
 ) -> anyhow::Result<Arc<dyn tokio_rustls::rustls::server::danger::ClientCertVerifier>> {
-    let mut roots = RootCertStore::empty();
-    for certificate in read_certificates(path, "SESSIOND_TLS_CLIENT_CA_FILE")? {
-        roots.add(certificate).with_context(|| {
-            format!(
-                "SESSIOND_TLS_CLIENT_CA_FILE {}: a certificate is not a CA",
-                path.display()
-            )
-        })?;
-    }
+    let roots = root_store(path, "SESSIOND_TLS_CLIENT_CA_FILE")?;
     WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
         .build()
         .with_context(|| format!("SESSIOND_TLS_CLIENT_CA_FILE {}", path.display()))
+}
+
+/// A TLS client configuration that trusts only the CAs in `path` (PEM bundle, named `setting` in
+/// errors), and presents no certificate.
+pub fn client_config_trusting(path: &Path, setting: &str) -> anyhow::Result<ClientConfig> {
+    Ok(
+        ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .context("TLS protocol versions")?
+            .with_root_certificates(root_store(path, setting)?)
+            .with_no_client_auth(),
+    )
+}
+
+/// The CA certificates of `path`.
+fn root_store(path: &Path, setting: &str) -> anyhow::Result<RootCertStore> {
+    let mut roots = RootCertStore::empty();
+    for certificate in read_certificates(path, setting)? {
+        roots
+            .add(certificate)
+            .with_context(|| format!("{setting} {}: a certificate is not a CA", path.display()))?;
+    }
+    Ok(roots)
 }
 
 /// The PEM certificates of `path`, at least one; the error names `setting`.

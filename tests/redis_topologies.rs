@@ -1,6 +1,6 @@
-//! sessiond's Redis tier on the topologies `SESSIOND_REDIS_URL` can name besides one server: a
-//! three-master Redis Cluster (`redis-cluster://`) and a master behind Sentinel
-//! (`redis-sentinel://`).
+//! sessiond's Redis tier on the topologies `SESSIOND_REDIS_URL` can name besides one plaintext
+//! server: a three-master Redis Cluster (`redis-cluster://`), a master behind Sentinel
+//! (`redis-sentinel://`), and one server over TLS (`rediss://`), which is never plaintext.
 //!
 //! Each test starts its own `redis-server` processes on free loopback ports, in its own temp
 //! folder, and kills them when it ends (also when it fails). sessiond runs in-process over a fresh
@@ -24,6 +24,7 @@ use support::{
     app::{Store, TestApp, spawn_app_with},
     redis::{REVOKED_RANK, redis_cli, redis_cli_try, spawn_redis_server, throwaway_args},
     rpc::token_and_id,
+    tls::Ca,
 };
 use tempfile::TempDir;
 
@@ -263,8 +264,14 @@ impl Created {
 /// sessiond over a fresh database and this Redis URL, with a fresh key prefix and keys, a manual
 /// clock, and the in-process tier off.
 async fn spawn_app(redis_url: String) -> TestApp {
+    spawn_app_trusting(redis_url, None).await
+}
+
+/// [`spawn_app`], trusting the CA file `tls_ca_file` for `rediss://`.
+async fn spawn_app_trusting(redis_url: String, tls_ca_file: Option<std::path::PathBuf>) -> TestApp {
     spawn_app_with(Store::Postgres, |settings| {
         settings.redis_url = Some(redis_url.into());
+        settings.redis_tls_ca_file = tls_ca_file;
         // Only Redis caches: what Validate answers from a cache, it answers from Redis.
         settings.local_cache = false;
         // A loaded CI machine must not turn a slow cache write into a silently dropped one.
@@ -497,4 +504,112 @@ async fn a_master_behind_sentinel_caches_sessions_and_keeps_revocations() {
         );
     }
     drop(redis);
+}
+
+/// A Redis server on a free port that speaks only TLS, with a certificate of `ca` for 127.0.0.1;
+/// returns its port once it answers.
+fn spawn_tls_redis(redis: &mut RedisProcesses, ca: &Ca) -> u16 {
+    let pair = ca.server();
+    let dir = redis.dir.path().to_owned();
+    for (name, text) in [
+        ("tls.crt", &pair.cert),
+        ("tls.key", &pair.key),
+        ("ca.crt", &ca.pem()),
+    ] {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+    for _attempt in 0..5 {
+        let port = free_ports(1)[0];
+        let port_text = port.to_string();
+        let mut args = throwaway_args("0").to_vec();
+        args.extend([
+            "--tls-port",
+            &port_text,
+            "--tls-cert-file",
+            "tls.crt",
+            "--tls-key-file",
+            "tls.key",
+            "--tls-ca-cert-file",
+            "ca.crt",
+            "--tls-auth-clients",
+            "no",
+        ]);
+        redis.spawn(port, &args);
+        let deadline = Instant::now() + STARTUP;
+        while Instant::now() < deadline {
+            if tls_redis_cli(&dir, port, &["ping"]).as_deref() == Some("PONG") {
+                return port;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    panic!("no TLS redis-server came up");
+}
+
+/// `redis-cli` over TLS to `port`, trusting `<dir>/ca.crt`.
+fn tls_redis_cli(dir: &std::path::Path, port: u16, args: &[&str]) -> Option<String> {
+    let output = Command::new("redis-cli")
+        .args(["--tls", "--cacert"])
+        .arg(dir.join("ca.crt"))
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
+#[tokio::test]
+async fn a_rediss_url_caches_over_tls_trusting_the_configured_ca() {
+    let ca = Ca::new();
+    let mut redis = RedisProcesses::new();
+    let port = spawn_tls_redis(&mut redis, &ca);
+    let dir = redis.dir.path().to_owned();
+    let app = spawn_app_trusting(
+        format!("rediss://127.0.0.1:{port}"),
+        Some(dir.join("ca.crt")),
+    )
+    .await;
+
+    app.wait_for_redis(|key| tls_redis_cli(&dir, port, &["exists", key]).as_deref() == Some("1"))
+        .await;
+    let session = app.create_tracked("tess", "").await;
+    app.revoke(&session.session_id).await;
+    assert_cached_revoked(&session.key(&app.redis_key_prefix), |key, field| {
+        tls_redis_cli(&dir, port, &["hget", key, field]).unwrap()
+    });
+}
+
+#[tokio::test]
+async fn a_rediss_url_never_talks_plaintext_to_a_server_without_tls() {
+    let mut redis = RedisProcesses::new();
+    let port = free_ports(1)[0];
+    redis.spawn(port, &throwaway_args(&port.to_string()));
+    assert!(redis.wait_ready(port), "{}", redis.log(port));
+    let app = spawn_app(format!("rediss://127.0.0.1:{port}")).await;
+
+    // Sessions are created, validated (each a cache miss, so a write-back) and revoked: each
+    // would leave a key behind over plaintext.
+    for device in ["a", "b", "c"] {
+        let session = app.create_tracked("pia", device).await;
+        assert_eq!(
+            app.status_of(&session.access_token).await,
+            TokenStatus::Valid
+        );
+        app.revoke(&session.session_id).await;
+        assert_eq!(
+            app.status_of(&session.access_token).await,
+            TokenStatus::SessionRevoked
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let pattern = format!("{}*", app.redis_key_prefix);
+    assert_eq!(
+        redis_cli(port, &["--scan", "--pattern", &pattern]),
+        "",
+        "sessiond wrote to Redis in plaintext"
+    );
 }

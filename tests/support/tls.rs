@@ -4,7 +4,8 @@
 use std::{net::SocketAddr, path::PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, SanType, string::Ia5String,
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, SanType,
+    string::Ia5String,
 };
 use tempfile::TempDir;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
@@ -24,6 +25,11 @@ impl Ca {
     pub fn new() -> Self {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        // Its own subject: OpenSSL (redis-server, redis-cli) takes a leaf whose subject is its
+        // issuer's, as rcgen's default would make it, for a self-signed certificate.
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "sessiond test CA");
         let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
         Self { issuer }
     }
@@ -50,7 +56,10 @@ impl Ca {
         self.sign(params)
     }
 
-    fn sign(&self, params: CertificateParams) -> Pair {
+    fn sign(&self, mut params: CertificateParams) -> Pair {
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "sessiond test peer");
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         Pair {

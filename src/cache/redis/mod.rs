@@ -28,6 +28,7 @@ mod subscriber;
 
 use secrecy::{ExposeSecret, SecretString};
 use std::{
+    path::{Path, PathBuf},
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -41,7 +42,10 @@ use fred::{
         Builder, Client, ClientLike, Config, HashesInterface, LuaInterface, PubsubInterface,
         ReconnectPolicy,
     },
-    types::{config::Options, scripts::Script},
+    types::{
+        config::{Options, TlsConnector},
+        scripts::Script,
+    },
 };
 
 use super::rank;
@@ -131,6 +135,9 @@ pub struct RedisSettings {
     pub timeout: Duration,
     /// How long an entry lives (capped by the session's expiry).
     pub ttl: Duration,
+    /// With `rediss://`: the CAs (PEM) the server's certificate must chain to; `None`: the
+    /// system's roots.
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 /// Sessions in Redis.
@@ -152,6 +159,25 @@ pub struct RedisTier {
     probes: Arc<AtomicU64>,
 }
 
+/// With a CA file, `config` trusts that CA alone. A `rediss://` URL is TLS whatever this says:
+/// fred is built with rustls, so it never falls back to plaintext (without a TLS feature it
+/// would, with a mere warning).
+fn trust_private_ca(config: &mut Config, ca_file: Option<&Path>) -> anyhow::Result<()> {
+    let Some(ca_file) = ca_file else {
+        return Ok(());
+    };
+    let Some(tls) = config.tls.as_mut() else {
+        anyhow::bail!(
+            "SESSIOND_REDIS_TLS_CA_FILE is set but SESSIOND_REDIS_URL is not TLS: use rediss://"
+        );
+    };
+    tls.connector = TlsConnector::from(crate::tls::client_config_trusting(
+        ca_file,
+        "SESSIOND_REDIS_TLS_CA_FILE",
+    )?);
+    Ok(())
+}
+
 impl RedisTier {
     /// Starts connecting in the background and returns at once: a Redis that is down at start, or
     /// later, only costs cache misses. Fails only on a malformed URL.
@@ -162,6 +188,7 @@ impl RedisTier {
                 e.details()
             )
         })?;
+        trust_private_ca(&mut config, settings.tls_ca_file.as_deref())?;
         // Keep reconnecting instead of failing the first connection: Redis may come later.
         config.fail_fast = false;
         let timeout = settings.timeout;
