@@ -1,5 +1,5 @@
 //! Postgres outages, end to end: the real `sessiond` binary, started as a child process, over a
-//! Postgres server this test owns (its own `initdb` in a temp folder, on its own loopback port),
+//! Postgres server this test owns (`support::postgres_server`: its own `initdb`, on its own port),
 //! which the test stops and starts. The shared Postgres on 5432 is never touched; Redis is the
 //! shared one (`SESSIOND_TEST_REDIS_URL`, default `redis://127.0.0.1:6379`) under a fresh key
 //! prefix per sessiond.
@@ -14,9 +14,6 @@
 //! - once Postgres is back, writes succeed again within seconds;
 //! - a session acknowledged to the caller survives `kill -9` of sessiond and a crash of Postgres;
 //! - calls in flight when Postgres freezes, rather than exits, fail fast too.
-//!
-//! Needs the Postgres server binaries (`/usr/lib/postgresql/<version>/bin`, or the folder in
-//! `SESSIOND_TEST_PG_BIN`). As root, they run as the `postgres` user, since Postgres refuses root.
 
 // Tests may panic on a broken expectation; that is how they fail.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -26,8 +23,6 @@ mod support;
 use std::{
     future::Future,
     io::Write as _,
-    path::{Path, PathBuf},
-    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -36,14 +31,13 @@ use ed25519_dalek::Signer;
 use serde_json::Value;
 use sessiond::api::pb::{self, TokenStatus};
 use support::{
-    free_addr,
     keys::Keys,
     percentiles,
+    postgres_server::PostgresServer,
     process::SessiondProcess,
     redis::redis_url,
     rpc::{self, Client, get, refresh, session_id, tokens, try_create, try_revoke, validate},
 };
-use tempfile::TempDir;
 use tonic::{Code, Status};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_types::StatusExt;
@@ -60,7 +54,7 @@ const LIVENESS: &str = "liveness";
 
 #[tokio::test]
 async fn writes_fail_fast_and_cached_validates_answer_while_postgres_is_down() {
-    let mut postgres = Postgres::init_and_start();
+    let mut postgres = PostgresServer::init_and_start();
     let keys = Keys::generate();
     let sessiond = start_sessiond(&postgres, &keys, &fresh_prefix()).await;
     let mut client = sessiond.client().await;
@@ -224,7 +218,7 @@ async fn writes_fail_fast_and_cached_validates_answer_while_postgres_is_down() {
 
 #[tokio::test]
 async fn an_acknowledged_session_survives_kill_9_of_sessiond_and_a_postgres_crash() {
-    let mut postgres = Postgres::init_and_start();
+    let mut postgres = PostgresServer::init_and_start();
     let keys = Keys::generate();
     let mut first = start_sessiond(&postgres, &keys, &fresh_prefix()).await;
     let mut client = first.client().await;
@@ -313,7 +307,7 @@ async fn calls_in_flight_fail_fast_when_postgres_freezes() {
         Arc,
         atomic::{AtomicBool, Ordering},
     };
-    let mut postgres = Postgres::init_and_start();
+    let mut postgres = PostgresServer::init_and_start();
     let keys = Keys::generate();
     let sessiond = start_sessiond(&postgres, &keys, &fresh_prefix()).await;
     let client = sessiond.client().await;
@@ -399,7 +393,7 @@ fn assert_store_unavailable<T: std::fmt::Debug>(
     what: &str,
     result: Result<T, Status>,
     took: Duration,
-    postgres: &Postgres,
+    postgres: &PostgresServer,
     sessiond: &SessiondProcess,
 ) {
     let status = match result {
@@ -421,7 +415,7 @@ fn assert_store_unavailable<T: std::fmt::Debug>(
         took < FAIL_FAST_BOUND,
         "{what} took {took:?} to fail (bound {FAIL_FAST_BOUND:?})"
     );
-    let port = postgres.port.to_string();
+    let port = postgres.port().to_string();
     let said = format!("{} {:?}", status.message(), info.metadata).to_lowercase();
     for detail in [
         "127.0.0.1",
@@ -469,217 +463,10 @@ fn fresh_prefix() -> String {
     format!("sessiond-test:outage:{}:", uuid::Uuid::now_v7())
 }
 
-// --- The test's own Postgres --------------------------------------------------------------------
-
-/// A Postgres server in a temp folder, on a free loopback port. Dropping it stops it (immediate
-/// mode) and deletes the folder, also when the test panics.
-struct Postgres {
-    bin: PathBuf,
-    dir: TempDir,
-    port: u16,
-    running: bool,
-    /// Whether its processes are stopped (SIGSTOP): alive, holding their sockets, answering nothing.
-    frozen: bool,
-}
-
-impl Postgres {
-    /// `initdb` (trust auth, superuser `postgres`), then starts it.
-    fn init_and_start() -> Self {
-        let bin = postgres_bin();
-        let dir = TempDir::new().unwrap();
-        if running_as_root() {
-            run(
-                Command::new("chown").arg("postgres:").arg(dir.path()),
-                "chown",
-            );
-        }
-        let port = free_addr().port();
-        let mut postgres = Self {
-            bin,
-            dir,
-            port,
-            running: false,
-            frozen: false,
-        };
-        run(
-            postgres
-                .command("initdb")
-                .arg("-D")
-                .arg(postgres.data())
-                .args(["--auth=trust", "-U", "postgres", "--no-sync", "-E", "UTF8"]),
-            "initdb",
-        );
-        let mut conf = std::fs::OpenOptions::new()
-            .append(true)
-            .open(postgres.data().join("postgresql.conf"))
-            .unwrap();
-        write!(
-            conf,
-            "\n# postgres_outage test server\n\
-             listen_addresses = '127.0.0.1'\n\
-             port = {port}\n\
-             unix_socket_directories = '{}'\n\
-             max_connections = 50\n\
-             shared_buffers = 16MB\n\
-             # The defaults, spelled out: a commit is acknowledged once it is in the WAL.\n\
-             fsync = on\n\
-             synchronous_commit = on\n",
-            postgres.dir.path().display()
-        )
-        .unwrap();
-        postgres.start();
-        postgres
-    }
-
-    fn data(&self) -> PathBuf {
-        self.dir.path().join("data")
-    }
-
-    fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
-    }
-
-    /// Starts the server and waits until it accepts connections (after crash recovery, if any).
-    fn start(&mut self) {
-        let log = self.dir.path().join("postgres.log");
-        run(
-            self.command("pg_ctl")
-                .args(["start", "-w", "-t", "60", "-D"])
-                .arg(self.data())
-                .arg("-l")
-                .arg(&log),
-            "pg_ctl start",
-        );
-        self.running = true;
-    }
-
-    /// Stops the server as a crash would: no checkpoint, connections cut.
-    fn stop_immediate(&mut self) {
-        run(
-            self.command("pg_ctl")
-                .args(["stop", "-w", "-m", "immediate", "-D"])
-                .arg(self.data()),
-            "pg_ctl stop",
-        );
-        self.running = false;
-    }
-
-    /// Stops (SIGSTOP) the postmaster and every backend, as a hung host or a stuck disk would: the
-    /// kernel still accepts connections and acknowledges data, but nothing answers.
-    fn freeze(&mut self) {
-        self.signal_all("-STOP");
-        self.frozen = true;
-    }
-
-    /// Lets a frozen server run again.
-    fn thaw(&mut self) {
-        self.signal_all("-CONT");
-        self.frozen = false;
-    }
-
-    /// Sends `signal` to this server's postmaster and its children, by pid.
-    fn signal_all(&self, signal: &str) {
-        let pid_file = std::fs::read_to_string(self.data().join("postmaster.pid")).unwrap();
-        let postmaster: u32 = pid_file.lines().next().unwrap().trim().parse().unwrap();
-        let mut pids = vec![postmaster];
-        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-                continue;
-            };
-            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-                continue;
-            };
-            // pid (comm) state ppid ...: comm may hold spaces, so read after the last ')'.
-            let parent = stat
-                .rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-                .and_then(|ppid| ppid.parse::<u32>().ok());
-            if parent == Some(postmaster) {
-                pids.push(pid);
-            }
-        }
-        let _ = Command::new("kill")
-            .arg(signal)
-            .args(pids.iter().map(u32::to_string))
-            .status();
-    }
-
-    /// A command running `program` from the server binaries, as `postgres` when we are root.
-    fn command(&self, program: &str) -> Command {
-        let path = self.bin.join(program);
-        let mut command = if running_as_root() {
-            let mut command = Command::new("runuser");
-            command.args(["-u", "postgres", "--"]).arg(path);
-            command
-        } else {
-            Command::new(path)
-        };
-        command.current_dir(self.dir.path()).stdin(Stdio::null());
-        command
-    }
-}
-
-impl Drop for Postgres {
-    fn drop(&mut self) {
-        if self.frozen {
-            self.signal_all("-CONT");
-        }
-        if self.running {
-            let _ = self
-                .command("pg_ctl")
-                .args(["stop", "-w", "-m", "immediate", "-D"])
-                .arg(self.data())
-                .output();
-        }
-    }
-}
-
-/// The folder of the newest installed Postgres server binaries.
-fn postgres_bin() -> PathBuf {
-    if let Some(dir) = std::env::var_os("SESSIOND_TEST_PG_BIN") {
-        return dir.into();
-    }
-    let root = Path::new("/usr/lib/postgresql");
-    let newest = std::fs::read_dir(root)
-        .ok()
-        .into_iter()
-        .flatten()
-        .filter_map(|entry| {
-            let entry = entry.ok()?;
-            let version: u32 = entry.file_name().to_str()?.parse().ok()?;
-            let bin = entry.path().join("bin");
-            bin.join("pg_ctl").exists().then_some((version, bin))
-        })
-        .max_by_key(|(version, _)| *version);
-    newest.map(|(_, bin)| bin).unwrap_or_else(|| {
-        panic!("no Postgres server binaries in {root:?}/<version>/bin; set SESSIOND_TEST_PG_BIN")
-    })
-}
-
-fn running_as_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|output| output.stdout.trim_ascii() == b"0")
-}
-
-fn run(command: &mut Command, what: &str) {
-    let output = command
-        .output()
-        .unwrap_or_else(|error| panic!("cannot run {what}: {error}"));
-    assert!(
-        output.status.success(),
-        "{what} failed with {}\n{}{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
 // --- The sessiond child -------------------------------------------------------------------------
 /// Starts the real sessiond binary on `postgres`, with `keys` and Redis key prefix `prefix`, and
 /// waits until readiness reports SERVING; killed (SIGKILL) when dropped.
-async fn start_sessiond(postgres: &Postgres, keys: &Keys, prefix: &str) -> SessiondProcess {
+async fn start_sessiond(postgres: &PostgresServer, keys: &Keys, prefix: &str) -> SessiondProcess {
     let mut env = vec![
         ("SESSIOND_DATABASE_URL", postgres.url()),
         ("SESSIOND_REDIS_URL", redis_url()),

@@ -7,6 +7,7 @@
 //! - `callers`: callers files and API-key clients; `tls`: a test CA, certificates, TLS channels.
 //! - `rpc`: the SessionService calls the tests make (CreateSession, Validate, Revoke, ...).
 //! - `keys`: signing and refresh key files; `postgres`: a fresh database on the shared Postgres;
+//!   `postgres_server`: a Postgres server a test owns (to stop, freeze, or serve over TLS);
 //!   `redis`: the shared Redis, and `redis-server` children a test owns.
 //! - Here: a channel to an address, a free loopback address, the ops port over HTTP (`http_get`,
 //!   `metrics`, `sum_samples`), and latency percentiles.
@@ -17,6 +18,7 @@ pub mod app;
 pub mod callers;
 pub mod keys;
 pub mod postgres;
+pub mod postgres_server;
 pub mod process;
 pub mod redis;
 pub mod replicas;
