@@ -105,8 +105,8 @@ pub struct Settings {
     #[arg(long, env = "SESSIOND_CREATE_RATE_PER_USER", default_value = "30/1m")]
     pub create_rate_per_user: Rate,
 
-    /// CreateSession calls per caller (`N/period` or `off`). Parsed, but it takes effect only
-    /// with the callers policy, which names callers.
+    /// CreateSession calls per caller of the callers file (`N/period` or `off`); a caller's own
+    /// `create_rate` there wins. Open mode has no callers to count.
     #[arg(long, env = "SESSIOND_CREATE_RATE_PER_CALLER", default_value = "off")]
     pub create_rate_per_caller: Rate,
 

@@ -458,6 +458,7 @@ fn policy(settings: &Settings) -> Result<Policy, String> {
         },
         rates: Rates {
             create_per_user: settings.create_rate_per_user,
+            create_per_caller: settings.create_rate_per_caller,
             refresh_per_session: settings.refresh_rate_per_session,
         },
     })

@@ -41,19 +41,18 @@ impl SessionService for SessionApi {
         request: Request<pb::CreateSessionRequest>,
     ) -> Result<Response<pb::CreateSessionResponse>, Status> {
         let audit = Audit::default();
-        observed(
-            caller_of(&request),
-            Rpc::CreateSession,
-            Some(&audit),
-            async {
-                let new = convert::new_session(request.into_inner())?;
-                audit.user(&new.user_id);
-                let issued = self.authority.create_session(new).await?;
-                audit.session(&issued.session.id);
-                let (session, tokens) = convert::issued(issued);
-                Ok(Response::new(pb::CreateSessionResponse { session, tokens }))
-            },
-        )
+        let caller = caller_of(&request);
+        observed(caller.clone(), Rpc::CreateSession, Some(&audit), async {
+            let new = convert::new_session(request.into_inner())?;
+            audit.user(&new.user_id);
+            let issued = self
+                .authority
+                .create_session(new, caller.requester())
+                .await?;
+            audit.session(&issued.session.id);
+            let (session, tokens) = convert::issued(issued);
+            Ok(Response::new(pb::CreateSessionResponse { session, tokens }))
+        })
         .await
     }
 

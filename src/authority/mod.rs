@@ -21,7 +21,7 @@ use crate::{
     clock::Clock,
     domain::{Device, Metadata, RevokeReason, Session, SessionId, SessionState, UserId},
     error::{Error, Refusal, Result},
-    limits::{Limit, RateLimiter},
+    limits::{Limit, RateLimiter, Requester},
     metrics,
     store::{
         Admission, NewSession, RefreshOutcome, RefreshState, RevokeOutcome, SessionStore,
@@ -141,7 +141,14 @@ impl Authority {
     /// Starts a session: replaces the user's session on the same device, applies the per-user
     /// limit, and issues the first token pair.
     #[tracing::instrument(name = "authority.create", skip_all, fields(user_id = %new.user_id))]
-    pub async fn create_session(&self, new: SessionRequest) -> Result<Issued> {
+    pub async fn create_session(
+        &self,
+        new: SessionRequest,
+        requester: Option<Requester<'_>>,
+    ) -> Result<Issued> {
+        if let Some(requester) = requester {
+            self.limiter.take_for_caller(requester).await?;
+        }
         self.limiter
             .take(Limit::CreatePerUser, new.user_id.as_str())
             .await?;

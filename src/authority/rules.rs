@@ -105,10 +105,7 @@ mod tests {
             at_limit,
             activity_write_interval: Duration::minutes(1),
             ip_privacy: super::super::IpPrivacy::Full,
-            rates: crate::limits::Rates {
-                create_per_user: crate::limits::Rate::OFF,
-                refresh_per_session: crate::limits::Rate::OFF,
-            },
+            rates: crate::limits::Rates::OFF,
         }
     }
 

@@ -25,7 +25,10 @@ use subtle::ConstantTimeEq;
 pub use layer::{CallersLayer, ConnectInfo};
 pub use peer::PeerIdentity;
 
-use crate::metrics::{Rpc, RpcCalls};
+use crate::{
+    limits::{Rate, Requester},
+    metrics::{Rpc, RpcCalls},
+};
 
 /// The name calls are attributed to in open mode (no callers file).
 pub const ANONYMOUS: &str = "anonymous";
@@ -38,14 +41,17 @@ pub const UNIDENTIFIED: &str = "unidentified";
 pub struct Caller {
     name: String,
     allow: Allow,
+    /// Its own `create_rate` from the callers file, over `SESSIOND_CREATE_RATE_PER_CALLER`.
+    create_rate: Option<Rate>,
     calls: RpcCalls,
 }
 
 impl Caller {
-    fn new(name: &str, allow: Allow) -> Self {
+    fn new(name: &str, allow: Allow, create_rate: Option<Rate>) -> Self {
         Self {
             name: name.to_owned(),
             allow,
+            create_rate,
             calls: RpcCalls::new(name),
         }
     }
@@ -62,6 +68,7 @@ impl Caller {
                         methods: [true; Rpc::ALL.len()],
                         reflection: true,
                     },
+                    None,
                 ))
             })
             .clone()
@@ -69,6 +76,15 @@ impl Caller {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Who this caller is to the per-caller CreateSession rate; `None` in open mode, where every
+    /// call is `anonymous` and a shared count would only throttle everyone together.
+    pub fn requester(&self) -> Option<Requester<'_>> {
+        (self.name != ANONYMOUS).then_some(Requester {
+            name: &self.name,
+            create_rate: self.create_rate,
+        })
     }
 
     /// This caller's `sessiond_rpc_requests_total` counters.
@@ -284,6 +300,9 @@ struct Entry {
     #[serde(default)]
     api_key_sha256: OneOrMany,
     allow: Vec<String>,
+    /// CreateSession calls of this caller, `N/period` or `off`, over
+    /// `SESSIOND_CREATE_RATE_PER_CALLER`.
+    create_rate: Option<String>,
 }
 
 /// A string or a list of strings.
@@ -350,9 +369,15 @@ fn parse(text: &str) -> anyhow::Result<Callers> {
                 at()
             );
         }
+        let create_rate = entry
+            .create_rate
+            .as_deref()
+            .map(|text| text.parse::<Rate>())
+            .transpose()
+            .map_err(|error| anyhow::anyhow!("{}: create_rate: {error}", at()))?;
         callers
             .callers
-            .push(Arc::new(Caller::new(&entry.name, allow)));
+            .push(Arc::new(Caller::new(&entry.name, allow, create_rate)));
     }
     Ok(callers)
 }
@@ -522,6 +547,11 @@ mod tests {
                 "[[caller]]\nname = \"c\"\nallow = [\"Validate\"]",
                 "\"c\"",
                 "spiffe_id",
+            ),
+            (
+                "[[caller]]\nname = \"h\"\ndns_name = \"x\"\nallow = [\"*\"]\ncreate_rate = \"lots\"",
+                "\"h\"",
+                "create_rate",
             ),
             (
                 "[[caller]]\nname = \"d\"\nspiffe_id = \"https://x\"\nallow = [\"*\"]",

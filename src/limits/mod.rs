@@ -4,8 +4,7 @@
 //!   request-size bound and the deadline are set on the tonic server in `startup.rs`.
 //! - `calls`: the tower layer in front of the session service: calls in flight (fail fast rather
 //!   than queue), and the answer to an oversized request.
-
-//! - `rate`: rate limits per user and per session, shared by replicas through Redis.
+//! - `rate`: rate limits per user, per caller and per session, shared by replicas through Redis.
 //! - `http`: the ops HTTP port's connection bound and timeouts.
 
 mod calls;
@@ -13,4 +12,4 @@ pub mod http;
 mod rate;
 
 pub use calls::CallBounds;
-pub use rate::{Limit, Rate, RateLimiter, Rates};
+pub use rate::{Limit, Rate, RateLimiter, Rates, Requester};

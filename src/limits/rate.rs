@@ -66,6 +66,7 @@ impl FromStr for Rate {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Limit {
     CreatePerUser,
+    CreatePerCaller,
     RefreshPerSession,
 }
 
@@ -73,6 +74,7 @@ impl Limit {
     fn setting(self) -> &'static str {
         match self {
             Self::CreatePerUser => "SESSIOND_CREATE_RATE_PER_USER",
+            Self::CreatePerCaller => "SESSIOND_CREATE_RATE_PER_CALLER",
             Self::RefreshPerSession => "SESSIOND_REFRESH_RATE_PER_SESSION",
         }
     }
@@ -80,6 +82,7 @@ impl Limit {
     fn key_kind(self) -> &'static str {
         match self {
             Self::CreatePerUser => "create-user",
+            Self::CreatePerCaller => "create-caller",
             Self::RefreshPerSession => "refresh",
         }
     }
@@ -89,16 +92,34 @@ impl Limit {
 #[derive(Debug, Clone, Copy)]
 pub struct Rates {
     pub create_per_user: Rate,
+    /// For a caller whose entry in the callers file gives no `create_rate` of its own.
+    pub create_per_caller: Rate,
     pub refresh_per_session: Rate,
 }
 
 impl Rates {
+    /// No limit at all.
+    pub const OFF: Self = Self {
+        create_per_user: Rate::OFF,
+        create_per_caller: Rate::OFF,
+        refresh_per_session: Rate::OFF,
+    };
+
     fn of(&self, limit: Limit) -> Rate {
         match limit {
             Limit::CreatePerUser => self.create_per_user,
+            Limit::CreatePerCaller => self.create_per_caller,
             Limit::RefreshPerSession => self.refresh_per_session,
         }
     }
+}
+
+/// A named caller asking for a session, as the per-caller CreateSession rate sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Requester<'a> {
+    pub name: &'a str,
+    /// Its own rate, if the callers file gives one; else `SESSIOND_CREATE_RATE_PER_CALLER`.
+    pub create_rate: Option<Rate>,
 }
 
 /// The limiter: Redis when it answers, else the in-process count.
@@ -111,12 +132,18 @@ pub struct RateLimiter {
 
 impl RateLimiter {
     pub fn new(rates: Rates, redis: Option<RedisTier>) -> Self {
-        let longest = [rates.create_per_user, rates.refresh_per_session]
-            .iter()
-            .filter_map(|rate| rate.0)
-            .map(|gcra| gcra.period_ms)
-            .max()
-            .unwrap_or(1);
+        // A caller's own rate may be longer: its local entries then live as long as this, which
+        // only lets the fallback forget a busy caller's count early, never refuse wrongly.
+        let longest = [
+            rates.create_per_user,
+            rates.create_per_caller,
+            rates.refresh_per_session,
+        ]
+        .iter()
+        .filter_map(|rate| rate.0)
+        .map(|gcra| gcra.period_ms)
+        .max()
+        .unwrap_or(1);
         Self {
             rates,
             redis,
@@ -132,6 +159,13 @@ impl RateLimiter {
     /// Counts one call of `limit` for `key`, or refuses it with RATE_LIMITED.
     pub async fn take(&self, limit: Limit, key: &str) -> Result<(), Error> {
         self.take_from(limit, key, 0).await
+    }
+
+    /// Counts one CreateSession of `requester`, at its own rate or the default.
+    pub async fn take_for_caller(&self, requester: Requester<'_>) -> Result<(), Error> {
+        let limit = Limit::CreatePerCaller;
+        let rate = requester.create_rate.unwrap_or(self.rates.of(limit));
+        self.count(limit, rate, requester.name, 0).await
     }
 
     /// Whether a call of `limit` for `key` would be allowed now, without counting it: the key's
@@ -155,7 +189,12 @@ impl RateLimiter {
     /// Counts one call of `limit` for `key`, whose count starts at TAT `from` if that is later
     /// than its own (0: its own), or refuses it.
     pub async fn take_from(&self, limit: Limit, key: &str, from: u64) -> Result<(), Error> {
-        let Some(gcra) = self.rates.of(limit).0 else {
+        self.count(limit, self.rates.of(limit), key, from).await
+    }
+
+    /// Counts one call of `limit` at `rate` for `key`, from TAT `from` (see `take_from`).
+    async fn count(&self, limit: Limit, rate: Rate, key: &str, from: u64) -> Result<(), Error> {
+        let Some(gcra) = rate.0 else {
             return Ok(());
         };
         let key = format!("{}:{key}", limit.key_kind());
@@ -257,7 +296,7 @@ mod tests {
         let limiter = RateLimiter::new(
             Rates {
                 create_per_user: "2/1m".parse().unwrap(),
-                refresh_per_session: Rate::OFF,
+                ..Rates::OFF
             },
             None,
         );

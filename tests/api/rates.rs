@@ -7,7 +7,9 @@ use sessiond::config::Settings;
 
 use crate::support::{
     app::{Store, spawn_app_with},
-    rpc::rate_limit_delay,
+    callers::{CallersFile, key_caller, keyed_client},
+    channel,
+    rpc::{create_request, rate_limit_delay},
 };
 
 /// These tests count in one place. A Redis command that times out falls back to the in-process
@@ -74,7 +76,47 @@ async fn refresh_retries_within_the_grace_window_do_not_count(store: Store) {
     app.refresh(&other).await.expect("another session");
 }
 
+async fn a_caller_over_its_create_rate_is_refused_whatever_the_user_and_another_caller_is_not(
+    store: Store,
+) {
+    // `signup` has a rate of its own; `login` gets SESSIOND_CREATE_RATE_PER_CALLER.
+    let signup = key_caller("signup", "signup-key", "\"CreateSession\"")
+        .replace("allow =", "create_rate = \"2/1m\"\nallow =");
+    let file = CallersFile::new(&format!(
+        "{signup}{}",
+        key_caller("login", "login-key", "\"CreateSession\"")
+    ));
+    let path = file.path();
+    let app = spawn_app_with(store, |settings| {
+        patient_redis(settings);
+        settings.callers_file = Some(path);
+        settings.create_rate_per_caller = "3/1m".parse().unwrap();
+    })
+    .await;
+    let channel = channel(app.addr).await;
+    let (mut signup, mut login) = (
+        keyed_client(channel.clone(), "signup-key"),
+        keyed_client(channel, "login-key"),
+    );
+
+    // Each for another user: the per-user rate is not what refuses.
+    for (client, allowed, refused_user) in [(&mut signup, 2, "s-late"), (&mut login, 3, "l-late")] {
+        for n in 0..allowed {
+            client
+                .create_session(create_request(&format!("{refused_user}-{n}"), ""))
+                .await
+                .expect("within the caller's rate");
+        }
+        let refused = client
+            .create_session(create_request(refused_user, ""))
+            .await
+            .expect_err("over the caller's rate");
+        rate_limit_delay(&refused, "SESSIOND_CREATE_RATE_PER_CALLER");
+    }
+}
+
 on_every_store!(
     a_user_over_the_create_rate_is_told_when_to_retry_and_another_user_is_not,
+    a_caller_over_its_create_rate_is_refused_whatever_the_user_and_another_caller_is_not,
     refresh_retries_within_the_grace_window_do_not_count,
 );
