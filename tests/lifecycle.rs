@@ -1,6 +1,6 @@
 //! A real sessiond's life: shutdown under load (SIGTERM while calls are running: no call in flight
 //! may fail, readiness must drop before the listener closes, and the process must exit 0 in
-//! time), and what survives a restart.
+//! time), what survives a restart, and a TLS certificate renewed on SIGHUP.
 
 // Tests fail by panicking.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -8,6 +8,7 @@
 mod support;
 
 use std::{
+    future::Future,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -17,8 +18,10 @@ use std::{
 
 use sessiond::api::pb::session_service_client::SessionServiceClient;
 use support::{
+    free_addr,
     process::SessiondProcess,
     rpc::{Client, create, token_and_id, try_create, try_validate, validate},
+    tls::{Ca, TlsFiles, health, serves, tls_channel},
 };
 use tonic_health::pb::health_check_response::ServingStatus;
 
@@ -229,4 +232,71 @@ async fn postgres_without_keys_refuses_to_start_unless_told_to() {
     ])
     .await;
     create(&mut allowed.client().await, "ephemeral", "phone").await;
+}
+
+/// Polls `condition` every 100 ms for up to `within`; whether it came true.
+async fn eventually<F: Future<Output = bool>>(within: Duration, condition: impl Fn() -> F) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if condition().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn sighup_serves_a_renewed_certificate_and_no_call_in_flight_fails() {
+    let first = Ca::new();
+    let files = TlsFiles::new(&first.server(), None);
+    let sessiond = SessiondProcess::spawn(&[
+        ("SESSIOND_TLS_CERT_FILE", files.cert().display().to_string()),
+        ("SESSIOND_TLS_KEY_FILE", files.key().display().to_string()),
+        ("SESSIOND_PROBE_ADDR", free_addr().to_string()),
+        // No reload but the signal's, within the test.
+        ("SESSIOND_KEY_RELOAD_INTERVAL", "1h".into()),
+    ]);
+    let addr = sessiond.addr;
+    let (first_pem, renewed) = (first.pem(), Ca::new());
+    let renewed_pem = renewed.pem();
+    assert!(
+        eventually(Duration::from_secs(60), || serves(addr, &first_pem)).await,
+        "sessiond did not serve TLS\n{}",
+        sessiond.log()
+    );
+
+    // Calls on a connection made before the renewal, until it is over.
+    let open = tls_channel(addr, &first_pem, None).await.unwrap();
+    let done = Arc::new(AtomicBool::new(false));
+    let calls = tokio::spawn({
+        let (open, done) = (open.clone(), done.clone());
+        async move {
+            let (mut made, mut failed) = (0, 0);
+            while !done.load(Ordering::Relaxed) {
+                made += 1;
+                if health(open.clone()).await.is_err() {
+                    failed += 1;
+                }
+            }
+            (made, failed)
+        }
+    });
+
+    files.replace(&renewed.server());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !serves(addr, &renewed_pem).await,
+        "the new pair was served before the signal"
+    );
+    sessiond.signal("HUP");
+    assert!(
+        eventually(Duration::from_secs(10), || serves(addr, &renewed_pem)).await,
+        "the renewed certificate was not served after SIGHUP\n{}",
+        sessiond.log()
+    );
+    done.store(true, Ordering::Relaxed);
+    let (made, failed) = calls.await.unwrap();
+    assert!(made > 10, "only {made} calls were made during the renewal");
+    assert_eq!(failed, 0, "{failed} of {made} calls in flight failed");
 }

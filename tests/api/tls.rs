@@ -1,20 +1,19 @@
 //! gRPC over TLS and mutual TLS: who may connect, the client certificate naming the caller, the
-//! plaintext health-only probe port, and a renewed certificate served without a restart.
+//! plaintext health-only probe port, and a renewed certificate served without a restart or a
+//! dropped call (reread on the reload interval here; on SIGHUP in `tests/lifecycle.rs`).
 
-use std::{net::SocketAddr, time::Duration};
+use std::time::Duration;
 
 use sessiond::api::pb::session_service_client::SessionServiceClient;
 use tonic::{Code, transport::Channel};
-use tonic_health::pb::{
-    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-};
+use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::support::{
     app::{Store, TestApp, spawn_app_with},
     callers::CallersFile,
     channel,
     rpc::{self, create_request},
-    tls::{Ca, Pair, TlsFiles, tls_channel},
+    tls::{Ca, Pair, TlsFiles, health, serves, tls_channel},
 };
 
 const GATEWAY: &str = "spiffe://cluster.local/ns/edge/sa/gateway";
@@ -31,22 +30,6 @@ async fn spawn_tls(files: &TlsFiles, mutual: bool, callers: Option<&CallersFile>
         settings.key_reload_interval = Duration::from_millis(100);
     })
     .await
-}
-
-/// What `Health/Check` of the whole server answers over `channel`.
-async fn health(channel: Channel) -> Result<ServingStatus, tonic::Status> {
-    let response = HealthClient::new(channel)
-        .check(HealthCheckRequest::default())
-        .await?;
-    Ok(response.into_inner().status())
-}
-
-/// Whether a client trusting `trusted` (a CA's PEM) is served health over TLS at `addr`.
-async fn serves(addr: SocketAddr, trusted: &str) -> bool {
-    match tls_channel(addr, trusted, None).await {
-        Ok(channel) => health(channel).await.is_ok(),
-        Err(_) => false,
-    }
 }
 
 /// The code a `Validate` by a client presenting `identity` fails with (`Unavailable` when it
@@ -155,6 +138,23 @@ async fn a_renewed_certificate_is_served_without_a_restart_and_a_broken_one_keep
     let files = TlsFiles::new(&first.server(), None);
     let app = spawn_tls(&files, false, None).await;
     assert!(serves(app.addr, &first.pem()).await);
+    // A connection made before the renewal, with calls going on it throughout.
+    let open = tls_channel(app.addr, &first.pem(), None)
+        .await
+        .expect("connects");
+    let calls_on_open = {
+        let open = open.clone();
+        tokio::spawn(async move {
+            let mut failures = 0;
+            for _ in 0..100 {
+                if health(open.clone()).await.is_err() {
+                    failures += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            failures
+        })
+    };
 
     let renewed = Ca::new();
     files.replace(&renewed.server());
@@ -167,6 +167,15 @@ async fn a_renewed_certificate_is_served_without_a_restart_and_a_broken_one_keep
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(served, "the renewed certificate was not served");
+    assert_eq!(
+        calls_on_open.await.unwrap(),
+        0,
+        "calls on a connection made before the renewal failed"
+    );
+    assert!(
+        health(open).await.is_ok(),
+        "the open connection was dropped"
+    );
     assert!(
         !serves(app.addr, &first.pem()).await,
         "new connections still get the old one"

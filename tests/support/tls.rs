@@ -9,6 +9,9 @@ use rcgen::{
 };
 use tempfile::TempDir;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
 
 /// A certificate authority.
 pub struct Ca {
@@ -130,4 +133,20 @@ pub async fn tls_channel(
         .tls_config(tls)?
         .connect()
         .await
+}
+
+/// What `Health/Check` of the whole server answers over `channel`.
+pub async fn health(channel: Channel) -> Result<ServingStatus, tonic::Status> {
+    let response = HealthClient::new(channel)
+        .check(HealthCheckRequest::default())
+        .await?;
+    Ok(response.into_inner().status())
+}
+
+/// Whether a client trusting `trusted` (a CA's PEM) is served health over TLS at `addr`.
+pub async fn serves(addr: SocketAddr, trusted: &str) -> bool {
+    match tls_channel(addr, trusted, None).await {
+        Ok(channel) => health(channel).await.is_ok(),
+        Err(_) => false,
+    }
 }
