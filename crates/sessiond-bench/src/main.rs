@@ -10,6 +10,7 @@
 //! ```
 
 mod cold;
+mod noise;
 mod report;
 mod runner;
 mod work;
@@ -172,6 +173,11 @@ struct Args {
     /// validate-cold: how many sessions to sample (each is validated at most once).
     #[arg(long, default_value_t = 50_000)]
     cold_sample: usize,
+
+    /// Also send this many Refresh calls per second of random, well-formed refresh tokens, from
+    /// the start of the first scenario to the end of the last, on a connection of their own.
+    #[arg(long)]
+    refresh_noise: Option<f64>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -183,6 +189,9 @@ fn main() -> anyhow::Result<()> {
         || args.rate_of_peak.is_some_and(|f| f.is_nan() || f <= 0.0)
     {
         bail!("--rate and --rate-of-peak must be positive");
+    }
+    if args.refresh_noise.is_some_and(|rate| rate.is_nan() || rate <= 0.0) {
+        bail!("--refresh-noise must be positive");
     }
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if let Some(threads) = args.threads {
@@ -236,6 +245,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
         ));
     }
 
+    let noise = match args.refresh_noise {
+        Some(rate) => {
+            let own = Clients::connect(&args.addr, 1, args.wait_ready).await?;
+            println!("# refresh-noise: {rate} random-token Refresh/s during the scenarios");
+            Some(noise::RefreshNoise::start(own.session(0), rate))
+        }
+        None => None,
+    };
     for scenario in scenarios {
         eprintln!("## {}: preparing", scenario.name());
         let rows_before = rows.len();
@@ -247,6 +264,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     }
 
+    if let Some(noise) = noise {
+        println!("# refresh-noise answers: {:?}", noise.stop().await);
+    }
     println!();
     print_table(&rows);
     if let Some(path) = &args.json {
