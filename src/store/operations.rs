@@ -12,7 +12,7 @@ use super::{
     Activity, Admission, NewSession, RefreshDecision, RefreshOutcome, RefreshRule, RefreshState,
     RevokeOutcome, RevokedAfter, SessionStore,
     create_batch::CreateBatcher,
-    dialect::{Dialect, bounded},
+    dialect::{Dialect, bounded, connection},
     statements::{Bind, Read, RefreshTokenRow, Statements},
 };
 use crate::{
@@ -49,8 +49,13 @@ impl<DB: Database> SqlStore<DB> {
         self
     }
 
-    async fn bounded<T>(&self, op: impl Future<Output = Result<T>> + Send) -> Result<T> {
-        bounded(self.op_timeout, op).await
+    /// `op`, cut at the operation timeout. Not an `async fn`: that would be one more layer holding
+    /// (and moving) `op` whole.
+    fn bounded<T>(
+        &self,
+        op: impl Future<Output = Result<T>> + Send,
+    ) -> impl Future<Output = Result<T>> + Send {
+        bounded(self.op_timeout, op)
     }
 }
 
@@ -96,7 +101,7 @@ where
         let now = *now;
         let replaced = RevokeReason::internal(RevokeReason::DEVICE_REPLACED);
         self.bounded(async {
-            let mut conn = self.pool.acquire().await?;
+            let mut conn = connection(&self.pool).await?;
             let mut tx = DB::begin_write(&mut conn).await?;
             DB::lock_user(&mut tx, &session.user_id).await?;
             let mut statements = Statements::<DB>(&mut tx);
@@ -134,7 +139,7 @@ where
     #[tracing::instrument(name = "store.find", skip_all)]
     async fn find(&self, id: SessionId) -> Result<Option<Session>> {
         self.bounded(async move {
-            Statements::<DB>(&mut *self.pool.acquire().await?)
+            Statements::<DB>(&mut *connection(&self.pool).await?)
                 .find_session(id)
                 .await
         })
@@ -158,7 +163,7 @@ where
             // An unknown token costs one indexed read on a pooled connection, and no write
             // transaction: guessing tokens cannot take the write lock (SQLite) or hold a
             // connection in a transaction (Postgres).
-            let mut conn = self.pool.acquire().await?;
+            let mut conn = connection(&self.pool).await?;
             let found = Statements::<DB>(&mut conn)
                 .find_refresh_token(presented)
                 .await?
@@ -231,7 +236,7 @@ where
         reason: &RevokeReason,
     ) -> Result<RevokeOutcome> {
         self.bounded(async move {
-            let mut conn = self.pool.acquire().await?;
+            let mut conn = connection(&self.pool).await?;
             let mut statements = Statements::<DB>(&mut conn);
             Ok(match statements.revoke(id, now, reason).await? {
                 Some(revoked) => RevokeOutcome::Revoked(Box::new(revoked)),
@@ -255,7 +260,7 @@ where
     ) -> Result<Vec<Session>> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.bounded(async move {
-            Statements::<DB>(&mut *self.pool.acquire().await?)
+            Statements::<DB>(&mut *connection(&self.pool).await?)
                 .revoke_user(user_id, except, now, reason, limit)
                 .await
         })
@@ -272,7 +277,7 @@ where
         limit: i64,
     ) -> Result<Vec<Session>> {
         self.bounded(async move {
-            Statements::<DB>(&mut *self.pool.acquire().await?)
+            Statements::<DB>(&mut *connection(&self.pool).await?)
                 .list_sessions(user_id, include_revoked, now, after, limit)
                 .await
         })
@@ -282,7 +287,7 @@ where
     #[tracing::instrument(name = "store.revoked_since", skip_all)]
     async fn revoked_since(&self, after: RevokedAfter, limit: i64) -> Result<Vec<Session>> {
         self.bounded(async move {
-            Statements::<DB>(&mut *self.pool.acquire().await?)
+            Statements::<DB>(&mut *connection(&self.pool).await?)
                 .revoked_since(after, limit)
                 .await
         })
@@ -305,7 +310,7 @@ where
         // aborted at shutdown) closes the connection rather than pooling it, and so drops the
         // lock with it.
         let mut lock = SweepLock {
-            conn: self.pool.acquire().await?,
+            conn: connection(&self.pool).await?,
             held: true,
         };
         if !DB::try_lock_sweep(&mut lock.conn).await? {

@@ -13,7 +13,7 @@ use sqlx::{
 
 use super::{
     Activity, NewSession, PostgresStore, SWEEP_LOCK_KEY,
-    dialect::{Dialect, rollback_safe},
+    dialect::{Dialect, connection, rollback_safe, transaction},
     sessions_from,
 };
 use crate::{
@@ -197,7 +197,7 @@ impl Dialect for Postgres {
         batch: &[NewSession],
         reason: &RevokeReason,
     ) -> Result<Vec<Vec<Session>>> {
-        let mut conn = pool.acquire().await?;
+        let mut conn = connection(pool).await?;
         let rows = loop {
             match insert_replacing_devices(&mut conn, batch, reason).await {
                 Err(sqlx::Error::Database(error))
@@ -231,7 +231,7 @@ impl Dialect for Postgres {
         );
         let column =
             |field: fn(&Activity) -> DateTime<Utc>| batch.iter().map(field).collect::<Vec<_>>();
-        let mut tx = pool.begin().await?;
+        let mut tx = transaction(pool).await?;
         sqlx::query("SET LOCAL synchronous_commit = off")
             .execute(&mut *tx)
             .await?;

@@ -14,7 +14,7 @@ use sqlx::{
 
 use super::{
     Activity, NewSession, SqliteStore,
-    dialect::{Dialect, rollback_safe},
+    dialect::{Dialect, connection, rollback_safe},
     statements::Statements,
 };
 use crate::{
@@ -130,7 +130,7 @@ impl Dialect for Sqlite {
         batch: &[NewSession],
         reason: &RevokeReason,
     ) -> Result<Vec<Vec<Session>>> {
-        let mut conn = pool.acquire().await?;
+        let mut conn = connection(pool).await?;
         let mut tx = Self::begin_write(&mut conn).await?;
         let replaced = Self::insert_replacing_devices(&mut tx, batch, reason).await?;
         tx.commit().await?;
@@ -138,7 +138,7 @@ impl Dialect for Sqlite {
     }
 
     async fn record_activity(pool: &SqlitePool, batch: &[Activity]) -> Result<Vec<Session>> {
-        let mut conn = pool.acquire().await?;
+        let mut conn = connection(pool).await?;
         let mut tx = Self::begin_write(&mut conn).await?;
         let mut written = Vec::with_capacity(batch.len());
         for activity in batch {

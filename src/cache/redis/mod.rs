@@ -287,10 +287,12 @@ impl RedisTier {
         let key = self.key(user_id, session_id);
         let client = self.client.with_options(&self.options);
         let trusted = self.doubt.trusted()?;
+        // Boxed: fred's command futures are some 13 KB, which every future holding this one
+        // would otherwise carry and copy on each move.
         let data = self
             .guarded(
                 Command::Read,
-                client.hget::<Option<String>, _, _>(&key, "data"),
+                Box::pin(client.hget::<Option<String>, _, _>(&key, "data")),
             )
             .await;
         // A doubt raised while the read was in flight may be about this very copy.
@@ -407,7 +409,8 @@ impl RedisTier {
     /// Publishes `message` on the invalidation channel.
     async fn publish(&self, message: String) {
         let client = self.client.with_options(&self.options);
-        let announce = client.publish::<(), _, _>(self.channel(), message);
+        // Boxed, as in `get`.
+        let announce = Box::pin(client.publish::<(), _, _>(self.channel(), message));
         self.guarded(Command::Announce, announce).await;
     }
 
