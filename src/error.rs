@@ -114,6 +114,13 @@ pub enum Error {
     /// not sent.
     #[error("the session store is unavailable")]
     StoreUnavailable(#[source] Cause),
+    /// UNAVAILABLE: Redis did not take a delete that must land before the store's rows go
+    /// (DeleteUserSessions). The user is signed out; what was not yet erased stays in the store,
+    /// so a retry carries on. Redis's error is logged where it was met.
+    #[error(
+        "the shared cache did not take the erasure; the user is signed out everywhere, retry to erase the rest"
+    )]
+    CacheUnavailable,
     /// INTERNAL: the store refused a statement (a bug or a schema mismatch). The cause is logged,
     /// not sent.
     #[error("internal error")]
@@ -157,6 +164,7 @@ impl Error {
             Self::Overloaded { .. } => "OVERLOADED",
             Self::RateLimited { .. } => "RATE_LIMITED",
             Self::StoreUnavailable(_) => "STORE_UNAVAILABLE",
+            Self::CacheUnavailable => "CACHE_UNAVAILABLE",
             Self::StoreFailed(_) | Self::Internal(_) => "INTERNAL",
         }
     }

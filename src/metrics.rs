@@ -23,6 +23,7 @@ const STORE_ERRORS: &str = "sessiond_store_errors_total";
 const SESSIONS_CREATED: &str = "sessiond_sessions_created_total";
 const SESSIONS_REFRESHED: &str = "sessiond_sessions_refreshed_total";
 const SESSIONS_REVOKED: &str = "sessiond_sessions_revoked_total";
+const SESSIONS_ERASED: &str = "sessiond_sessions_erased_total";
 const REFRESH_TOKEN_REUSE: &str = "sessiond_refresh_token_reuse_total";
 const SIGNING_KEYS: &str = "sessiond_signing_keys";
 const REDIS_BREAKER_OPEN: &str = "sessiond_redis_breaker_open";
@@ -87,6 +88,10 @@ fn describe() {
         "Sessions revoked, by reason (caller for a caller's own reason)."
     );
     describe_counter!(
+        SESSIONS_ERASED,
+        "Session rows DeleteUserSessions erased (live or not), with their refresh tokens."
+    );
+    describe_counter!(
         REFRESH_TOKEN_REUSE,
         "Retired refresh tokens presented after the grace window."
     );
@@ -129,12 +134,13 @@ pub enum Rpc {
     Refresh,
     RevokeSession,
     RevokeUserSessions,
+    DeleteUserSessions,
     ListUserSessions,
     GetSession,
 }
 
 impl Rpc {
-    const COUNT: usize = 7;
+    const COUNT: usize = 8;
 
     pub const ALL: [Self; Self::COUNT] = [
         Self::CreateSession,
@@ -142,6 +148,7 @@ impl Rpc {
         Self::Refresh,
         Self::RevokeSession,
         Self::RevokeUserSessions,
+        Self::DeleteUserSessions,
         Self::ListUserSessions,
         Self::GetSession,
     ];
@@ -158,6 +165,7 @@ impl Rpc {
             Self::Refresh => "Refresh",
             Self::RevokeSession => "RevokeSession",
             Self::RevokeUserSessions => "RevokeUserSessions",
+            Self::DeleteUserSessions => "DeleteUserSessions",
             Self::ListUserSessions => "ListUserSessions",
             Self::GetSession => "GetSession",
         }
@@ -291,9 +299,15 @@ pub fn sessions_revoked(reason: &str, count: usize) {
         RevokeReason::DEVICE_REPLACED => RevokeReason::DEVICE_REPLACED,
         RevokeReason::SESSION_LIMIT => RevokeReason::SESSION_LIMIT,
         RevokeReason::REFRESH_TOKEN_REUSE => RevokeReason::REFRESH_TOKEN_REUSE,
+        RevokeReason::ERASED => RevokeReason::ERASED,
         _ => "caller",
     };
     counter!(SESSIONS_REVOKED, "reason" => reason).increment(count as u64);
+}
+
+/// DeleteUserSessions erased `count` session rows.
+pub fn sessions_erased(count: usize) {
+    counter!(SESSIONS_ERASED).increment(count as u64);
 }
 
 pub fn refresh_token_reuse() {

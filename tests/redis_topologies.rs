@@ -5,7 +5,7 @@
 //! Each test starts its own `redis-server` processes on free loopback ports, in its own temp
 //! folder, and kills them when it ends (also when it fails). sessiond runs in-process over a fresh
 //! Postgres database, with the in-process cache tier off, so what the tests see cached is in Redis.
-//! The tests check through `redis-cli` where the keys landed.
+//! The tests check through `redis-cli` where the keys landed, and that an erasure removes them.
 
 // Tests may panic on a broken expectation; that is how they fail.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -262,7 +262,8 @@ impl Created {
 }
 
 /// sessiond over a fresh database and this Redis URL, with a fresh key prefix and keys, a manual
-/// clock, and the in-process tier off.
+/// clock, the in-process tier off, and a per-user create rate (whose counts, in keys without a
+/// hash tag, land on any node).
 async fn spawn_app(redis_url: String) -> TestApp {
     spawn_app_trusting(redis_url, None).await
 }
@@ -272,6 +273,7 @@ async fn spawn_app_trusting(redis_url: String, tls_ca_file: Option<std::path::Pa
     spawn_app_with(Store::Postgres, |settings| {
         settings.redis_url = Some(redis_url.into());
         settings.redis_tls_ca_file = tls_ca_file;
+        settings.create_rate_per_user = "100/1d".parse().unwrap();
         // Only Redis caches: what Validate answers from a cache, it answers from Redis.
         settings.local_cache = false;
         // A loaded CI machine must not turn a slow cache write into a silently dropped one.
@@ -334,7 +336,7 @@ fn assert_cached_revoked(key: &str, hget: impl Fn(&str, &str) -> String) {
 // ---------------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_three_master_cluster_caches_each_user_in_one_slot_and_keeps_revocations() {
+async fn a_three_master_cluster_caches_each_user_in_one_slot_keeps_revocations_and_erases() {
     let (redis, ports) = start_cluster();
     let [p1, p2, p3] = ports;
     let app = spawn_app(format!(
@@ -444,6 +446,25 @@ async fn a_three_master_cluster_caches_each_user_in_one_slot_and_keeps_revocatio
     assert_eq!(app.delete_rows_of("bob").await, 2);
     for session in sessions.iter().filter(|s| s.user_id == "bob") {
         redis_cli(p1, &["-c", "del", &session.key(&app.redis_key_prefix)]);
+        assert_eq!(
+            app.status_of(&session.access_token).await,
+            TokenStatus::SessionNotFound
+        );
+    }
+
+    // Erasing cy deletes both of its copies (one DEL, in the slot of its hash tag) and its
+    // create-rate count (a key of another slot, maybe another node): no node holds any of them.
+    let cy: Vec<&Created> = sessions.iter().filter(|s| s.user_id == "cy").collect();
+    let mut keys: Vec<String> = cy.iter().map(|s| s.key(&app.redis_key_prefix)).collect();
+    keys.push(format!("{}rate:create-user:cy", app.redis_key_prefix));
+    for key in &keys {
+        assert!(exists(key), "{key} before the erasure");
+    }
+    assert_eq!(app.delete_user("cy").await.unwrap(), 2);
+    for key in &keys {
+        assert!(!exists(key), "{key} after the erasure");
+    }
+    for session in &cy {
         assert_eq!(
             app.status_of(&session.access_token).await,
             TokenStatus::SessionNotFound

@@ -11,7 +11,8 @@
 //! - a session revoked on A is refused by B within 1 s, although B held it in its in-process tier;
 //! - when B loses its subscription (`CLIENT KILL TYPE pubsub`), a revocation made meanwhile is
 //!   still refused by B: B bypasses its in-process tier until resubscribed, and clears it then;
-//! - once resubscribed, B serves from its in-process tier again.
+//! - once resubscribed, B serves from its in-process tier again;
+//! - a user erased on A leaves no copy in B's in-process tier (nor in Redis).
 
 // Tests may panic on a broken expectation; that is how they fail.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -25,7 +26,7 @@ use support::{
     process::{SessiondProcess, local_hits},
     redis::RedisServer,
     replicas::{Replicas, SUBSCRIBED, wait_until_revoked},
-    rpc::{Client, create, revoke, token_and_id, validate},
+    rpc::{Client, create, delete_user, revoke, token_and_id, validate},
 };
 
 /// The requirement: a revocation is refused by every replica within this.
@@ -84,6 +85,78 @@ async fn a_revocation_on_one_replica_is_refused_by_the_other_within_a_second() {
             TokenStatus::SessionRevoked
         );
     }
+}
+
+/// An erasure on A reaches B's in-process tier too. B holds two of the user's sessions there: a
+/// live one, and one revoked before (which the erasure's sign-out does not announce again, so
+/// only the erasure's own announcement can drop it). Within a second, and from then on, B answers
+/// SESSION_NOT_FOUND for both; a copy it kept, live or revoked, would answer otherwise for the
+/// in-process TTL of 60 s.
+#[tokio::test]
+async fn an_erasure_on_one_replica_leaves_no_copy_on_the_other() {
+    const USER: &str = "replica-user-erased";
+    let redis = RedisServer::start();
+    let cluster = Replicas::start(
+        &redis.url(),
+        &[("SESSIOND_LOCAL_CACHE_MAX_STALENESS", "60s".into())],
+    )
+    .await;
+    let (a, b) = (&cluster.a, &cluster.b);
+    let (mut on_a, mut on_b) = (a.client().await, b.client().await);
+    let (live, _) = token_and_id(&create(&mut on_a, USER, "phone").await);
+    cache_locally(&mut on_b, b, &live).await;
+    let (revoked, revoked_id) = token_and_id(&create(&mut on_a, USER, "laptop").await);
+    revoke(&mut on_a, &revoked_id).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let before = local_hits(b).await;
+        let status = validate(&mut on_b, &revoked).await.status();
+        assert_eq!(status, TokenStatus::SessionRevoked, "{}", b.log());
+        if local_hits(b).await > before {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "B never held the revoked copy\n{}",
+            b.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let sent = Instant::now();
+    assert_eq!(delete_user(&mut on_a, USER).await.expect("erased"), 2);
+    for access in [&live, &revoked] {
+        let mut stale = 0;
+        loop {
+            let status = validate(&mut on_b, access).await.status();
+            if status == TokenStatus::SessionNotFound {
+                break;
+            }
+            stale += 1;
+            assert!(
+                sent.elapsed() < PROPAGATION_BOUND,
+                "B still answers {status:?} ({stale} times) {:?} after A was asked to erase\n{}",
+                sent.elapsed(),
+                b.log()
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        println!(
+            "erasure on A: B answered SESSION_NOT_FOUND {:?} after it was sent ({stale} other \
+             answer(s) before)",
+            sent.elapsed()
+        );
+    }
+    for _ in 0..20 {
+        for access in [&live, &revoked] {
+            assert_eq!(
+                validate(&mut on_b, access).await.status(),
+                TokenStatus::SessionNotFound
+            );
+        }
+    }
+    let keys = redis.cli(&["--scan", "--pattern", &format!("{}*", cluster.prefix)]);
+    assert!(!keys.contains(USER), "Redis still holds {keys}");
 }
 
 #[tokio::test]

@@ -178,7 +178,8 @@ async fn a_store_that_is_not_ready_is_logged_with_its_cause() {
     assert!(line.contains("does not exist"), "{line}");
 }
 
-/// Each mutating call writes one audit line naming caller, method, user and session, and no token.
+/// Each mutating call writes one audit line naming caller, method, user and session (each it
+/// knows), and code, and no token.
 #[tokio::test]
 async fn mutating_calls_write_one_audit_line_each_without_tokens() {
     let sessiond = SessiondProcess::start(&[
@@ -205,8 +206,15 @@ async fn mutating_calls_write_one_audit_line_each_without_tokens() {
         })
         .await
         .unwrap();
+    let erased = client
+        .delete_user_sessions(pb::DeleteUserSessionsRequest {
+            user_id: "user-traced".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(erased.into_inner().deleted_count, 1);
     sessiond
-        .wait_for_log("\"method\":\"RevokeSession\"", 1)
+        .wait_for_log("\"method\":\"DeleteUserSessions\"", 1)
         .await;
 
     let log = sessiond.log_text();
@@ -218,14 +226,19 @@ async fn mutating_calls_write_one_audit_line_each_without_tokens() {
     let methods: Vec<_> = audits.iter().map(|a| a["method"].clone()).collect();
     assert_eq!(
         methods,
-        ["CreateSession", "RevokeSession"],
+        ["CreateSession", "RevokeSession", "DeleteUserSessions"],
         "Validate is not audited"
     );
     for audit in &audits {
         assert_eq!(audit["caller"], "anonymous");
-        assert_eq!(audit["session_id"], sid.as_str());
+        assert_eq!(audit["code"], "Ok");
     }
+    assert_eq!(audits[0]["session_id"], sid.as_str());
+    assert_eq!(audits[1]["session_id"], sid.as_str());
     assert_eq!(audits[0]["user_id"], "user-traced");
+    // An erasure names the user, and no session: it erases them all.
+    assert_eq!(audits[2]["user_id"], "user-traced");
+    assert_eq!(audits[2]["session_id"], "");
     assert!(!log.contains(&tokens.access_token) && !log.contains(&tokens.refresh_token));
     stop(sessiond).await;
 }

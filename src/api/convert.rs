@@ -93,6 +93,11 @@ pub fn revoke_user_sessions(
     ))
 }
 
+/// DeleteUserSessions' request: whose sessions to erase.
+pub fn delete_user_sessions(request: pb::DeleteUserSessionsRequest) -> Result<UserId, Error> {
+    user_id("user_id", request.user_id)
+}
+
 /// ListUserSessions' request.
 pub struct ListRequest {
     pub user_id: UserId,

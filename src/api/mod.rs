@@ -152,6 +152,28 @@ impl SessionService for SessionApi {
         .await
     }
 
+    #[tracing::instrument(name = "rpc.DeleteUserSessions", skip_all)]
+    async fn delete_user_sessions(
+        &self,
+        request: Request<pb::DeleteUserSessionsRequest>,
+    ) -> Result<Response<pb::DeleteUserSessionsResponse>, Status> {
+        let audit = Audit::default();
+        observed(
+            caller_of(&request),
+            Rpc::DeleteUserSessions,
+            Some(&audit),
+            async {
+                let user_id = convert::delete_user_sessions(request.into_inner())?;
+                audit.user(&user_id);
+                let count = self.authority.delete_user_sessions(&user_id).await?;
+                Ok(Response::new(pb::DeleteUserSessionsResponse {
+                    deleted_count: u32::try_from(count).unwrap_or(u32::MAX),
+                }))
+            },
+        )
+        .await
+    }
+
     #[tracing::instrument(name = "rpc.ListUserSessions", skip_all)]
     async fn list_user_sessions(
         &self,
@@ -275,6 +297,9 @@ pub mod fuzzing {
         }
         if let Ok(request) = pb::RevokeUserSessionsRequest::decode(bytes) {
             let _ = convert::revoke_user_sessions(request);
+        }
+        if let Ok(request) = pb::DeleteUserSessionsRequest::decode(bytes) {
+            let _ = convert::delete_user_sessions(request);
         }
         if let Ok(request) = pb::ListUserSessionsRequest::decode(bytes) {
             let _ = convert::list_user_sessions(request);

@@ -25,7 +25,7 @@ impl From<Error> for Status {
             Error::SessionLimitReached { .. }
             | Error::Overloaded { .. }
             | Error::RateLimited { .. } => Code::ResourceExhausted,
-            Error::StoreUnavailable(_) => Code::Unavailable,
+            Error::StoreUnavailable(_) | Error::CacheUnavailable => Code::Unavailable,
             Error::StoreFailed(_) | Error::Internal(_) => Code::Internal,
         };
         let metadata = match &error {
@@ -140,6 +140,7 @@ mod tests {
                 Error::StoreUnavailable(std::sync::Arc::new(std::io::Error::other("down"))),
                 Code::Unavailable,
             ),
+            (Error::CacheUnavailable, Code::Unavailable),
         ];
         for (error, code) in cases {
             assert_eq!(Status::from(error).code(), code);

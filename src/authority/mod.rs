@@ -33,8 +33,9 @@ use crate::{
     },
 };
 
-/// Most sessions RevokeUserSessions revokes, and writes to the caches, at a time.
-const REVOKE_USER_BATCH: usize = 1_000;
+/// Most of one user's sessions RevokeUserSessions revokes, and DeleteUserSessions erases, and
+/// each writes to (or deletes from) the caches, at a time.
+const USER_SESSIONS_BATCH: usize = 1_000;
 
 /// What CreateSession needs.
 #[derive(Debug)]
@@ -379,23 +380,92 @@ impl Authority {
         except: Option<SessionId>,
         reason: RevokeReason,
     ) -> Result<usize> {
-        let now = self.now();
+        self.revoke_user_in_batches(user_id, except, &reason, self.now())
+            .await
+    }
+
+    /// Revokes every unrevoked session of a user but `except`, batch by batch, each revoked and
+    /// then written to the caches (and announced to the other replicas), so that neither memory
+    /// nor any one statement or Redis command grows with the number of sessions. A failure part
+    /// way leaves the batches before it revoked; a retry revokes the rest.
+    async fn revoke_user_in_batches(
+        &self,
+        user_id: &UserId,
+        except: Option<SessionId>,
+        reason: &RevokeReason,
+        now: DateTime<Utc>,
+    ) -> Result<usize> {
         let mut revoked_count = 0;
-        // Batch by batch, each revoked and then written to the caches, so that neither memory nor
-        // any one statement or Redis command grows with the number of sessions. A failure part
-        // way leaves the batches before it revoked; a retry revokes the rest.
         loop {
             let revoked = self
                 .store
-                .revoke_user(user_id, except, now, &reason, REVOKE_USER_BATCH)
+                .revoke_user(user_id, except, now, reason, USER_SESSIONS_BATCH)
                 .await?;
             metrics::sessions_revoked(reason.as_str(), revoked.len());
             self.cache.put_before_answering(&revoked, now).await;
             revoked_count += revoked.len();
-            if revoked.len() < REVOKE_USER_BATCH {
+            if revoked.len() < USER_SESSIONS_BATCH {
                 return Ok(revoked_count);
             }
         }
+    }
+
+    /// Erases every session of a user, live or not: the rows with their refresh tokens, their
+    /// cached copies in every tier and replica, and the user's and tokens' rate-limit state.
+    /// Returns how many session rows it deleted.
+    ///
+    /// First the user is signed out everywhere, as RevokeUserSessions does. From then on every
+    /// tier answers revoked, and a copy written back late by a call that read a session before
+    /// (a Validate's fill, a Refresh that had just rotated) cannot replace the revoked one, which
+    /// outranks it. A session created while this runs is kept: it is later than the erasure.
+    ///
+    /// Then, batch by batch, as bounded as the revocation: the Redis copies are deleted *before*
+    /// the rows. A copy Redis failed to revoke (its write refused) may be live, and only the
+    /// reconciler, reading the store's revoked row, would repair it; deleted rows leave it
+    /// nothing to read. So if Redis does not take that delete, this stops with UNAVAILABLE and
+    /// the batch's rows stay, revoked, for a retry. After the rows go, the copies are deleted
+    /// again, in process too and on every replica: a call that read a (revoked) row before it
+    /// went may have copied it back meanwhile. Not caught: a copy that a call read before the
+    /// erasure began and writes to Redis only after its batch is gone (README, Personal data).
+    #[tracing::instrument(name = "authority.erase_user", skip_all, fields(user_id = %user_id))]
+    pub async fn delete_user_sessions(&self, user_id: &UserId) -> Result<usize> {
+        let reason = RevokeReason::internal(RevokeReason::ERASED);
+        self.revoke_user_in_batches(user_id, None, &reason, self.now())
+            .await?;
+        let mut erased_count = 0;
+        loop {
+            let batch = self
+                .store
+                .revoked_of_user(user_id, USER_SESSIONS_BATCH)
+                .await?;
+            let Some(&through) = batch.sessions.last() else {
+                break;
+            };
+            if !self.cache.delete_shared(user_id, &batch.sessions).await {
+                return Err(Error::CacheUnavailable);
+            }
+            let mut deleted = self.store.delete_revoked(user_id, through).await?;
+            metrics::sessions_erased(deleted.len());
+            erased_count += deleted.len();
+            // The copies of the batch's sessions the sweeper deleted in between go too, and those
+            // of a session that joined the batch (see `SessionStore::delete_revoked`).
+            deleted.extend_from_slice(&batch.sessions);
+            deleted.sort_unstable();
+            deleted.dedup();
+            self.cache.delete_everywhere(user_id, &deleted).await;
+            let token_keys = batch.refresh_tokens.iter().map(rate_key);
+            self.limiter
+                .forget(Limit::RefreshPerSession, token_keys)
+                .await;
+            if batch.sessions.len() < USER_SESSIONS_BATCH {
+                break;
+            }
+        }
+        self.limiter
+            .forget(Limit::CreatePerUser, [user_id.as_str()])
+            .await;
+        tracing::info!(user_id = %user_id, erased = erased_count, "user's sessions erased");
+        Ok(erased_count)
     }
 
     /// One page of a user's sessions, newest first.

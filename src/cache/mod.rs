@@ -100,6 +100,33 @@ impl SessionCache {
         }
     }
 
+    /// Deletes the Redis copies of these sessions, all of `user_id`; true if Redis took the delete
+    /// (or there is no Redis). The erasure calls it before it deletes the store's rows: once they
+    /// are gone, nothing could repair a live copy Redis kept (see `authority`).
+    pub async fn delete_shared(&self, user_id: &UserId, sessions: &[SessionId]) -> bool {
+        match &self.redis {
+            Some(redis) => redis.delete(user_id, sessions).await,
+            None => true,
+        }
+    }
+
+    /// Deletes every copy of these sessions, all of `user_id`: in Redis, then in process (so a
+    /// Validate in between cannot copy Redis's back), and, through the invalidation channel, in
+    /// every other replica's process.
+    pub async fn delete_everywhere(&self, user_id: &UserId, sessions: &[SessionId]) {
+        if let Some(redis) = &self.redis {
+            redis.delete(user_id, sessions).await;
+        }
+        if let Some(local) = &self.local {
+            for &session in sessions {
+                local.evict(session);
+            }
+        }
+        if let Some(redis) = &self.redis {
+            redis.announce_dropped(sessions).await;
+        }
+    }
+
     /// Keeps a live copy just created or read from the store: in process at once, and in Redis in
     /// the background, so the caller does not wait for it. (Ranks make a late write harmless: it
     /// cannot replace a newer copy or a revocation.)
@@ -150,7 +177,7 @@ fn local_hears(local: &LocalTier, event: Invalidation) {
         Invalidation::Reconnecting => {
             local.distrust();
         }
-        Invalidation::Revoked(sessions) => {
+        Invalidation::Dropped(sessions) => {
             for session in sessions {
                 local.evict(session);
             }

@@ -476,6 +476,7 @@ mod tests {
             .expect("recognised");
         assert_eq!(caller.name(), "account");
         assert!(caller.may(Target::Method(Rpc::RevokeUserSessions)));
+        assert!(caller.may(Target::Method(Rpc::DeleteUserSessions)));
         assert!(!caller.may(Target::Reflection), "* is not reflection");
     }
 
@@ -517,6 +518,10 @@ mod tests {
         assert_eq!(
             Target::of("/sessiond.v1.SessionService/Validate"),
             Target::Method(Rpc::Validate)
+        );
+        assert_eq!(
+            Target::of("/sessiond.v1.SessionService/DeleteUserSessions"),
+            Target::Method(Rpc::DeleteUserSessions)
         );
         assert_eq!(
             Target::of("/sessiond.v1.SessionService/Nope"),

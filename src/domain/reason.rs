@@ -16,12 +16,16 @@ impl RevokeReason {
     pub const SESSION_LIMIT: &str = "session_limit";
     /// A retired refresh token came back after the grace window.
     pub const REFRESH_TOKEN_REUSE: &str = "refresh_token_reuse";
+    /// DeleteUserSessions signs the user out before it deletes the rows; a row says so only
+    /// while the erasure runs.
+    pub const ERASED: &str = "erased";
 
     /// The reasons only sessiond gives.
-    const SESSIONDS_OWN: [&str; 3] = [
+    const SESSIONDS_OWN: [&str; 4] = [
         Self::DEVICE_REPLACED,
         Self::SESSION_LIMIT,
         Self::REFRESH_TOKEN_REUSE,
+        Self::ERASED,
     ];
 
     /// One of sessiond's own reasons.
@@ -66,7 +70,12 @@ mod tests {
 
     #[test]
     fn a_caller_cannot_give_sessionds_own_reasons() {
-        for own in ["device_replaced", "session_limit", "refresh_token_reuse"] {
+        for own in [
+            "device_replaced",
+            "session_limit",
+            "refresh_token_reuse",
+            "erased",
+        ] {
             assert!(RevokeReason::try_from(own.to_owned()).is_err(), "{own}");
         }
         assert!(RevokeReason::try_from("user signed out".to_owned()).is_ok());

@@ -173,12 +173,14 @@ mod tests {
         let write = bounds.admit("/sessiond.v1.SessionService/CreateSession");
         assert!(matches!(write, Ok(Some(_))));
         // The store bound is full: another write is refused, Validate is not.
-        assert!(matches!(
-            bounds.admit("/sessiond.v1.SessionService/Refresh"),
-            Err(Error::Overloaded {
-                setting: "SESSIOND_MAX_STORE_CALLS_IN_FLIGHT"
-            })
-        ));
+        for write in ["Refresh", "DeleteUserSessions"] {
+            assert!(matches!(
+                bounds.admit(&format!("/sessiond.v1.SessionService/{write}")),
+                Err(Error::Overloaded {
+                    setting: "SESSIOND_MAX_STORE_CALLS_IN_FLIGHT"
+                })
+            ));
+        }
         let validate = bounds.admit(VALIDATE);
         assert!(matches!(validate, Ok(Some(_))));
         // Both permits of the whole bound are held.

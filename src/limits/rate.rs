@@ -79,12 +79,15 @@ impl Limit {
         }
     }
 
-    fn key_kind(self) -> &'static str {
-        match self {
+    /// The state's key of `key` (a user id, a token hash) under this limit: `<kind>:<key>`, where
+    /// Redis adds its prefix and `rate:`.
+    fn key(self, key: &str) -> String {
+        let kind = match self {
             Self::CreatePerUser => "create-user",
             Self::CreatePerCaller => "create-caller",
             Self::RefreshPerSession => "refresh",
-        }
+        };
+        format!("{kind}:{key}")
     }
 }
 
@@ -174,7 +177,7 @@ impl RateLimiter {
         let Some(gcra) = self.rates.of(limit).0 else {
             return Ok(0);
         };
-        let key = format!("{}:{key}", limit.key_kind());
+        let key = limit.key(key);
         let redis = match &self.redis {
             Some(redis) => redis.rate_peek(&key, gcra).await,
             None => None,
@@ -197,7 +200,7 @@ impl RateLimiter {
         let Some(gcra) = rate.0 else {
             return Ok(());
         };
-        let key = format!("{}:{key}", limit.key_kind());
+        let key = limit.key(key);
         let redis = match &self.redis {
             Some(redis) => redis.rate_take(&key, gcra, from).await,
             None => None,
@@ -207,6 +210,23 @@ impl RateLimiter {
             None => self.take_locally(key, gcra, from),
         };
         refuse_after(limit, wait)
+    }
+
+    /// Forgets every count of `limit` for `keys` (an erased user's), in Redis and in this
+    /// process, even with the limit off now: Redis may still hold counts made while it was on.
+    /// Another replica's in-process count, kept only while Redis was down, expires within the
+    /// rate's period.
+    pub async fn forget(&self, limit: Limit, keys: impl IntoIterator<Item = impl AsRef<str>>) {
+        let keys: Vec<String> = keys
+            .into_iter()
+            .map(|key| limit.key(key.as_ref()))
+            .collect();
+        for key in &keys {
+            self.local.invalidate(key);
+        }
+        if let Some(redis) = &self.redis {
+            redis.rate_forget(&keys).await;
+        }
     }
 
     /// GCRA on the in-process map; one key's read and write are one atomic step.

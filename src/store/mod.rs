@@ -122,6 +122,14 @@ pub enum RevokeOutcome {
     NotFound,
 }
 
+/// The next sessions DeleteUserSessions erases: some of a user's revoked sessions, in id order,
+/// and the hashes of every refresh token they hold (whose rate-limit state goes with them).
+#[derive(Debug, Default)]
+pub struct ErasureBatch {
+    pub sessions: Vec<SessionId>,
+    pub refresh_tokens: Vec<TokenHash>,
+}
+
 /// A place in the walk through revoked sessions in the order they were revoked: just after this
 /// revocation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -206,6 +214,18 @@ pub trait SessionStore: Send + Sync + 'static {
         reason: &RevokeReason,
         limit: usize,
     ) -> Result<Vec<Session>>;
+
+    /// At most `limit` of the user's revoked sessions, lowest ids first, with the hashes of their
+    /// refresh tokens: what DeleteUserSessions erases next. Called, with
+    /// [`SessionStore::delete_revoked`], until it returns fewer than `limit`, so that memory,
+    /// statements and cache deletes stay bounded however many sessions the user holds.
+    async fn revoked_of_user(&self, user_id: &UserId, limit: usize) -> Result<ErasureBatch>;
+
+    /// Deletes the user's revoked sessions up to `through` in id order (those
+    /// [`SessionStore::revoked_of_user`] returned), with their refresh tokens; returns the ids of
+    /// the sessions it deleted. A session revoked in between with an id below `through` (made
+    /// during the erasure by a replica whose clock is behind) is deleted too.
+    async fn delete_revoked(&self, user_id: &UserId, through: SessionId) -> Result<Vec<SessionId>>;
 
     /// One page of the user's sessions, newest first, after `after`. Without `include_revoked`,
     /// only sessions live at `now`.

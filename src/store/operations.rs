@@ -9,8 +9,8 @@ use sqlx::{Database, Pool, pool::PoolConnection};
 use uuid::Uuid;
 
 use super::{
-    Activity, Admission, NewSession, RefreshDecision, RefreshOutcome, RefreshRule, RefreshState,
-    RevokeOutcome, RevokedAfter, SessionStore,
+    Activity, Admission, ErasureBatch, NewSession, RefreshDecision, RefreshOutcome, RefreshRule,
+    RefreshState, RevokeOutcome, RevokedAfter, SessionStore,
     create_batch::CreateBatcher,
     dialect::{Dialect, bounded, connection},
     statements::{Bind, Read, RefreshTokenRow, Statements},
@@ -75,6 +75,8 @@ where
     RefreshTokenRow<DB>: Read<DB>,
     (i32, Vec<u8>): Read<DB>,
     (i64,): Read<DB>,
+    (Uuid,): Read<DB>,
+    (Vec<u8>,): Read<DB>,
 {
     #[tracing::instrument(name = "store.migrate", skip_all)]
     async fn migrate(&self) -> Result<()> {
@@ -262,6 +264,39 @@ where
         self.bounded(async move {
             Statements::<DB>(&mut *connection(&self.pool).await?)
                 .revoke_user(user_id, except, now, reason, limit)
+                .await
+        })
+        .await
+    }
+
+    #[tracing::instrument(name = "store.revoked_of_user", skip_all)]
+    async fn revoked_of_user(&self, user_id: &UserId, limit: usize) -> Result<ErasureBatch> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.bounded(async move {
+            let mut conn = self.pool.acquire().await?;
+            let mut statements = Statements::<DB>(&mut conn);
+            let sessions = statements.revoked_session_ids(user_id, limit).await?;
+            let refresh_tokens = match sessions.last() {
+                Some(&through) => {
+                    statements
+                        .refresh_token_hashes_of_revoked(user_id, through)
+                        .await?
+                }
+                None => Vec::new(),
+            };
+            Ok(ErasureBatch {
+                sessions,
+                refresh_tokens,
+            })
+        })
+        .await
+    }
+
+    #[tracing::instrument(name = "store.delete_revoked", skip_all)]
+    async fn delete_revoked(&self, user_id: &UserId, through: SessionId) -> Result<Vec<SessionId>> {
+        self.bounded(async move {
+            Statements::<DB>(&mut *self.pool.acquire().await?)
+                .delete_revoked(user_id, through)
                 .await
         })
         .await

@@ -28,6 +28,18 @@ type SessionRow<DB> = super::SessionRow<<DB as Dialect>::Time>;
 /// `session_id, generation, retired_at, successor_salt` of a `refresh_token` row.
 pub(super) type RefreshTokenRow<DB> = (Uuid, i32, Option<<DB as Dialect>::Time>, Option<Vec<u8>>);
 
+/// The user's (`$1`) revoked sessions up to `$2` in id order: one batch of an erasure, named the
+/// same way by its reads and its delete. A range, not a list of ids, which SQLite cannot bind.
+/// Only a session revoked after the batch was read and with an id below `$2` (made during the
+/// erasure by a replica whose clock is behind) can join the batch in between; the delete returns
+/// it, so it is erased with the batch.
+macro_rules! revoked_of_user_through {
+    () => {
+        "SELECT session_id FROM session \
+         WHERE user_id = $1 AND revoked_at IS NOT NULL AND session_id <= $2"
+    };
+}
+
 /// One connection (usually inside a transaction), and the statements to run on it.
 pub(super) struct Statements<'c, DB: Database>(pub &'c mut DB::Connection);
 
@@ -47,6 +59,8 @@ where
     RefreshTokenRow<DB>: Read<DB>,
     (i32, Vec<u8>): Read<DB>,
     (i64,): Read<DB>,
+    (Uuid,): Read<DB>,
+    (Vec<u8>,): Read<DB>,
 {
     pub async fn find_session(&mut self, id: SessionId) -> Result<Option<Session>> {
         let sql = concat!("SELECT ", columns!(), " FROM session WHERE session_id = $1");
@@ -182,6 +196,60 @@ where
                 .fetch_all(DB::on(self.0))
                 .await?,
         )
+    }
+
+    /// The ids of at most `limit` of the user's revoked sessions, lowest first.
+    pub async fn revoked_session_ids(
+        &mut self,
+        user_id: &UserId,
+        limit: i64,
+    ) -> Result<Vec<SessionId>> {
+        let ids = sqlx::query_scalar::<DB, Uuid>(
+            "SELECT session_id FROM session WHERE user_id = $1 AND revoked_at IS NOT NULL \
+             ORDER BY session_id LIMIT $2",
+        )
+        .bind(user_id.as_str())
+        .bind(limit)
+        .fetch_all(DB::on(self.0))
+        .await?;
+        Ok(ids.into_iter().map(SessionId::from).collect())
+    }
+
+    /// The hashes of the refresh tokens of the user's revoked sessions up to `through`.
+    pub async fn refresh_token_hashes_of_revoked(
+        &mut self,
+        user_id: &UserId,
+        through: SessionId,
+    ) -> Result<Vec<TokenHash>> {
+        let hashes = sqlx::query_scalar::<DB, Vec<u8>>(concat!(
+            "SELECT token_hash FROM refresh_token WHERE session_id IN (",
+            revoked_of_user_through!(),
+            ")"
+        ))
+        .bind(user_id.as_str())
+        .bind(through.as_uuid())
+        .fetch_all(DB::on(self.0))
+        .await?;
+        hashes.into_iter().map(token_hash).collect()
+    }
+
+    /// Deletes the user's revoked sessions up to `through`; their refresh tokens cascade. Returns
+    /// the ids of the sessions it deleted.
+    pub async fn delete_revoked(
+        &mut self,
+        user_id: &UserId,
+        through: SessionId,
+    ) -> Result<Vec<SessionId>> {
+        let deleted = sqlx::query_scalar::<DB, Uuid>(concat!(
+            "DELETE FROM session WHERE session_id IN (",
+            revoked_of_user_through!(),
+            ") RETURNING session_id"
+        ))
+        .bind(user_id.as_str())
+        .bind(through.as_uuid())
+        .fetch_all(DB::on(self.0))
+        .await?;
+        Ok(deleted.into_iter().map(SessionId::from).collect())
     }
 
     /// Moves `last_seen_at` to `now` and `idle_expires_at` to `idle_expires_at`, never backwards,

@@ -80,6 +80,15 @@ async fn every_method_but_validate(client: &mut KeyedClient) -> Vec<(&'static st
                 .expect_err("denied"),
         ),
         (
+            "DeleteUserSessions",
+            client
+                .delete_user_sessions(pb::DeleteUserSessionsRequest {
+                    user_id: "u".into(),
+                })
+                .await
+                .expect_err("denied"),
+        ),
+        (
             "ListUserSessions",
             client
                 .list_user_sessions(pb::ListUserSessionsRequest {
@@ -136,7 +145,7 @@ async fn a_validate_only_caller_is_denied_every_other_method_by_name() {
         &[("caller", "edge"), ("code", "PermissionDenied")],
     );
     assert!(
-        denied >= 6.0,
+        denied >= 7.0,
         "denied calls are counted under the caller: {denied}"
     );
 }
@@ -172,6 +181,82 @@ async fn a_caller_with_the_right_key_is_served_and_counted_by_name() {
         ],
     );
     assert!(created >= 1.0, "{text}");
+}
+
+/// DeleteUserSessions of `user_id` by `client`: how many sessions it erased.
+async fn erase(client: &mut KeyedClient, user_id: &str) -> Result<u32, tonic::Status> {
+    client
+        .delete_user_sessions(pb::DeleteUserSessionsRequest {
+            user_id: user_id.into(),
+        })
+        .await
+        .map(|response| response.into_inner().deleted_count)
+}
+
+/// Erasing a user is granted by name (or by `"*"`), never by holding every other method: a caller
+/// allowed all the rest, RevokeUserSessions included, is refused it, and nothing is erased.
+#[tokio::test]
+async fn delete_user_sessions_is_allowed_only_by_name_or_by_star() {
+    const ACCOUNT_KEY: &str = "sessiond_account-test-key-0123456789";
+    const PRIVACY_KEY: &str = "sessiond_privacy-test-key-0123456789";
+    let file = CallersFile::new(&format!(
+        "{}{}{}",
+        key_caller(
+            "account",
+            ACCOUNT_KEY,
+            "\"CreateSession\", \"Validate\", \"Refresh\", \"RevokeSession\", \
+             \"RevokeUserSessions\", \"ListUserSessions\", \"GetSession\""
+        ),
+        key_caller("privacy", PRIVACY_KEY, "\"DeleteUserSessions\""),
+        key_caller("admin", ADMIN_KEY, "\"*\"")
+    ));
+    let path = file.path();
+    let app = spawn_app_with(Store::Sqlite, |settings| settings.callers_file = Some(path)).await;
+    let mut account = client(&app, ACCOUNT_KEY).await;
+    let created = account
+        .create_session(rpc::create_request("ada", "phone"))
+        .await
+        .expect("account may create")
+        .into_inner();
+    let access = created.tokens.expect("tokens").access_token;
+
+    let status = erase(&mut account, "ada").await.expect_err("not named");
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    let info = status.get_details_error_info().expect("an ErrorInfo");
+    assert_eq!(info.reason, "CALLER_NOT_ALLOWED");
+    assert_eq!(
+        info.metadata["method"],
+        "sessiond.v1.SessionService/DeleteUserSessions"
+    );
+    let validated = account
+        .validate(pb::ValidateRequest {
+            access_token: access,
+        })
+        .await
+        .expect("account may validate")
+        .into_inner();
+    assert!(validated.valid, "nothing was erased");
+
+    let mut privacy = client(&app, PRIVACY_KEY).await;
+    let mut admin = client(&app, ADMIN_KEY).await;
+    assert_eq!(erase(&mut privacy, "ada").await.expect("named"), 1);
+    assert_eq!(erase(&mut admin, "ada").await.expect("\"*\""), 0);
+
+    let text = metrics(app.ops_addr).await;
+    let count = |caller, code| {
+        sum_samples(
+            &text,
+            "sessiond_rpc_requests_total",
+            &[
+                ("caller", caller),
+                ("method", "DeleteUserSessions"),
+                ("code", code),
+            ],
+        )
+    };
+    assert!(count("account", "PermissionDenied") >= 1.0, "{text}");
+    assert!(count("privacy", "Ok") >= 1.0, "{text}");
+    assert!(count("admin", "Ok") >= 1.0, "{text}");
 }
 
 #[tokio::test]

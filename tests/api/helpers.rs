@@ -130,4 +130,66 @@ impl Direct {
         }
         .unwrap()
     }
+
+    /// Every table of the store's schema (what its migrations made), by name, but sqlx's own
+    /// record of the migrations applied.
+    pub async fn tables(&self) -> Vec<String> {
+        match &self.pool {
+            Pool::Postgres(pool) => {
+                sqlx::query_scalar(
+                    "SELECT table_name::text FROM information_schema.tables \
+                 WHERE table_schema = current_schema() AND table_type = 'BASE TABLE' \
+                   AND table_name <> '_sqlx_migrations' ORDER BY 1",
+                )
+                .fetch_all(pool)
+                .await
+            }
+            Pool::Sqlite(pool) => {
+                sqlx::query_scalar(
+                    "SELECT name FROM sqlite_master WHERE type = 'table' \
+                   AND name NOT LIKE 'sqlite_%' AND name <> '_sqlx_migrations' ORDER BY 1",
+                )
+                .fetch_all(pool)
+                .await
+            }
+        }
+        .unwrap()
+    }
+
+    /// Every row of `table`, each as one text holding all its columns: Postgres's JSON of the
+    /// row (uuids as text, bytea in hex), or for SQLite a JSON array of the columns with each
+    /// BLOB (ids, hashes) in hex.
+    pub async fn rows_as_text(&self, table: &str) -> Vec<String> {
+        match &self.pool {
+            Pool::Postgres(pool) => sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "SELECT row_to_json(t)::text FROM \"{table}\" t"
+            )))
+            .fetch_all(pool)
+            .await
+            .unwrap(),
+            Pool::Sqlite(pool) => {
+                let columns: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                    "SELECT name FROM pragma_table_info('{table}')"
+                )))
+                .fetch_all(pool)
+                .await
+                .unwrap();
+                let as_text: Vec<String> = columns
+                    .iter()
+                    .map(|c| {
+                        format!(
+                            "CASE WHEN typeof(\"{c}\") = 'blob' THEN hex(\"{c}\") ELSE \"{c}\" END"
+                        )
+                    })
+                    .collect();
+                sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                    "SELECT json_array({}) FROM \"{table}\"",
+                    as_text.join(", ")
+                )))
+                .fetch_all(pool)
+                .await
+                .unwrap()
+            }
+        }
+    }
 }

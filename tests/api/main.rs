@@ -32,6 +32,7 @@ mod activity;
 mod bounds;
 mod callers;
 mod create;
+mod erase;
 mod helpers;
 mod limits;
 mod list;

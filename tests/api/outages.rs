@@ -2,10 +2,12 @@ use std::time::{Duration, Instant};
 
 use sessiond::api::pb::{self, TokenStatus};
 use tonic::Code;
+use tonic_types::StatusExt;
 
 use crate::support::{
     app::{spawn, test_settings},
     postgres::fresh_migrated_database,
+    redis::RedisServer,
     rpc::tokens,
 };
 
@@ -72,4 +74,49 @@ async fn requests_fail_with_unavailable_within_the_timeout_when_postgres_is_unre
         "took {:?}",
         started.elapsed()
     );
+}
+
+/// DeleteUserSessions deletes Redis's copies before the store's rows (a live copy Redis kept
+/// could never be repaired once the rows are gone), so with Redis down it signs the user out,
+/// answers UNAVAILABLE and keeps the rows; once Redis is back, a retry erases them.
+#[tokio::test]
+async fn erasing_a_user_while_redis_is_down_signs_them_out_and_a_retry_erases_them() {
+    let mut redis = RedisServer::start();
+    let (url, pool) = fresh_migrated_database().await;
+    let mut settings = test_settings(&url);
+    settings.redis_url = Some(redis.url().into());
+    let app = spawn(settings, Some(pool)).await;
+    let created = app.create("ada", "phone").await;
+    let id = created.session.clone().expect("session").session_id;
+    let access = tokens(&created.tokens).0;
+    assert!(app.validate(&access).await.valid);
+
+    redis.kill();
+    let status = app.delete_user("ada").await.expect_err("Redis is down");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(
+        status.get_details_error_info().expect("error info").reason,
+        "CACHE_UNAVAILABLE"
+    );
+    assert_eq!(app.status_of(&access).await, TokenStatus::SessionRevoked);
+    let kept = app.get(&id).await.expect("the row stays for the retry");
+    assert_eq!(kept.revoke_reason, "erased");
+
+    redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let erased = loop {
+        match app.delete_user("ada").await {
+            Ok(erased) => break erased,
+            Err(status) if status.code() == Code::Unavailable && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(status) => panic!("the retry failed: {status:?}"),
+        }
+    };
+    assert_eq!(erased, 1);
+    assert_eq!(
+        app.get(&id).await.expect_err("erased").code(),
+        Code::NotFound
+    );
+    assert_eq!(app.status_of(&access).await, TokenStatus::SessionNotFound);
 }

@@ -179,6 +179,11 @@ impl TestApp {
         rpc::revoke_user(&mut self.client.clone(), user_id, except).await
     }
 
+    /// Erases every session of `user_id`: how many it erased.
+    pub async fn delete_user(&self, user_id: &str) -> Result<u32, Status> {
+        rpc::delete_user(&mut self.client.clone(), user_id).await
+    }
+
     pub async fn get(&self, session_id: &str) -> Result<pb::Session, Status> {
         rpc::get(&mut self.client.clone(), session_id).await
     }

@@ -19,6 +19,43 @@ pub fn redis_url() -> String {
     std::env::var("SESSIOND_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
+/// Every key under `prefix` on the shared Redis, each with its value as text: a string's value,
+/// a hash's fields and values. Panics on any other type, which sessiond does not write (a test
+/// that meets one must learn to read it).
+pub async fn keys_and_values(prefix: &str) -> Vec<(String, String)> {
+    use fred::prelude::{ClientLike, Config, HashesInterface, KeysInterface};
+    use futures::TryStreamExt;
+
+    let client = fred::prelude::Builder::from_config(Config::from_url(&redis_url()).unwrap())
+        .build()
+        .unwrap();
+    client.init().await.unwrap();
+    let keys: Vec<fred::types::Key> = client
+        .scan_buffered(format!("{prefix}*"), Some(1_000), None)
+        .try_collect()
+        .await
+        .unwrap();
+    let mut found = Vec::with_capacity(keys.len());
+    for key in keys {
+        let name = key.as_str_lossy().into_owned();
+        let kind: String = client.r#type(&name).await.unwrap();
+        let value = match kind.as_str() {
+            "string" => client.get::<String, _>(&name).await.unwrap(),
+            "hash" => {
+                let fields: std::collections::HashMap<String, String> =
+                    client.hgetall(&name).await.unwrap();
+                format!("{fields:?}")
+            }
+            // Gone between the scan and the read.
+            "none" => continue,
+            other => panic!("{name} is a Redis {other}, which sessiond does not write"),
+        };
+        found.push((name, value));
+    }
+    client.quit().await.unwrap();
+    found
+}
+
 /// The `redis-server` flags of a throwaway server: `port` on loopback, no persistence, in the
 /// foreground.
 pub fn throwaway_args(port: &str) -> [&str; 10] {

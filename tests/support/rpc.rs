@@ -122,6 +122,16 @@ pub async fn revoke_user(client: &mut Client, user_id: &str, except: &str) -> Re
         .map(|response| response.into_inner().revoked_count)
 }
 
+/// DeleteUserSessions of `user_id`: how many sessions it erased.
+pub async fn delete_user(client: &mut Client, user_id: &str) -> Result<u32, Status> {
+    client
+        .delete_user_sessions(pb::DeleteUserSessionsRequest {
+            user_id: user_id.into(),
+        })
+        .await
+        .map(|response| response.into_inner().deleted_count)
+}
+
 /// The access and refresh tokens of a response.
 pub fn tokens(pair: &Option<pb::TokenPair>) -> (String, String) {
     let pair = pair.as_ref().expect("a token pair");

@@ -9,7 +9,9 @@
 //!
 //! Layout: `<prefix>{u:<user_id>}:s:<session_id>` is a hash with `data` (the session as JSON) and
 //! `rank`. All keys of one user share the hash tag, so they live in one Redis Cluster slot and one
-//! script can write them all. Revoked session ids are published on `<prefix>invalidate`.
+//! script can write them all. Revoked (and erased) session ids are published on
+//! `<prefix>invalidate`. The other keys are rate-limit counts (`rate.rs`) and each replica's
+//! write-probe key (`<prefix>{probe}:<uuid>`, holding no session); there is no per-user index.
 //!
 //! Writers race (see the parent module), so every write goes through a script that keeps the
 //! copy with the higher [`rank`].
@@ -39,8 +41,8 @@ use std::{
 use chrono::{DateTime, Utc};
 use fred::{
     prelude::{
-        Builder, Client, ClientLike, Config, HashesInterface, LuaInterface, PubsubInterface,
-        ReconnectPolicy,
+        Builder, Client, ClientLike, Config, HashesInterface, KeysInterface, LuaInterface,
+        PubsubInterface, ReconnectPolicy,
     },
     types::{
         config::{Options, TlsConnector},
@@ -96,6 +98,8 @@ enum Command {
     Announce,
     /// Counting a rate limit: skipped while the breaker is open (the replica counts alone).
     Rate,
+    /// Deleting an erased user's copies and rate-limit state: tried through an open breaker.
+    Erase,
 }
 
 impl Command {
@@ -105,6 +109,7 @@ impl Command {
             Self::Fill | Self::Revocation | Self::Probe => "write",
             Self::Announce => "publish",
             Self::Rate => "rate limit",
+            Self::Erase => "delete",
         }
     }
 
@@ -112,12 +117,13 @@ impl Command {
     /// any way (a timed-out write may still land, or not); a copy or probe that Redis refused or
     /// could not be sent, as a revocation would have been. A copy or probe that only timed out
     /// proves nothing lost: Redis was slow, which the breaker handles, and a doubt would make
-    /// Redis unreadable through a Postgres outage for no reason.
+    /// Redis unreadable through a Postgres outage for no reason. A failed delete leaves what was
+    /// there: a revoked copy, or one the erasure refuses to delete the store's rows without.
     fn may_have_lost_a_revocation(self, error: &fred::error::Error) -> bool {
         match self {
             Self::Revocation => true,
             Self::Fill | Self::Probe => *error.kind() != fred::error::ErrorKind::Timeout,
-            Self::Read | Self::Announce | Self::Rate => false,
+            Self::Read | Self::Announce | Self::Rate | Self::Erase => false,
         }
     }
 }
@@ -244,7 +250,7 @@ impl RedisTier {
     ) -> Option<T> {
         let always = matches!(
             kind,
-            Command::Revocation | Command::Probe | Command::Announce
+            Command::Revocation | Command::Probe | Command::Announce | Command::Erase
         );
         if !self.breaker.allow() && !always {
             return None;
@@ -332,6 +338,30 @@ impl RedisTier {
             }
             self.publish(announcement).await;
         }
+    }
+
+    /// Deletes the copies of these sessions, all of `user_id`, in one command (their keys share
+    /// the user's hash tag, so one Cluster slot); false if Redis did not take it.
+    #[tracing::instrument(name = "cache.redis.delete", skip_all, fields(count = sessions.len()))]
+    pub async fn delete(&self, user_id: &UserId, sessions: &[SessionId]) -> bool {
+        if sessions.is_empty() {
+            return true;
+        }
+        let keys: Vec<String> = sessions.iter().map(|id| self.key(user_id, *id)).collect();
+        let client = self.client.with_options(&self.options);
+        self.guarded(Command::Erase, client.del::<i64, _>(keys))
+            .await
+            .is_some()
+    }
+
+    /// Tells every replica, on the invalidation channel, to drop its in-process copies of these
+    /// sessions. Names the sessions only, never their user.
+    pub async fn announce_dropped(&self, sessions: &[SessionId]) {
+        if sessions.is_empty() {
+            return;
+        }
+        let ids: Vec<String> = sessions.iter().map(ToString::to_string).collect();
+        self.publish(ids.join(",")).await;
     }
 
     /// Writes the revoked copies of these sessions, of any users, without announcing them (the

@@ -7,7 +7,7 @@
 //! and then one per `interval`. The key expires when its TAT has passed: nothing is kept for an
 //! idle key.
 
-use fred::types::scripts::Script;
+use fred::{prelude::KeysInterface, types::scripts::Script};
 
 use super::{Command, RedisTier};
 
@@ -96,5 +96,22 @@ impl RedisTier {
             )
             .await?;
         Some((u64::try_from(tat).unwrap_or(0), u64::try_from(wait).ok()))
+    }
+
+    /// Deletes the rate-limit state of these keys (an erased user's). One DEL per key, in one
+    /// pipeline: the keys carry no hash tag, so in a Cluster each may live on another node. A
+    /// failure is logged; a key left behind expires within its rate's period.
+    pub async fn rate_forget(&self, keys: &[String]) {
+        if keys.is_empty() {
+            return;
+        }
+        let pipeline = self.client.pipeline();
+        let deletes = async {
+            for key in keys {
+                pipeline.del::<(), _>(self.rate_key(key)).await?;
+            }
+            pipeline.all::<()>().await
+        };
+        self.guarded(Command::Erase, deletes).await;
     }
 }

@@ -1,5 +1,6 @@
 //! The invalidation subscriber: every replica hears on `<prefix>invalidate` which sessions were
-//! revoked, and passes it on to the cache module, which evicts them from its in-process tier.
+//! revoked or erased, and passes it on to the cache module, which evicts them from its in-process
+//! tier.
 //!
 //! An announcement is a comma-separated list of session ids, ending in [`UNWRITTEN`] when the
 //! revoker could not write the revoked copies to Redis: then Redis may serve their live copies,
@@ -31,8 +32,8 @@ pub enum Invalidation {
     Lost(String),
     /// The channel reconnected; it is not subscribed again yet.
     Reconnecting,
-    /// These sessions were revoked.
-    Revoked(Vec<SessionId>),
+    /// These sessions were revoked or erased: their in-process copies must go.
+    Dropped(Vec<SessionId>),
     /// Some announcements were missed (the subscriber lagged behind).
     Missed,
     /// Redis was put in doubt: copies read from it before may be stale.
@@ -100,7 +101,7 @@ impl RedisTier {
                                 on_event(Invalidation::Subscribed);
                             } else {
                                 let (revoked, unwritten) = parse_announcement(&text);
-                                on_event(Invalidation::Revoked(revoked));
+                                on_event(Invalidation::Dropped(revoked));
                                 if unwritten {
                                     tier.doubt.raise("another replica could not write a revocation to Redis");
                                 }
