@@ -102,7 +102,6 @@ pub(super) async fn transaction<DB: Database>(
     Box::pin(pool.begin()).await
 }
 
-
 /// Runs `op`, failing it with UNAVAILABLE if it takes longer than `limit`.
 pub(super) async fn bounded<T>(
     limit: Option<Duration>,

@@ -190,7 +190,10 @@ fn main() -> anyhow::Result<()> {
     {
         bail!("--rate and --rate-of-peak must be positive");
     }
-    if args.refresh_noise.is_some_and(|rate| rate.is_nan() || rate <= 0.0) {
+    if args
+        .refresh_noise
+        .is_some_and(|rate| rate.is_nan() || rate <= 0.0)
+    {
         bail!("--refresh-noise must be positive");
     }
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
