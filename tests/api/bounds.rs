@@ -1,5 +1,6 @@
-//! The transport's bounds: request size, token length, streams per connection, calls in flight.
-//! They do not depend on the store, so they run once, on the embedded one (or on none).
+//! The transport's bounds: request size, token length, streams per connection, calls in flight,
+//! the call deadline, the connection age and keepalive. They do not depend on the store, so they
+//! run once, on the embedded one (or on none).
 
 use std::time::{Duration, Instant};
 
@@ -192,4 +193,103 @@ async fn past_the_store_bound_a_call_is_refused_at_once_and_validate_still_answe
         let status = waiting.await.unwrap().expect_err("the store never answers");
         assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     }
+}
+
+#[tokio::test]
+async fn a_call_past_the_request_timeout_is_cancelled_and_a_shorter_grpc_timeout_wins() {
+    let store = unresponsive_server().await;
+    let mut settings = test_settings(&format!("postgres://postgres@{store}/hung"));
+    settings.redis_url = None;
+    // The store would give up only after a minute: the deadline is what ends the call.
+    settings.database_timeout = Duration::from_secs(30);
+    settings.request_timeout = Duration::from_millis(500);
+    let app = spawn(settings, None).await;
+
+    let started = Instant::now();
+    let cut = app
+        .try_create("kim", "")
+        .await
+        .expect_err("the store never answers");
+    let cut_after = started.elapsed();
+    assert_eq!(cut.code(), Code::Cancelled, "{cut:?}");
+    assert!(
+        cut_after >= Duration::from_millis(500) && cut_after < Duration::from_secs(3),
+        "cut after {cut_after:?}"
+    );
+
+    let mut request = tonic::Request::new(create_request("kim", ""));
+    request.set_timeout(Duration::from_millis(100));
+    let started = Instant::now();
+    let cut = app
+        .client
+        .clone()
+        .create_session(request)
+        .await
+        .expect_err("the store never answers");
+    let cut_after = started.elapsed();
+    assert_eq!(cut.code(), Code::Cancelled, "{cut:?}");
+    assert!(
+        cut_after < Duration::from_millis(500),
+        "the caller's 100 ms deadline was not honoured: cut after {cut_after:?}"
+    );
+}
+
+/// Whether sessiond (`app`) ends an HTTP/2 connection that stays open, idle, within `within`.
+async fn ends_an_idle_connection_within(app: &TestApp, within: Duration) -> bool {
+    let tcp = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let (_client, connection) = h2::client::handshake(tcp).await.unwrap();
+    // The connection future answers the server's pings, and ends when the server closes it.
+    tokio::time::timeout(within, connection).await.is_ok()
+}
+
+#[tokio::test]
+async fn a_connection_past_its_maximum_age_is_sent_away() {
+    let aging = spawn_app_with(Store::Sqlite, |settings| {
+        settings.max_connection_age = Duration::from_millis(300);
+    })
+    .await;
+    assert!(
+        ends_an_idle_connection_within(&aging, Duration::from_secs(5)).await,
+        "a connection outlived SESSIOND_MAX_CONNECTION_AGE"
+    );
+    // The control: with the default age (30 minutes), the same connection stays.
+    let lasting = spawn_app(Store::Sqlite).await;
+    assert!(!ends_an_idle_connection_within(&lasting, Duration::from_secs(2)).await);
+}
+
+/// Whether sessiond (`app`) closes, within `within`, a connection whose peer sent the HTTP/2
+/// preface and then stopped answering anything, pings included.
+async fn drops_a_silent_peer_within(app: &TestApp, within: Duration) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    // The client preface and an empty SETTINGS frame (length 0, type 4, no flags, stream 0).
+    tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let mut sink = [0u8; 4096];
+    let closed = async {
+        // Read what the server sends (its SETTINGS, its pings), never answer, until it closes.
+        while let Ok(read) = tcp.read(&mut sink).await {
+            if read == 0 {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(within, closed).await.is_ok()
+}
+
+#[tokio::test]
+async fn a_peer_that_stops_answering_pings_is_disconnected() {
+    let pinging = spawn_app_with(Store::Sqlite, |settings| {
+        settings.http2_keepalive_interval = Duration::from_millis(200);
+        settings.http2_keepalive_timeout = Duration::from_millis(200);
+    })
+    .await;
+    assert!(
+        drops_a_silent_peer_within(&pinging, Duration::from_secs(5)).await,
+        "a peer that never answered a ping stayed connected"
+    );
+    // The control: with the default interval (30 s), the same silent peer is not dropped yet.
+    let patient = spawn_app(Store::Sqlite).await;
+    assert!(!drops_a_silent_peer_within(&patient, Duration::from_secs(2)).await);
 }
