@@ -22,7 +22,10 @@ use std::{
 use sessiond::api::pb::TokenStatus;
 use support::{
     app::{Store, TestApp, spawn_app_with},
-    redis::{REVOKED_RANK, redis_cli, redis_cli_try, spawn_redis_server, throwaway_args},
+    redis::{
+        REVOKED_RANK, redis_cli, redis_cli_tls_try, redis_cli_try, spawn_redis_server,
+        throwaway_args,
+    },
     rpc::token_and_id,
     tls::Ca,
 };
@@ -558,29 +561,13 @@ fn spawn_tls_redis(redis: &mut RedisProcesses, ca: &Ca) -> u16 {
         redis.spawn(port, &args);
         let deadline = Instant::now() + STARTUP;
         while Instant::now() < deadline {
-            if tls_redis_cli(&dir, port, &["ping"]).as_deref() == Some("PONG") {
+            if redis_cli_tls_try(&dir.join("ca.crt"), port, &["ping"]).as_deref() == Some("PONG") {
                 return port;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
     }
     panic!("no TLS redis-server came up");
-}
-
-/// `redis-cli` over TLS to `port`, trusting `<dir>/ca.crt`.
-fn tls_redis_cli(dir: &std::path::Path, port: u16, args: &[&str]) -> Option<String> {
-    let output = Command::new("redis-cli")
-        .args(["--tls", "--cacert"])
-        .arg(dir.join("ca.crt"))
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .ok()?;
-    output
-        .status
-        .success()
-        .then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned())
 }
 
 #[tokio::test]
@@ -595,12 +582,14 @@ async fn a_rediss_url_caches_over_tls_trusting_the_configured_ca() {
     )
     .await;
 
-    app.wait_for_redis(|key| tls_redis_cli(&dir, port, &["exists", key]).as_deref() == Some("1"))
-        .await;
+    app.wait_for_redis(|key| {
+        redis_cli_tls_try(&dir.join("ca.crt"), port, &["exists", key]).as_deref() == Some("1")
+    })
+    .await;
     let session = app.create_tracked("tess", "").await;
     app.revoke(&session.session_id).await;
     assert_cached_revoked(&session.key(&app.redis_key_prefix), |key, field| {
-        tls_redis_cli(&dir, port, &["hget", key, field]).unwrap()
+        redis_cli_tls_try(&dir.join("ca.crt"), port, &["hget", key, field]).unwrap()
     });
 }
 

@@ -107,21 +107,7 @@ async fn an_erasure_on_one_replica_leaves_no_copy_on_the_other() {
     cache_locally(&mut on_b, b, &live).await;
     let (revoked, revoked_id) = token_and_id(&create(&mut on_a, USER, "laptop").await);
     revoke(&mut on_a, &revoked_id).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let before = local_hits(b).await;
-        let status = validate(&mut on_b, &revoked).await.status();
-        assert_eq!(status, TokenStatus::SessionRevoked, "{}", b.log());
-        if local_hits(b).await > before {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "B never held the revoked copy\n{}",
-            b.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    hold_locally(&mut on_b, b, &revoked, TokenStatus::SessionRevoked).await;
 
     let sent = Instant::now();
     assert_eq!(delete_user(&mut on_a, USER).await.expect("erased"), 2);
@@ -306,11 +292,16 @@ async fn a_replica_whose_resubscription_is_refused_keeps_bypassing_its_in_proces
 
 /// Validates `access` on B until B answers from its in-process tier (B may still be subscribing).
 async fn cache_locally(client: &mut Client, b: &SessiondProcess, access: &str) {
+    hold_locally(client, b, access, TokenStatus::Valid).await;
+}
+
+/// Validates `access` on `b` until `b` answers it from its in-process tier, each answer `status`.
+async fn hold_locally(client: &mut Client, b: &SessiondProcess, access: &str, status: TokenStatus) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let before = local_hits(b).await;
         let verdict = validate(client, access).await;
-        assert!(verdict.valid, "B: {verdict:?}\n{}", b.log());
+        assert_eq!(verdict.status(), status, "B: {verdict:?}\n{}", b.log());
         if local_hits(b).await > before {
             return;
         }

@@ -178,7 +178,18 @@ impl Drop for RedisServer {
 /// `redis-cli -p port args...`: its trimmed stdout, or `None` if it failed to run or exited
 /// non-zero.
 pub fn redis_cli_try(port: u16, args: &[&str]) -> Option<String> {
-    let output = Command::new("redis-cli")
+    run_redis_cli(Command::new("redis-cli"), port, args)
+}
+
+/// [`redis_cli_try`] over TLS, trusting the CA file `ca_file`.
+pub fn redis_cli_tls_try(ca_file: &Path, port: u16, args: &[&str]) -> Option<String> {
+    let mut command = Command::new("redis-cli");
+    command.args(["--tls", "--cacert"]).arg(ca_file);
+    run_redis_cli(command, port, args)
+}
+
+fn run_redis_cli(mut command: Command, port: u16, args: &[&str]) -> Option<String> {
+    let output = command
         .args(["-h", "127.0.0.1", "-p", &port.to_string()])
         .args(args)
         .stdin(Stdio::null())
