@@ -102,6 +102,9 @@ free_port() {
 
 # start_server NAME DATABASE [VAR=VALUE...]: starts a sessiond, sets $addr to its URL and $ops to
 # its ops (metrics) URL. Later VAR=VALUE override the defaults.
+# The rate limits are off: a load tool rotates one chain, and creates, far faster than any client,
+# and the figures are of the operations, not of their refusals. The per-user session limit stays
+# at its default (100): it decides how a create is written.
 start_server() {
   local name="$1" database="$2"
   shift 2
@@ -115,6 +118,7 @@ start_server() {
     SESSIOND_REDIS_KEY_PREFIX="$prefix$name:" \
     SESSIOND_SIGNING_KEY_FILE="$work/signing.pem" \
     SESSIOND_REFRESH_KEY_FILE="$work/refresh.key" \
+    SESSIOND_CREATE_RATE_PER_USER=off SESSIOND_REFRESH_RATE_PER_SESSION=off \
     "$@" "$bin/sessiond" >"$out/sessiond-$name.log" 2>&1 &
   pids+=("$!")
   addr="http://127.0.0.1:$port"
