@@ -48,6 +48,11 @@ struct Claims {
     iat: i64,
     exp: i64,
     jti: String,
+    /// When the session started, in microseconds since the epoch: what a local verifier compares
+    /// with a user's not-before instant (a revocation event), exactly, where `iat` (seconds, and
+    /// renewed by every refresh) cannot. Absent from tokens of releases before it.
+    #[serde(default)]
+    sct: i64,
 }
 
 /// Only the header fields sessiond judges, read before any signature work.
@@ -201,6 +206,7 @@ impl AccessTokenSigner {
             iat: now.timestamp(),
             exp: expires_at.timestamp(),
             jti: Uuid::now_v7().to_string(),
+            sct: session.created_at.timestamp_micros(),
         };
         let signing = self.signing_key();
         let mut header = Header::new(Algorithm::EdDSA);
