@@ -121,6 +121,21 @@ pub enum Error {
         "the shared cache did not take the erasure; the user is signed out everywhere, retry to erase the rest"
     )]
     CacheUnavailable,
+    /// OUT_OF_RANGE: WatchRevocations was asked to resume from a cursor the log no longer holds
+    /// events after (or never issued): the subscriber must start again from a snapshot.
+    #[error(
+        "after_cursor {cursor} is not in the revocation log, which holds the events after cursor {oldest}: watch again with an empty cursor"
+    )]
+    CursorOutOfRange { cursor: String, oldest: String },
+    /// ABORTED: a WatchRevocations subscriber fell too far behind the events; it resumes from the
+    /// last cursor it received.
+    #[error(
+        "this subscriber fell too far behind the revocation events: watch again with after_cursor set to the last cursor received"
+    )]
+    WatcherTooSlow,
+    /// UNAVAILABLE: the server is shutting down; a WatchRevocations subscriber resumes elsewhere.
+    #[error("this server is shutting down: watch again, with the last cursor received")]
+    ShuttingDown,
     /// INTERNAL: the store refused a statement (a bug or a schema mismatch). The cause is logged,
     /// not sent.
     #[error("internal error")]
@@ -165,6 +180,9 @@ impl Error {
             Self::RateLimited { .. } => "RATE_LIMITED",
             Self::StoreUnavailable(_) => "STORE_UNAVAILABLE",
             Self::CacheUnavailable => "CACHE_UNAVAILABLE",
+            Self::CursorOutOfRange { .. } => "CURSOR_OUT_OF_RANGE",
+            Self::WatcherTooSlow => "WATCHER_TOO_SLOW",
+            Self::ShuttingDown => "SHUTTING_DOWN",
             Self::StoreFailed(_) | Self::Internal(_) => "INTERNAL",
         }
     }

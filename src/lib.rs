@@ -14,6 +14,7 @@ pub mod domain;
 pub mod error;
 pub mod limits;
 pub mod metrics;
+pub mod revocations;
 pub mod startup;
 pub mod store;
 pub mod sweeper;

@@ -26,6 +26,8 @@ const SESSIONS_REVOKED: &str = "sessiond_sessions_revoked_total";
 const SESSIONS_ERASED: &str = "sessiond_sessions_erased_total";
 const REFRESH_TOKEN_REUSE: &str = "sessiond_refresh_token_reuse_total";
 const SIGNING_KEYS: &str = "sessiond_signing_keys";
+const REVOCATIONS_IN_LEDGER: &str = "sessiond_revocations_in_ledger";
+const REVOCATION_WATCHERS: &str = "sessiond_revocation_watchers";
 const REDIS_BREAKER_OPEN: &str = "sessiond_redis_breaker_open";
 const REDIS_WRITES_REFUSED: &str = "sessiond_redis_writes_refused_total";
 const REDIS_TRUSTED: &str = "sessiond_redis_trusted";
@@ -97,6 +99,14 @@ fn describe() {
     );
     describe_gauge!(SIGNING_KEYS, "Access-token verification keys loaded.");
     describe_gauge!(
+        REVOCATIONS_IN_LEDGER,
+        "Revocations (sessions and users' not-before instants) this replica holds from the revocation log, for as long as their tokens may live."
+    );
+    describe_gauge!(
+        REVOCATION_WATCHERS,
+        "WatchRevocations streams this replica serves."
+    );
+    describe_gauge!(
         REDIS_BREAKER_OPEN,
         "1 while the Redis circuit breaker is open (Redis skipped), else 0."
     );
@@ -134,13 +144,15 @@ pub enum Rpc {
     Refresh,
     RevokeSession,
     RevokeUserSessions,
+    RevokeSessions,
+    WatchRevocations,
     DeleteUserSessions,
     ListUserSessions,
     GetSession,
 }
 
 impl Rpc {
-    const COUNT: usize = 8;
+    const COUNT: usize = 10;
 
     pub const ALL: [Self; Self::COUNT] = [
         Self::CreateSession,
@@ -148,6 +160,8 @@ impl Rpc {
         Self::Refresh,
         Self::RevokeSession,
         Self::RevokeUserSessions,
+        Self::RevokeSessions,
+        Self::WatchRevocations,
         Self::DeleteUserSessions,
         Self::ListUserSessions,
         Self::GetSession,
@@ -165,6 +179,8 @@ impl Rpc {
             Self::Refresh => "Refresh",
             Self::RevokeSession => "RevokeSession",
             Self::RevokeUserSessions => "RevokeUserSessions",
+            Self::RevokeSessions => "RevokeSessions",
+            Self::WatchRevocations => "WatchRevocations",
             Self::DeleteUserSessions => "DeleteUserSessions",
             Self::ListUserSessions => "ListUserSessions",
             Self::GetSession => "GetSession",
@@ -332,4 +348,14 @@ pub fn sessions_swept(count: u64) {
 /// The key ring now holds `count` verification keys.
 pub fn signing_keys(count: usize) {
     gauge!(SIGNING_KEYS).set(count as f64);
+}
+
+/// The ledger holds `count` revocations.
+pub fn revocations_in_ledger(count: usize) {
+    gauge!(REVOCATIONS_IN_LEDGER).set(count as f64);
+}
+
+/// A WatchRevocations stream opened (+1) or ended (-1).
+pub fn revocation_watchers(change: f64) {
+    gauge!(REVOCATION_WATCHERS).increment(change);
 }

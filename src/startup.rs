@@ -28,6 +28,7 @@ use crate::{
     config::{self, LimitPolicy, Settings},
     limits::{CallBounds, Rates, http::HttpBounds},
     metrics,
+    revocations::RevocationFeed,
     store::{PostgresStore, SessionStore, SqliteStore},
     sweeper::{self, SweepSettings},
     tasks::{Stage, Tasks},
@@ -58,6 +59,8 @@ pub struct Application {
     ops_listener: TcpListener,
     ops_addr: SocketAddr,
     authority: Arc<Authority>,
+    /// Ended at shutdown, so that WatchRevocations streams do not hold the graceful stop.
+    revocations: Arc<RevocationFeed>,
     callers: PolicySource,
     store: Arc<dyn SessionStore>,
     cache: SessionCache,
@@ -134,7 +137,15 @@ impl Application {
         );
 
         let tasks = Arc::new(Tasks::default());
-        let (store, cache) = build_storage(&settings, &tasks)?;
+        let (store, cache) = build_storage(&settings)?;
+        let revocations = RevocationFeed::start(
+            store.clone(),
+            clock.clone(),
+            policy.access_token_ttl,
+            &tasks,
+        );
+        let woken = revocations.clone();
+        cache.listen_for_invalidations(&tasks, move || woken.wake())?;
         let verified = VerifiedTokens::new(
             settings.local_cache_max_entries,
             settings.local_cache_max_bytes,
@@ -143,6 +154,7 @@ impl Application {
         let authority = Authority::new(
             store.clone(),
             cache.clone(),
+            revocations.clone(),
             verified,
             keys,
             policy,
@@ -171,11 +183,12 @@ impl Application {
             authority: Arc::new(authority),
             callers,
             store_ready: migrate(store.as_ref()).await,
+            sweep: SweepSettings::from_settings(&settings, revocations.retention()),
+            revocations,
             store,
             cache,
             tasks,
             clock,
-            sweep: SweepSettings::from_settings(&settings),
             key_reload_interval: settings.key_reload_interval,
             shutdown_drain: settings.shutdown_drain,
             shutdown_grace: settings.shutdown_grace,
@@ -259,12 +272,14 @@ impl Application {
         let (stopping_tx, stopping) = watch::channel(false);
         let drain = self.shutdown_drain;
         let draining_health = health.clone();
+        let revocations = self.revocations.clone();
         self.tasks
             .spawn_until_stopped("shutdown drain", Stage::Serving, async move {
                 shutdown.await;
                 tracing::info!(drain = ?drain, "shutting down: NOT_SERVING, draining");
                 set_readiness(&draining_health, ServingStatus::NotServing).await;
                 tokio::time::sleep(drain).await;
+                revocations.close();
                 let _ = stopping_tx.send(true);
             });
 
@@ -480,10 +495,7 @@ async fn stopped(mut stopping: watch::Receiver<bool>) {
 /// Without `SESSIOND_DATABASE_URL` this is one node on the embedded store: every write passes
 /// through this process, so its in-process copies stay true for the whole cache TTL. With
 /// Postgres, other replicas write too, so in-process copies are trusted only briefly.
-fn build_storage(
-    settings: &Settings,
-    tasks: &Tasks,
-) -> anyhow::Result<(Arc<dyn SessionStore>, SessionCache)> {
+fn build_storage(settings: &Settings) -> anyhow::Result<(Arc<dyn SessionStore>, SessionCache)> {
     let (store, local_ttl): (Arc<dyn SessionStore>, _) = match &settings.database_url {
         Some(url) => {
             let store = PostgresStore::connect_lazy(
@@ -525,9 +537,7 @@ fn build_storage(
             })
         })
         .transpose()?;
-    let cache = SessionCache::new(local, redis);
-    cache.listen_for_invalidations(tasks)?;
-    Ok((store, cache))
+    Ok((store, SessionCache::new(local, redis)))
 }
 
 /// Applies the store's migrations; false (and a warning) if the store cannot be reached.

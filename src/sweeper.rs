@@ -35,16 +35,31 @@ pub struct SweepSettings {
     /// `idle_expires_at`: a session that has just expired then still reads as expired (GetSession,
     /// ListUserSessions with `include_revoked`) instead of vanishing into not-found at once.
     pub retention: chrono::Duration,
+    /// How long a revocation event is kept: as long as a token it refuses may live, and a few
+    /// minutes more, so that a subscriber that was briefly away resumes without a snapshot.
+    pub revocation_retention: chrono::Duration,
 }
 
+/// Kept past the tokens' lifetime, for subscribers resuming after a short break.
+const RESUME_MARGIN: chrono::Duration = chrono::Duration::minutes(5);
+
+/// Most users' sign-outs one round finishes marking (left over by a replica that stopped).
+const SIGN_OUTS_PER_ROUND: usize = 100;
+
+/// Sessions one statement marks as revoked by their user's sign-out.
+pub const MARK_BATCH: usize = 1_000;
+
 impl SweepSettings {
-    pub fn from_settings(settings: &Settings) -> Self {
+    /// From the settings; revocations refuse tokens for `token_retention` (see
+    /// [`crate::revocations::RevocationFeed::retention`]).
+    pub fn from_settings(settings: &Settings, token_retention: chrono::Duration) -> Self {
         Self {
             interval: settings.sweep_interval,
             batch_size: i64::from(settings.sweep_batch_size),
             // Too long to represent: keep everything (the store refuses to subtract it).
             retention: chrono::Duration::from_std(settings.revoked_retention)
                 .unwrap_or(chrono::Duration::MAX),
+            revocation_retention: token_retention + RESUME_MARGIN,
         }
     }
 }
@@ -65,6 +80,53 @@ pub async fn run(store: Arc<dyn SessionStore>, clock: Arc<dyn Clock>, settings: 
 /// One round: sweeps, then logs and counts what it did.
 #[tracing::instrument(name = "sweeper.sweep", skip_all)]
 async fn sweep_once(store: &dyn SessionStore, clock: &dyn Clock, settings: &SweepSettings) {
+    sweep_sessions(store, clock, settings).await;
+    if let Err(error) = sweep_revocations(store, clock, settings).await {
+        metrics::store_error(&error);
+        tracing::warn!(error = %error.cause_chain(), "sweeping the revocation log failed; trying again next round");
+    }
+}
+
+/// Deletes the revocation events no token needs any more, and finishes marking the sessions of
+/// sign-outs a replica left unmarked.
+async fn sweep_revocations(
+    store: &dyn SessionStore,
+    clock: &dyn Clock,
+    settings: &SweepSettings,
+) -> crate::error::Result<()> {
+    let now = clock.now();
+    let (Some(events_before), Some(sign_outs_before)) = (
+        now.checked_sub_signed(settings.revocation_retention),
+        now.checked_sub_signed(settings.retention),
+    ) else {
+        return Ok(());
+    };
+    let deleted = store
+        .sweep_revocations(events_before, sign_outs_before)
+        .await?;
+    if deleted > 0 {
+        tracing::info!(deleted, "swept revocation events");
+    }
+    for user_id in store.unmarked_sign_outs(SIGN_OUTS_PER_ROUND).await? {
+        mark_sign_out(store, &user_id).await?;
+    }
+    Ok(())
+}
+
+/// Marks, batch by batch, every session the user's sign-out revoked (see
+/// [`SessionStore::sign_out_user`]).
+pub async fn mark_sign_out(
+    store: &dyn SessionStore,
+    user_id: &crate::domain::UserId,
+) -> crate::error::Result<()> {
+    while !store.mark_signed_out(user_id, MARK_BATCH).await? {
+        tokio::task::yield_now().await;
+    }
+    Ok(())
+}
+
+/// Deletes the sessions that ended long enough ago.
+async fn sweep_sessions(store: &dyn SessionStore, clock: &dyn Clock, settings: &SweepSettings) {
     match store
         .sweep(clock.now(), settings.retention, settings.batch_size)
         .await

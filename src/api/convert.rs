@@ -8,8 +8,12 @@ use uuid::Uuid;
 use super::pb;
 use crate::{
     authority::{Issued, SessionRequest},
-    domain::{Device, Metadata, RevokeReason, Session, SessionId, UserId},
+    domain::{
+        Cursor, Device, Metadata, Revocation, RevokeReason, Revoked, Session, SessionFilter,
+        SessionId, UserId,
+    },
     error::{Error, Refusal},
+    revocations::Watched,
     token::RefreshToken,
 };
 
@@ -91,6 +95,145 @@ pub fn revoke_user_sessions(
         optional_session_id("except_session_id", &request.except_session_id)?,
         reason("reason", request.reason)?,
     ))
+}
+
+/// RevokeSessions' request: which sessions, why, and whether only to count them.
+pub fn revoke_sessions(
+    request: pb::RevokeSessionsRequest,
+) -> Result<(SessionFilter, RevokeReason, bool), Error> {
+    let refused = || Error::invalid("filter", "must set at least one condition");
+    let filter = session_filter(request.filter.ok_or_else(refused)?)?;
+    if filter.is_empty() {
+        return Err(refused());
+    }
+    Ok((filter, reason("reason", request.reason)?, request.dry_run))
+}
+
+fn session_filter(filter: pb::SessionFilter) -> Result<SessionFilter, Error> {
+    let device_id = match filter.device_id.as_str() {
+        "" => None,
+        // Checked as CreateSession checks it: what is refused there can match nothing here.
+        _ => {
+            Device::parse(filter.device_id, String::new(), String::new(), "")
+                .map_err(|_| {
+                    Error::invalid(
+                        "filter.device_id",
+                        format!("must be at most {} printable bytes", Device::MAX_ID_BYTES),
+                    )
+                })?
+                .device_id
+        }
+    };
+    let network = match filter.ip_address.as_str() {
+        "" => None,
+        text => Some(
+            text.parse::<ipnet::IpNet>()
+                .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    Error::invalid(
+                        "filter.ip_address",
+                        "must be an IPv4 or IPv6 address, or a network in CIDR form (203.0.113.0/24)",
+                    )
+                })?,
+        ),
+    };
+    let metadata = filter
+        .metadata
+        .map(|entry| {
+            if entry.key.is_empty() {
+                return Err(Error::invalid("filter.metadata.key", "must not be empty"));
+            }
+            Ok((entry.key, entry.value))
+        })
+        .transpose()?;
+    Ok(SessionFilter {
+        user_id: optional_user_id("filter.user_id", filter.user_id)?,
+        device_id,
+        created_before: filter
+            .created_before
+            .map(|at| time("filter.created_before", at))
+            .transpose()?,
+        created_after: filter
+            .created_after
+            .map(|at| time("filter.created_after", at))
+            .transpose()?,
+        last_seen_before: filter
+            .last_seen_before
+            .map(|at| time("filter.last_seen_before", at))
+            .transpose()?,
+        network,
+        metadata,
+    })
+}
+
+/// A timestamp as an instant.
+fn time(field: &'static str, at: prost_types::Timestamp) -> Result<DateTime<Utc>, Error> {
+    u32::try_from(at.nanos)
+        .ok()
+        .and_then(|nanos| DateTime::from_timestamp(at.seconds, nanos))
+        .ok_or_else(|| Error::invalid(field, "must be a valid timestamp"))
+}
+
+/// WatchRevocations' request: where to resume (`None`: from the revocations still in force).
+pub fn after_cursor(request: pb::WatchRevocationsRequest) -> Result<Option<Cursor>, Error> {
+    (!request.after_cursor.is_empty())
+        .then(|| {
+            request.after_cursor.parse().map_err(|_| {
+                Error::invalid(
+                    "after_cursor",
+                    "must be a cursor from a RevocationEvent, or empty",
+                )
+            })
+        })
+        .transpose()
+}
+
+/// What a WatchRevocations stream sends; `tokens_expire_before` says until when a revocation
+/// refuses tokens.
+pub fn revocation_event(
+    watched: &Watched,
+    tokens_expire_before: impl Fn(&Revocation) -> DateTime<Utc>,
+) -> pb::RevocationEvent {
+    let revocation = match watched {
+        Watched::Heartbeat(cursor) => {
+            return pb::RevocationEvent {
+                cursor: cursor.to_string(),
+                kind: pb::RevocationKind::Heartbeat.into(),
+                ..Default::default()
+            };
+        }
+        Watched::Revocation(revocation) => revocation,
+    };
+    let mut event = pb::RevocationEvent {
+        cursor: revocation.cursor.to_string(),
+        revoked_at: Some(timestamp(revocation.revoked_at)),
+        reason: revocation.reason.clone(),
+        token_expires_before: Some(timestamp(tokens_expire_before(revocation))),
+        ..Default::default()
+    };
+    match &revocation.revoked {
+        Revoked::Session {
+            session_id,
+            user_id,
+        } => {
+            event.kind = pb::RevocationKind::Session.into();
+            event.session_id = session_id.to_string();
+            event.user_id = user_id.as_str().to_owned();
+        }
+        Revoked::UserBefore {
+            user_id,
+            not_before,
+        } => {
+            event.kind = pb::RevocationKind::UserNotBefore.into();
+            event.user_id = user_id.as_str().to_owned();
+            event.not_before = Some(timestamp(*not_before));
+        }
+        Revoked::SigningKey { key_id } => {
+            event.kind = pb::RevocationKind::SigningKeyRemoved.into();
+            event.key_id = key_id.clone();
+        }
+    }
+    event
 }
 
 /// DeleteUserSessions' request: whose sessions to erase.

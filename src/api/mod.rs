@@ -7,10 +7,12 @@ mod status;
 
 use std::{
     future::Future,
+    pin::Pin,
     sync::{Arc, OnceLock},
     time::Instant,
 };
 
+use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
 use tonic::{Code, Request, Response, Status};
 
 use crate::{
@@ -149,6 +151,59 @@ impl SessionService for SessionApi {
                 }))
             },
         )
+        .await
+    }
+
+    #[tracing::instrument(name = "rpc.RevokeSessions", skip_all)]
+    async fn revoke_sessions(
+        &self,
+        request: Request<pb::RevokeSessionsRequest>,
+    ) -> Result<Response<pb::RevokeSessionsResponse>, Status> {
+        let audit = Audit::default();
+        observed(
+            caller_of(&request),
+            Rpc::RevokeSessions,
+            Some(&audit),
+            async {
+                let (filter, reason, dry_run) = convert::revoke_sessions(request.into_inner())?;
+                if let Some(user_id) = &filter.user_id {
+                    audit.user(user_id);
+                }
+                let (matched_count, revoked_count) = self
+                    .authority
+                    .revoke_sessions(&filter, reason, dry_run)
+                    .await?;
+                Ok(Response::new(pb::RevokeSessionsResponse {
+                    matched_count,
+                    revoked_count,
+                }))
+            },
+        )
+        .await
+    }
+
+    type WatchRevocationsStream =
+        Pin<Box<dyn Stream<Item = Result<pb::RevocationEvent, Status>> + Send>>;
+
+    #[tracing::instrument(name = "rpc.WatchRevocations", skip_all)]
+    async fn watch_revocations(
+        &self,
+        request: Request<pb::WatchRevocationsRequest>,
+    ) -> Result<Response<Self::WatchRevocationsStream>, Status> {
+        observed(caller_of(&request), Rpc::WatchRevocations, None, async {
+            let after = convert::after_cursor(request.into_inner())?;
+            let watched = self.authority.watch_revocations(after).await?;
+            let authority = self.authority.clone();
+            let events = ReceiverStream::new(watched).map(move |watched| match watched {
+                Ok(watched) => Ok(convert::revocation_event(&watched, |revocation| {
+                    authority.tokens_expire_before(revocation)
+                })),
+                Err(end) => Err(status::answer(Rpc::WatchRevocations, end)),
+            });
+            Ok(Response::new(
+                Box::pin(events) as Self::WatchRevocationsStream
+            ))
+        })
         .await
     }
 

@@ -25,7 +25,11 @@ impl From<Error> for Status {
             Error::SessionLimitReached { .. }
             | Error::Overloaded { .. }
             | Error::RateLimited { .. } => Code::ResourceExhausted,
-            Error::StoreUnavailable(_) | Error::CacheUnavailable => Code::Unavailable,
+            Error::StoreUnavailable(_) | Error::CacheUnavailable | Error::ShuttingDown => {
+                Code::Unavailable
+            }
+            Error::CursorOutOfRange { .. } => Code::OutOfRange,
+            Error::WatcherTooSlow => Code::Aborted,
             Error::StoreFailed(_) | Error::Internal(_) => Code::Internal,
         };
         let metadata = match &error {
@@ -33,6 +37,9 @@ impl From<Error> for Status {
                 ("caller".to_owned(), caller.clone()),
                 ("method".to_owned(), method.clone()),
             ]),
+            Error::CursorOutOfRange { oldest, .. } => {
+                HashMap::from([("oldest_cursor".to_owned(), oldest.clone())])
+            }
             _ => HashMap::new(),
         };
         let mut details = ErrorDetails::with_error_info(error.code(), ERROR_DOMAIN, metadata);

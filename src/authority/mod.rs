@@ -19,10 +19,13 @@ pub use policy::{AtLimit, IpPrivacy, Policy};
 use crate::{
     cache::SessionCache,
     clock::Clock,
-    domain::{Device, Metadata, RevokeReason, Session, SessionId, SessionState, UserId},
+    domain::{
+        Device, Metadata, RevokeReason, Session, SessionFilter, SessionId, SessionState, UserId,
+    },
     error::{Error, Refusal, Result},
     limits::{Limit, RateLimiter, Requester},
     metrics,
+    revocations::RevocationFeed,
     store::{
         Admission, NewSession, RefreshOutcome, RefreshState, RevokeOutcome, SessionStore,
         SuccessorSalt,
@@ -36,6 +39,9 @@ use crate::{
 /// Most of one user's sessions RevokeUserSessions revokes, and DeleteUserSessions erases, and
 /// each writes to (or deletes from) the caches, at a time.
 const USER_SESSIONS_BATCH: usize = 1_000;
+
+/// Live sessions RevokeSessions reads (and revokes) per statement.
+const FILTER_PAGE: usize = 1_000;
 
 /// What CreateSession needs.
 #[derive(Debug)]
@@ -89,6 +95,9 @@ pub struct Page {
 pub struct Authority {
     store: Arc<dyn SessionStore>,
     cache: SessionCache,
+    /// The revocations read from the store's log: what `Validate` refuses whatever a cached copy
+    /// says, and what WatchRevocations streams.
+    revocations: Arc<RevocationFeed>,
     /// Access tokens verified before, by their bytes.
     verified: VerifiedTokens,
     keys: Keys,
@@ -101,9 +110,11 @@ pub struct Authority {
 
 impl Authority {
     /// An authority over these stores, keys and rules; its background writers run in `tasks`.
+    #[allow(clippy::too_many_arguments)] // each is a part the authority is built of
     pub fn new(
         store: Arc<dyn SessionStore>,
         cache: SessionCache,
+        revocations: Arc<RevocationFeed>,
         verified: VerifiedTokens,
         keys: Keys,
         policy: Policy,
@@ -123,6 +134,7 @@ impl Authority {
         Self {
             store,
             cache,
+            revocations,
             verified,
             keys,
             policy,
@@ -199,6 +211,7 @@ impl Authority {
         // Postgres is not, so that it keeps validating through an outage.
         if !revoked.is_empty() {
             self.cache.put_before_answering(&revoked, now).await;
+            self.revocations.wake();
         }
         self.cache.put_in_background(&session, now);
         tracing::info!(session_id = %session.id, user_id = %session.user_id, revoked = revoked.len(), "session created");
@@ -229,6 +242,11 @@ impl Authority {
                 None => return Ok(Verdict::Refused(Refusal::SessionNotFound)),
             },
         };
+        // A copy may predate a revocation the log holds (its Redis write lost, or its user signed
+        // out everywhere, which rewrites no copy).
+        if self.revocations.refuses(&session) {
+            return Ok(Verdict::Refused(Refusal::SessionRevoked));
+        }
         Ok(match session.state(now) {
             SessionState::Revoked => Verdict::Refused(Refusal::SessionRevoked),
             SessionState::Expired => Verdict::Refused(Refusal::SessionExpired),
@@ -342,6 +360,7 @@ impl Authority {
                 self.cache
                     .put_before_answering(std::slice::from_ref(&session), now)
                     .await;
+                self.revocations.wake();
                 Err(Error::RefreshRefused(Refusal::RefreshTokenReused))
             }
         }
@@ -365,6 +384,7 @@ impl Authority {
             RevokeOutcome::Revoked(revoked) => {
                 metrics::sessions_revoked(reason.as_str(), 1);
                 self.cache.put_before_answering(&[*revoked], now).await;
+                self.revocations.wake();
                 Ok(true)
             }
             RevokeOutcome::AlreadyRevoked => Ok(false),
@@ -380,8 +400,83 @@ impl Authority {
         except: Option<SessionId>,
         reason: RevokeReason,
     ) -> Result<usize> {
-        self.revoke_user_in_batches(user_id, except, &reason, self.now())
-            .await
+        let now = self.now();
+        if except.is_some() {
+            let revoked = self
+                .revoke_user_in_batches(user_id, except, &reason, now)
+                .await?;
+            self.revocations.catch_up().await;
+            return Ok(revoked);
+        }
+        let sign_out = self.store.sign_out_user(user_id, now, &reason).await?;
+        let revoked = usize::try_from(sign_out.revoked_count).unwrap_or(usize::MAX);
+        metrics::sessions_revoked(reason.as_str(), revoked);
+        // This replica refuses the user's sessions before it answers; the others read the log
+        // when they hear of it, or at their next poll.
+        self.revocations.catch_up().await;
+        self.cache.announce_logged().await;
+        // The rows are marked afterwards, batch by batch; a replica stopped part way leaves the
+        // rest to the sweeper. Until then the store's reads apply the not-before instant.
+        tracing::info!(user_id = %user_id, revoked, not_before = %sign_out.not_before, "user signed out everywhere");
+        let (store, user_id) = (self.store.clone(), user_id.clone());
+        tokio::spawn(async move {
+            if let Err(error) = crate::sweeper::mark_sign_out(store.as_ref(), &user_id).await {
+                tracing::warn!(error = %error.cause_chain(), "marking a sign-out's sessions failed; the sweeper finishes it");
+            }
+        });
+        Ok(revoked)
+    }
+
+    /// Revokes every live session `filter` matches (with `dry_run`, counts them); returns how
+    /// many matched and how many this call revoked. Page by page, each revoked page logged and
+    /// announced, so memory stays bounded; cut by the deadline part way, what it revoked stays
+    /// revoked and a retry carries on. The caches are not rewritten: every replica refuses the
+    /// sessions from the revocation log, which it reads at the announcement.
+    #[tracing::instrument(name = "authority.revoke_matching", skip_all)]
+    pub async fn revoke_sessions(
+        &self,
+        filter: &SessionFilter,
+        reason: RevokeReason,
+        dry_run: bool,
+    ) -> Result<(u64, u64)> {
+        let now = self.now();
+        let (mut matched, mut revoked) = (0, 0);
+        let mut after = None;
+        loop {
+            let page = self
+                .store
+                .revoke_matching(filter, now, &reason, dry_run, after, FILTER_PAGE)
+                .await?;
+            matched += page.matched;
+            revoked += page.revoked;
+            if page.revoked > 0 {
+                metrics::sessions_revoked(
+                    reason.as_str(),
+                    usize::try_from(page.revoked).unwrap_or(usize::MAX),
+                );
+                self.revocations.catch_up().await;
+                self.cache.announce_logged().await;
+            }
+            match page.next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        tracing::info!(matched, revoked, dry_run, "sessions revoked by filter");
+        Ok((matched, revoked))
+    }
+
+    /// A WatchRevocations stream (see [`RevocationFeed::watch`]).
+    pub async fn watch_revocations(
+        &self,
+        after: Option<crate::domain::Cursor>,
+    ) -> Result<tokio::sync::mpsc::Receiver<Result<crate::revocations::Watched>>> {
+        self.revocations.watch(after).await
+    }
+
+    /// When a token refused by `revocation` can no longer be live.
+    pub fn tokens_expire_before(&self, revocation: &crate::domain::Revocation) -> DateTime<Utc> {
+        self.revocations.tokens_expire_before(revocation)
     }
 
     /// Revokes every unrevoked session of a user but `except`, batch by batch, each revoked and
@@ -504,14 +599,33 @@ impl Authority {
     pub fn reload_keys(&self) -> anyhow::Result<()> {
         if let Some(change) = self.keys.reload()? {
             metrics::signing_keys(self.keys.signer.verification_keys().len());
-            if change.added > 0 || change.removed > 0 {
-                tracing::info!(added = change.added, removed = change.removed, kid = %change.signing_kid, "signing keys rotated");
+            if change.added > 0 || !change.removed.is_empty() {
+                tracing::info!(added = change.added, removed = change.removed.len(), kid = %change.signing_kid, "signing keys rotated");
             }
-            if change.removed > 0 {
+            if !change.removed.is_empty() {
                 self.verified.clear();
+                self.log_removed_keys(change.removed);
             }
         }
         Ok(())
+    }
+
+    /// Logs the removed keys in the revocation log, in the background, so that services that
+    /// verify tokens locally stop accepting what they signed (this replica already does). A
+    /// failure is logged; another replica that reloads the same files logs them too.
+    fn log_removed_keys(&self, removed: Vec<String>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (store, revocations, now) = (self.store.clone(), self.revocations.clone(), self.now());
+        runtime.spawn(async move {
+            for kid in &removed {
+                if let Err(error) = store.record_removed_signing_key(kid, now).await {
+                    tracing::warn!(kid, error = %error.cause_chain(), "cannot log a removed signing key");
+                }
+            }
+            revocations.wake();
+        });
     }
 
     /// The public verification keys as a JSON Web Key Set.

@@ -59,14 +59,31 @@ impl SessionCache {
     }
 
     /// With both tiers, other replicas revoke too: the in-process tier hears of it on Redis's
-    /// invalidation channel, and is trusted only while subscribed.
-    pub fn listen_for_invalidations(&self, tasks: &Tasks) -> anyhow::Result<()> {
+    /// invalidation channel, and is trusted only while subscribed. `announced` is told whenever a
+    /// replica announces a revocation (or announcements may have been missed): the revocation
+    /// feed's wake-up.
+    pub fn listen_for_invalidations(
+        &self,
+        tasks: &Tasks,
+        announced: impl Fn() + Send + 'static,
+    ) -> anyhow::Result<()> {
         let (Some(local), Some(redis)) = (&self.local, &self.redis) else {
             return Ok(());
         };
         local.distrust();
         let local = local.clone();
-        redis.subscribe(move |event| local_hears(&local, event), tasks)
+        redis.subscribe(
+            move |event| {
+                if matches!(
+                    event,
+                    Invalidation::Dropped(_) | Invalidation::Subscribed | Invalidation::Missed
+                ) {
+                    announced();
+                }
+                local_hears(&local, event);
+            },
+            tasks,
+        )
     }
 
     /// The cached copy of a session, from the nearest tier that has it.
@@ -97,6 +114,14 @@ impl SessionCache {
         }
         if let Some(redis) = &self.redis {
             redis.put(sessions, now).await;
+        }
+    }
+
+    /// Tells every replica that a revocation was logged that rewrote no copy (a user's sign-out
+    /// everywhere), so that they read the revocation log now.
+    pub async fn announce_logged(&self) {
+        if let Some(redis) = &self.redis {
+            redis.announce_logged().await;
         }
     }
 

@@ -2,15 +2,19 @@
 //! layers below `api` never check input again.
 
 mod device;
+mod filter;
 mod metadata;
 mod reason;
+mod revocation;
 mod session;
 mod session_id;
 mod user_id;
 
 pub use device::Device;
+pub use filter::SessionFilter;
 pub use metadata::Metadata;
 pub use reason::RevokeReason;
+pub use revocation::{Cursor, Revocation, Revoked};
 pub use session::{Session, SessionState};
 pub use session_id::SessionId;
 pub use user_id::UserId;

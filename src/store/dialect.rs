@@ -26,6 +26,9 @@ pub(super) trait Dialect: Database<Arguments: IntoArguments<Self>> {
     /// The connection `conn`, to run statements on.
     fn on(conn: &mut Self::Connection) -> impl Executor<'_, Database = Self>;
 
+    /// How many rows a statement changed (sqlx has no trait for it).
+    fn rows_affected(result: &Self::QueryResult) -> u64;
+
     /// `SELECT .. FROM session WHERE session_id = $1` that also locks the row until the
     /// transaction ends, so concurrent rotations of its refresh token take turns.
     const FIND_SESSION_FOR_UPDATE: &'static str;

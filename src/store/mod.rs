@@ -18,7 +18,9 @@ use chrono::{DateTime, Utc};
 use sqlx::sqlite::SqliteError;
 
 use crate::{
-    domain::{RevokeReason, Session, SessionId, UserId},
+    domain::{
+        Cursor, Revocation, RevokeReason, Revoked, Session, SessionFilter, SessionId, UserId,
+    },
     error::{Error, Result},
     token::TokenHash,
 };
@@ -156,6 +158,39 @@ impl RevokedAfter {
     }
 }
 
+/// What signing a user out everywhere did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SignOut {
+    /// Every session of the user created before this instant is revoked.
+    pub not_before: DateTime<Utc>,
+    /// How many sessions were live and are now revoked.
+    pub revoked_count: u64,
+}
+
+/// One page of RevokeSessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FilterPage {
+    /// Live sessions of the page the filter matched.
+    pub matched: u64,
+    /// Of those, how many this call revoked.
+    pub revoked: u64,
+    /// Where the next page starts; `None` after the last.
+    pub next: Option<SessionId>,
+}
+
+/// Where the revocation log stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogBounds {
+    /// The sweeper deleted every event up to this cursor: a subscriber resuming below it missed
+    /// some.
+    pub swept_through: Cursor,
+    /// The newest cursor committed (or `swept_through`, when nothing newer is kept).
+    pub newest: Cursor,
+    /// Just before the first event revoked at or after the instant asked about: where a
+    /// subscriber with no cursor starts.
+    pub before_since: Cursor,
+}
+
 /// Where sessions live.
 #[async_trait]
 pub trait SessionStore: Send + Sync + 'static {
@@ -214,6 +249,60 @@ pub trait SessionStore: Send + Sync + 'static {
         reason: &RevokeReason,
         limit: usize,
     ) -> Result<Vec<Session>>;
+
+    /// Signs the user out everywhere in O(1) of their sessions: records a not-before instant, at
+    /// `now` or just after the newest session the user holds (so a replica whose clock is ahead
+    /// cannot have made a session that escapes it), and never before the previous one. Every
+    /// session created before it is revoked from the commit on (the reads below apply it);
+    /// their rows are marked afterwards by [`SessionStore::mark_signed_out`]. Logged as one
+    /// user-not-before revocation.
+    async fn sign_out_user(
+        &self,
+        user_id: &UserId,
+        now: DateTime<Utc>,
+        reason: &RevokeReason,
+    ) -> Result<SignOut>;
+
+    /// Marks at most `limit` of the user's sessions that their not-before instant revoked;
+    /// true once none is left (the sign-out is then marked done).
+    async fn mark_signed_out(&self, user_id: &UserId, limit: usize) -> Result<bool>;
+
+    /// At most `limit` users signed out everywhere whose sessions are not all marked yet (a
+    /// replica stopped while marking them).
+    async fn unmarked_sign_outs(&self, limit: usize) -> Result<Vec<UserId>>;
+
+    /// Revokes (or with `dry_run`, only counts) the live sessions `filter` matches among the next
+    /// `limit` live sessions its store-side conditions select, in id order after `after`. Called
+    /// page by page until [`FilterPage::next`] is `None`, so that memory and each statement stay
+    /// bounded however many sessions match; revoked sessions are logged one event each.
+    async fn revoke_matching(
+        &self,
+        filter: &SessionFilter,
+        now: DateTime<Utc>,
+        reason: &RevokeReason,
+        dry_run: bool,
+        after: Option<SessionId>,
+        limit: usize,
+    ) -> Result<FilterPage>;
+
+    /// Logs that a signing key was removed, unless another replica logged it first.
+    async fn record_removed_signing_key(&self, key_id: &str, now: DateTime<Utc>) -> Result<()>;
+
+    /// At most `limit` revocations after `after`, in cursor (commit) order.
+    async fn revocations_after(&self, after: Cursor, limit: usize) -> Result<Vec<Revocation>>;
+
+    /// Where the log stands, and where a subscriber interested in revocations made at or after
+    /// `since` starts.
+    async fn revocation_log(&self, since: DateTime<Utc>) -> Result<LogBounds>;
+
+    /// Deletes the revocation events (and removed signing keys) recorded before `events_before`,
+    /// moving [`LogBounds::swept_through`], and the fully marked sign-outs recorded before
+    /// `sign_outs_before`. Returns how many events it deleted.
+    async fn sweep_revocations(
+        &self,
+        events_before: DateTime<Utc>,
+        sign_outs_before: DateTime<Utc>,
+    ) -> Result<u64>;
 
     /// At most `limit` of the user's revoked sessions, lowest ids first, with the hashes of their
     /// refresh tokens: what DeleteUserSessions erases next. Called, with
@@ -340,6 +429,27 @@ macro_rules! columns {
     };
 }
 
+/// Every column of `session` as in effect: `s`, joined (see [`in_effect`]) with its user's
+/// not-before instant `u`, reads as revoked by it when created before it, whether or not its row
+/// is marked yet. In `SessionRow`'s order.
+macro_rules! columns_in_effect {
+    () => {
+        "s.session_id, s.user_id, s.device_id, s.device_name, s.user_agent, s.ip_address, \
+         s.metadata, s.created_at, s.last_seen_at, s.expires_at, s.idle_expires_at, \
+         CASE WHEN s.revoked_at IS NULL AND s.created_at < u.not_before \
+           THEN u.not_before ELSE s.revoked_at END AS revoked_at, \
+         CASE WHEN s.revoked_at IS NULL AND s.created_at < u.not_before \
+           THEN u.reason ELSE s.revoke_reason END AS revoke_reason"
+    };
+}
+
+/// The sessions [`columns_in_effect`] reads: `session s` with its user's not-before `u`.
+macro_rules! in_effect {
+    () => {
+        "session s LEFT JOIN user_not_before u ON u.user_id = s.user_id"
+    };
+}
+
 /// "Live" in SQL: neither revoked nor past either expiry at the placeholder `$now`. Keep in step
 /// with `Session::state`.
 macro_rules! live_at {
@@ -402,6 +512,65 @@ impl<T: StoredTime> TryFrom<SessionRow<T>> for Session {
             idle_expires_at: row.idle_expires_at.into_time()?,
             revoked_at: row.revoked_at.map(StoredTime::into_time).transpose()?,
             revoke_reason: row.revoke_reason,
+        })
+    }
+}
+
+/// A `revocation_event` row as either store reads it, with times of type `T`.
+#[derive(sqlx::FromRow)]
+struct RevocationRow<T> {
+    cursor: i64,
+    kind: i32,
+    session_id: Option<uuid::Uuid>,
+    user_id: Option<String>,
+    not_before: Option<T>,
+    revoked_at: T,
+    reason: String,
+    key_id: Option<String>,
+}
+
+impl<T: StoredTime> TryFrom<RevocationRow<T>> for Revocation {
+    type Error = Error;
+
+    /// A row that does not parse is a corrupt row: INTERNAL, never a panic.
+    fn try_from(row: RevocationRow<T>) -> Result<Self> {
+        let corrupt = |what: &str| {
+            Error::Internal(anyhow::anyhow!(
+                "revocation_event {} holds {what}",
+                row.cursor
+            ))
+        };
+        let user_id = || {
+            row.user_id
+                .clone()
+                .and_then(|id| UserId::try_from(id).ok())
+                .ok_or_else(|| corrupt("no valid user_id"))
+        };
+        let revoked = match row.kind {
+            1 => Revoked::Session {
+                session_id: row
+                    .session_id
+                    .ok_or_else(|| corrupt("no session_id"))?
+                    .into(),
+                user_id: user_id()?,
+            },
+            2 => Revoked::UserBefore {
+                user_id: user_id()?,
+                not_before: row
+                    .not_before
+                    .ok_or_else(|| corrupt("no not_before"))?
+                    .into_time()?,
+            },
+            3 => Revoked::SigningKey {
+                key_id: row.key_id.clone().ok_or_else(|| corrupt("no key_id"))?,
+            },
+            _ => return Err(corrupt("an unknown kind")),
+        };
+        Ok(Self {
+            cursor: Cursor(row.cursor),
+            revoked,
+            revoked_at: row.revoked_at.into_time()?,
+            reason: row.reason,
         })
     }
 }

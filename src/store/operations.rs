@@ -9,14 +9,14 @@ use sqlx::{Database, Pool, pool::PoolConnection};
 use uuid::Uuid;
 
 use super::{
-    Activity, Admission, ErasureBatch, NewSession, RefreshDecision, RefreshOutcome, RefreshRule,
-    RefreshState, RevokeOutcome, RevokedAfter, SessionStore,
+    Activity, Admission, ErasureBatch, FilterPage, LogBounds, NewSession, RefreshDecision,
+    RefreshOutcome, RefreshRule, RefreshState, RevokeOutcome, RevokedAfter, SessionStore, SignOut,
     create_batch::CreateBatcher,
     dialect::{Dialect, bounded, connection},
     statements::{Bind, Read, RefreshTokenRow, Statements},
 };
 use crate::{
-    domain::{RevokeReason, Session, SessionId, UserId},
+    domain::{Cursor, Revocation, RevokeReason, Session, SessionFilter, SessionId, UserId},
     error::{Error, Refusal, Result},
     token::TokenHash,
 };
@@ -77,6 +77,16 @@ where
     (i64,): Read<DB>,
     (Uuid,): Read<DB>,
     (Vec<u8>,): Read<DB>,
+    Option<DB::Time>: Bind<DB>,
+    (DB::Time,): Read<DB>,
+    (String,): Read<DB>,
+    (Option<i64>,): Read<DB>,
+    (DB::Time, String): Read<DB>,
+    (i64, Option<i64>, Option<i64>): Read<DB>,
+    super::statements::FilteredRow: Read<DB>,
+    String: Bind<DB>,
+    super::RevocationRow<DB::Time>: Read<DB>,
+    super::statements::SignOutTally<DB::Time>: Read<DB>,
 {
     #[tracing::instrument(name = "store.migrate", skip_all)]
     async fn migrate(&self) -> Result<()> {
@@ -265,6 +275,169 @@ where
             Statements::<DB>(&mut *connection(&self.pool).await?)
                 .revoke_user(user_id, except, now, reason, limit)
                 .await
+        })
+        .await
+    }
+
+    #[tracing::instrument(name = "store.sign_out_user", skip_all)]
+    async fn sign_out_user(
+        &self,
+        user_id: &UserId,
+        now: DateTime<Utc>,
+        reason: &RevokeReason,
+    ) -> Result<SignOut> {
+        let tick = chrono::TimeDelta::microseconds(1);
+        self.bounded(async move {
+            let mut conn = connection(&self.pool).await?;
+            let mut tx = DB::begin_write(&mut conn).await?;
+            // Counted creates take turns with it, so the count is of what exists at the commit.
+            DB::lock_user(&mut tx, user_id).await?;
+            let mut statements = Statements::<DB>(&mut tx);
+            let previous = statements.not_before(user_id).await?;
+            let (live, newest) = statements.sign_out_tally(user_id, now, previous).await?;
+            let not_before = [
+                Some(now),
+                newest.map(|t| t + tick),
+                previous.map(|t| t + tick),
+            ]
+            .into_iter()
+            .flatten()
+            .max()
+            .unwrap_or(now);
+            statements
+                .record_not_before(user_id, not_before, reason, now)
+                .await?;
+            tx.commit().await?;
+            Ok(SignOut {
+                not_before,
+                revoked_count: live.unsigned_abs(),
+            })
+        })
+        .await
+    }
+
+    #[tracing::instrument(name = "store.mark_signed_out", skip_all)]
+    async fn mark_signed_out(&self, user_id: &UserId, limit: usize) -> Result<bool> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.bounded(async move {
+            let mut conn = connection(&self.pool).await?;
+            let mut statements = Statements::<DB>(&mut conn);
+            let Some((not_before, reason)) = statements.unmarked_sign_out(user_id).await? else {
+                return Ok(true);
+            };
+            let marked = statements
+                .mark_revoked_before(user_id, not_before, &reason, limit)
+                .await?;
+            if marked < limit.unsigned_abs() {
+                statements.sign_out_marked(user_id, not_before).await?;
+                return Ok(true);
+            }
+            Ok(false)
+        })
+        .await
+    }
+
+    #[tracing::instrument(name = "store.unmarked_sign_outs", skip_all)]
+    async fn unmarked_sign_outs(&self, limit: usize) -> Result<Vec<UserId>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.bounded(async move {
+            Statements::<DB>(&mut *connection(&self.pool).await?)
+                .unmarked_sign_outs(limit)
+                .await
+        })
+        .await
+    }
+
+    #[tracing::instrument(name = "store.revoke_matching", skip_all)]
+    async fn revoke_matching(
+        &self,
+        filter: &SessionFilter,
+        now: DateTime<Utc>,
+        reason: &RevokeReason,
+        dry_run: bool,
+        after: Option<SessionId>,
+        limit: usize,
+    ) -> Result<FilterPage> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.bounded(async move {
+            let mut conn = connection(&self.pool).await?;
+            let mut statements = Statements::<DB>(&mut conn);
+            let page = statements.filter_page(filter, now, after, limit).await?;
+            let next = (page.len() == limit.unsigned_abs() as usize)
+                .then(|| page.last().map(|row| SessionId::from(row.session_id)))
+                .flatten();
+            let matched: Vec<SessionId> = page
+                .into_iter()
+                .filter(|row| {
+                    let ip = row.ip_address.as_deref().and_then(|ip| ip.parse().ok());
+                    filter.admits(ip, &row.metadata.0)
+                })
+                .map(|row| row.session_id.into())
+                .collect();
+            let revoked = match dry_run {
+                true => 0,
+                false => statements.revoke_ids(&matched, now, reason).await?,
+            };
+            Ok(FilterPage {
+                matched: matched.len() as u64,
+                revoked,
+                next,
+            })
+        })
+        .await
+    }
+
+    #[tracing::instrument(name = "store.record_removed_signing_key", skip_all)]
+    async fn record_removed_signing_key(&self, key_id: &str, now: DateTime<Utc>) -> Result<()> {
+        self.bounded(async move {
+            Statements::<DB>(&mut *connection(&self.pool).await?)
+                .record_removed_signing_key(key_id, now)
+                .await
+        })
+        .await
+    }
+
+    #[tracing::instrument(name = "store.revocations_after", skip_all)]
+    async fn revocations_after(&self, after: Cursor, limit: usize) -> Result<Vec<Revocation>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.bounded(async move {
+            Statements::<DB>(&mut *connection(&self.pool).await?)
+                .revocations_after(after, limit)
+                .await
+        })
+        .await
+    }
+
+    #[tracing::instrument(name = "store.revocation_log", skip_all)]
+    async fn revocation_log(&self, since: DateTime<Utc>) -> Result<LogBounds> {
+        self.bounded(async move {
+            Statements::<DB>(&mut *connection(&self.pool).await?)
+                .revocation_log(since)
+                .await
+        })
+        .await
+    }
+
+    #[tracing::instrument(name = "store.sweep_revocations", skip_all)]
+    async fn sweep_revocations(
+        &self,
+        events_before: DateTime<Utc>,
+        sign_outs_before: DateTime<Utc>,
+    ) -> Result<u64> {
+        self.bounded(async move {
+            let mut conn = connection(&self.pool).await?;
+            let mut tx = DB::begin_write(&mut conn).await?;
+            let mut statements = Statements::<DB>(&mut tx);
+            // Deleted by cursor, not by time, so that `swept_through` covers exactly what went.
+            let deleted = match statements.newest_revocation_before(events_before).await? {
+                Some(through) => statements.delete_revocations_through(through).await?,
+                None => 0,
+            };
+            statements
+                .delete_old_revocation_state(events_before, sign_outs_before)
+                .await?;
+            tx.commit().await?;
+            Ok(deleted)
         })
         .await
     }

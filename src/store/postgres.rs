@@ -159,10 +159,16 @@ impl Dialect for Postgres {
         conn
     }
 
+    fn rows_affected(result: &sqlx::postgres::PgQueryResult) -> u64 {
+        result.rows_affected()
+    }
+
     const FIND_SESSION_FOR_UPDATE: &'static str = concat!(
         "SELECT ",
-        columns!(),
-        " FROM session WHERE session_id = $1 FOR UPDATE"
+        columns_in_effect!(),
+        " FROM ",
+        in_effect!(),
+        " WHERE s.session_id = $1 FOR UPDATE OF s"
     );
 
     async fn begin_write(conn: &mut PgConnection) -> Result<Transaction<'_, Postgres>> {

@@ -65,8 +65,17 @@ impl Dialect for Sqlite {
     }
 
     // The transaction's write lock already excludes every other writer.
-    const FIND_SESSION_FOR_UPDATE: &'static str =
-        concat!("SELECT ", columns!(), " FROM session WHERE session_id = $1");
+    fn rows_affected(result: &sqlx::sqlite::SqliteQueryResult) -> u64 {
+        result.rows_affected()
+    }
+
+    const FIND_SESSION_FOR_UPDATE: &'static str = concat!(
+        "SELECT ",
+        columns_in_effect!(),
+        " FROM ",
+        in_effect!(),
+        " WHERE s.session_id = $1"
+    );
 
     async fn begin_write(conn: &mut SqliteConnection) -> Result<Transaction<'_, Sqlite>> {
         Ok(conn.begin_with("BEGIN IMMEDIATE").await?)

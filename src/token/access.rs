@@ -85,7 +85,8 @@ impl KeyRing {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyChange {
     pub added: usize,
-    pub removed: usize,
+    /// The kids of the keys removed.
+    pub removed: Vec<String>,
     /// The kid that signs from now on.
     pub signing_kid: String,
 }
@@ -164,7 +165,8 @@ impl AccessTokenSigner {
                 .by_kid
                 .keys()
                 .filter(|kid| !ring.by_kid.contains_key(*kid))
-                .count(),
+                .cloned()
+                .collect(),
             signing_kid: ring.signing.kid().to_owned(),
         };
         self.keys.store(Arc::new(ring));
@@ -337,7 +339,7 @@ mod tests {
             change,
             KeyChange {
                 added: 1,
-                removed: 0,
+                removed: vec![],
                 signing_kid: second_kid.clone()
             }
         );
@@ -355,7 +357,7 @@ mod tests {
         assert_eq!(tokens.jwks()["keys"].as_array().map(Vec::len), Some(2));
 
         let change = tokens.replace_keys(vec![second]).expect("rotates");
-        assert_eq!(change.removed, 1);
+        assert_eq!(change.removed.len(), 1);
         assert_eq!(
             tokens.verify(&old.token, now),
             Err(Refusal::BadSignature),

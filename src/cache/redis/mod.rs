@@ -364,6 +364,12 @@ impl RedisTier {
         self.publish(ids.join(",")).await;
     }
 
+    /// Tells every replica, on the invalidation channel, to read the revocation log (see
+    /// [`subscriber::LOGGED`]).
+    pub async fn announce_logged(&self) {
+        self.publish(subscriber::LOGGED.to_owned()).await;
+    }
+
     /// Writes the revoked copies of these sessions, of any users, without announcing them (the
     /// reconciler's job); false as soon as one write fails.
     pub async fn rewrite_revoked(&self, sessions: &[Session], now: DateTime<Utc>) -> bool {

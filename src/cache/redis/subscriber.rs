@@ -5,7 +5,9 @@
 //! An announcement is a comma-separated list of session ids, ending in [`UNWRITTEN`] when the
 //! revoker could not write the revoked copies to Redis: then Redis may serve their live copies,
 //! and every replica that hears it stops reading Redis until it is reconciled. (Replicas of an
-//! older release skip the marker, which is not an id, and still evict the ids.)
+//! older release skip the marker, which is not an id, and still evict the ids.) Every
+//! announcement also wakes the revocation feed (`crate::revocations`), and [`LOGGED`] does only
+//! that.
 
 use std::time::{Duration, Instant};
 
@@ -42,6 +44,11 @@ pub enum Invalidation {
 
 /// Ends an announcement whose revoked copies did not reach Redis.
 pub(super) const UNWRITTEN: &str = "unwritten";
+
+/// The whole of an announcement that names no session: a revocation was logged that rewrote no
+/// copy (a user's sign-out everywhere), so replicas read the revocation log now. (It is not an
+/// id, so replicas of an older release evict nothing.)
+pub(super) const LOGGED: &str = "logged";
 
 /// How long to wait before subscribing again, or for a probe to come back.
 const SUBSCRIBE_RETRY: Duration = Duration::from_secs(1);
