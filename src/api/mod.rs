@@ -353,6 +353,12 @@ pub mod fuzzing {
         if let Ok(request) = pb::RevokeUserSessionsRequest::decode(bytes) {
             let _ = convert::revoke_user_sessions(request);
         }
+        if let Ok(request) = pb::RevokeSessionsRequest::decode(bytes) {
+            let _ = convert::revoke_sessions(request);
+        }
+        if let Ok(request) = pb::WatchRevocationsRequest::decode(bytes) {
+            let _ = convert::after_cursor(request);
+        }
         if let Ok(request) = pb::DeleteUserSessionsRequest::decode(bytes) {
             let _ = convert::delete_user_sessions(request);
         }

@@ -11,8 +11,9 @@
 //!
 //! Oversize: tonic's decoder refuses a message over the size limit with OUT_OF_RANGE, where gRPC
 //! says RESOURCE_EXHAUSTED (the code clients and proxies treat as "too much", and do not retry
-//! blindly). sessiond never answers OUT_OF_RANGE itself, so this layer turns a trailers-only
-//! OUT_OF_RANGE answer, which is what the decoder's refusal is, into RESOURCE_EXHAUSTED.
+//! blindly). So this layer turns a trailers-only OUT_OF_RANGE answer, which is what the decoder's
+//! refusal is, into RESOURCE_EXHAUSTED; sessiond's own OUT_OF_RANGE (a WatchRevocations cursor the
+//! log no longer holds) is told apart by the error details every sessiond error carries.
 
 use std::{
     future::Future,
@@ -31,6 +32,7 @@ use crate::{error::Error, metrics};
 
 const GRPC_STATUS: &str = "grpc-status";
 const GRPC_MESSAGE: &str = "grpc-message";
+const GRPC_STATUS_DETAILS: &str = "grpc-status-details-bin";
 const SESSION_SERVICE: &str = "/sessiond.v1.SessionService/";
 const VALIDATE: &str = "/sessiond.v1.SessionService/Validate";
 
@@ -149,6 +151,7 @@ fn answer_oversize<R>(response: &mut Response<R>, limit: u32) {
     if headers
         .get(GRPC_STATUS)
         .is_none_or(|status| status != out_of_range.as_str())
+        || headers.contains_key(GRPC_STATUS_DETAILS)
     {
         return;
     }

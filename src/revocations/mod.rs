@@ -34,7 +34,8 @@ use crate::{
 /// announcement was lost.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
 
-/// How long a WatchRevocations stream may stay quiet before it gets a heartbeat.
+/// How long a WatchRevocations stream may stay quiet before it gets a heartbeat (it gets one
+/// also as soon as it has caught up with the log).
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 
 /// How recently the feed must have read the log to its end for a heartbeat to vouch for it.
@@ -293,6 +294,10 @@ impl RevocationFeed {
             if short {
                 break;
             }
+        }
+        // Caught up: said at once, so a subscriber knows its view is complete from here.
+        if sender.send(Ok(Watched::Heartbeat(cursor))).await.is_err() {
+            return Error::ShuttingDown;
         }
         // The live tail; what the catch-up already sent comes again here, and is skipped.
         let mut last_sent = Instant::now();

@@ -313,7 +313,8 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Deletes the user's revoked sessions up to `through` in id order (those
     /// [`SessionStore::revoked_of_user`] returned), with their refresh tokens; returns the ids of
     /// the sessions it deleted. A session revoked in between with an id below `through` (made
-    /// during the erasure by a replica whose clock is behind) is deleted too.
+    /// during the erasure by a replica whose clock is behind) is deleted too. Also forgets the user
+    /// in the revocation log (see the statement `forget_user_in_revocation_log`).
     async fn delete_revoked(&self, user_id: &UserId, through: SessionId) -> Result<Vec<SessionId>>;
 
     /// One page of the user's sessions, newest first, after `after`. Without `include_revoked`,

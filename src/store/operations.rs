@@ -468,9 +468,11 @@ where
     #[tracing::instrument(name = "store.delete_revoked", skip_all)]
     async fn delete_revoked(&self, user_id: &UserId, through: SessionId) -> Result<Vec<SessionId>> {
         self.bounded(async move {
-            Statements::<DB>(&mut *self.pool.acquire().await?)
-                .delete_revoked(user_id, through)
-                .await
+            let mut conn = connection(&self.pool).await?;
+            let mut statements = Statements::<DB>(&mut conn);
+            let deleted = statements.delete_revoked(user_id, through).await?;
+            statements.forget_user_in_revocation_log(user_id).await?;
+            Ok(deleted)
         })
         .await
     }

@@ -286,6 +286,25 @@ where
         Ok(deleted.into_iter().map(SessionId::from).collect())
     }
 
+    /// Forgets the user in the revocation log, as far as refusing their tokens allows: their
+    /// sessions' events keep the session ids (which refuse those tokens until they expire) but no
+    /// longer name the user, and their not-before instant goes (every session it revoked is
+    /// revoked in its row by then). A sign-out-everywhere event names the user until it is swept:
+    /// without the name it would refuse nothing.
+    pub async fn forget_user_in_revocation_log(&mut self, user_id: &UserId) -> Result<()> {
+        sqlx::query::<DB>(
+            "UPDATE revocation_event SET user_id = NULL WHERE user_id = $1 AND kind = 1",
+        )
+        .bind(user_id.as_str())
+        .execute(DB::on(self.0))
+        .await?;
+        sqlx::query::<DB>("DELETE FROM user_not_before WHERE user_id = $1")
+            .bind(user_id.as_str())
+            .execute(DB::on(self.0))
+            .await?;
+        Ok(())
+    }
+
     /// Moves `last_seen_at` to `now` and `idle_expires_at` to `idle_expires_at`, never backwards,
     /// for a live session last seen before `stale_before`. Returns the updated row.
     pub async fn record_activity(

@@ -41,6 +41,7 @@ mod ops_bounds;
 mod outages;
 mod rates;
 mod refresh;
+mod revocations;
 mod revoke;
 mod serving;
 #[path = "../support/mod.rs"]

@@ -23,13 +23,16 @@ pub struct Replicas {
     pub prefix: String,
     /// The invalidation channel both subscribe to.
     pub channel: String,
-    _keys: Keys,
+    /// B's environment, to start it again.
+    env_b: Vec<(&'static str, String)>,
+    database: String,
+    keys: Keys,
 }
 
 impl Replicas {
     /// Starts A, then B, on `redis_url`, with `env` on top of the defaults, and waits until both
     /// are subscribed to the invalidation channel.
-    pub async fn start(redis_url: &str, extra: &[(&str, String)]) -> Self {
+    pub async fn start(redis_url: &str, extra: &[(&'static str, String)]) -> Self {
         let keys = Keys::generate();
         let database = fresh_database().await;
         let prefix = format!("sessiond-replicas:{}:", uuid::Uuid::now_v7().simple());
@@ -49,7 +52,8 @@ impl Replicas {
         };
         // One after the other, so only one applies the migrations to the fresh database.
         let a = SessiondProcess::start(&env("A")).await;
-        let b = SessiondProcess::start(&env("B")).await;
+        let env_b = env("B");
+        let b = SessiondProcess::start(&env_b).await;
         a.wait_for_log(SUBSCRIBED, 1).await;
         b.wait_for_log(SUBSCRIBED, 1).await;
         Self {
@@ -57,8 +61,27 @@ impl Replicas {
             b,
             channel: format!("{prefix}invalidate"),
             prefix,
-            _keys: keys,
+            env_b,
+            database,
+            keys,
         }
+    }
+
+    /// The URL of the database both use.
+    pub fn database(&self) -> &str {
+        &self.database
+    }
+
+    /// The key files both read.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// Stops B (SIGTERM) and starts it again, as a new process with the same settings.
+    pub async fn restart_b(&mut self) {
+        self.b.terminate(Duration::from_secs(20)).await;
+        self.b = SessiondProcess::start(&self.env_b).await;
+        self.b.wait_for_log(SUBSCRIBED, 1).await;
     }
 }
 
