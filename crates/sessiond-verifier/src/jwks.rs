@@ -400,13 +400,10 @@ pub(crate) async fn refresh(
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex, atomic::AtomicUsize};
-
-    use axum::{Router, extract::State, response::IntoResponse, routing::get};
     use serde_json::json;
 
     use super::*;
-    use crate::testing::{TestKey, jwks};
+    use crate::testing::{JwksServer, TestKey, jwks};
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         let mut headers = HeaderMap::new();
@@ -490,53 +487,6 @@ mod tests {
         assert!(keys.request_refetch(start + Duration::from_secs(6)).is_none());
     }
 
-    /// A JWKS server on 127.0.0.1:0 whose document and Cache-Control the test changes, and that
-    /// counts the requests it answers.
-    struct JwksServer {
-        url: String,
-        state: Arc<ServerState>,
-    }
-
-    struct ServerState {
-        document: Mutex<String>,
-        cache_control: Mutex<&'static str>,
-        status: Mutex<StatusCode>,
-        hits: AtomicUsize,
-    }
-
-    impl JwksServer {
-        async fn start(keys: &[&TestKey], cache_control: &'static str) -> Self {
-            let state = Arc::new(ServerState {
-                document: Mutex::new(jwks(keys).to_string()),
-                cache_control: Mutex::new(cache_control),
-                status: Mutex::new(StatusCode::OK),
-                hits: AtomicUsize::new(0),
-            });
-            async fn serve(State(state): State<Arc<ServerState>>) -> impl IntoResponse {
-                state.hits.fetch_add(1, Ordering::SeqCst);
-                let status = *state.status.lock().expect("lock");
-                let cache_control = *state.cache_control.lock().expect("lock");
-                let document = state.document.lock().expect("lock").clone();
-                (status, [(header::CACHE_CONTROL, cache_control)], document)
-            }
-            let app = Router::new()
-                .route("/.well-known/jwks.json", get(serve))
-                .with_state(state.clone());
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binds");
-            let url = format!("http://{}/.well-known/jwks.json", listener.local_addr().expect("addr"));
-            tokio::spawn(async move { axum::serve(listener, app).await });
-            Self { url, state }
-        }
-
-        fn hits(&self) -> usize {
-            self.state.hits.load(Ordering::SeqCst)
-        }
-
-        fn serve_keys(&self, keys: &[&TestKey]) {
-            *self.state.document.lock().expect("lock") = jwks(keys).to_string();
-        }
-    }
-
     fn policy(floor_ms: u64) -> RefreshPolicy {
         RefreshPolicy {
             floor: Duration::from_millis(floor_ms),
@@ -554,12 +504,12 @@ mod tests {
         assert!(set.get(key.kid()).is_some());
         assert_eq!(lifetime, Some(Duration::from_secs(60)));
 
-        *server.state.status.lock().expect("lock") = StatusCode::SERVICE_UNAVAILABLE;
+        *server.status.lock().expect("lock") = StatusCode::SERVICE_UNAVAILABLE;
         assert!(matches!(fetcher.fetch().await, Err(FetchError::Status(StatusCode::SERVICE_UNAVAILABLE))));
-        *server.state.status.lock().expect("lock") = StatusCode::OK;
-        *server.state.document.lock().expect("lock") = "x".repeat(MAX_DOCUMENT_BYTES + 1);
+        *server.status.lock().expect("lock") = StatusCode::OK;
+        *server.document.lock().expect("lock") = "x".repeat(MAX_DOCUMENT_BYTES + 1);
         assert!(matches!(fetcher.fetch().await, Err(FetchError::Body(_))));
-        *server.state.document.lock().expect("lock") = "<html>".into();
+        *server.document.lock().expect("lock") = "<html>".into();
         assert!(matches!(fetcher.fetch().await, Err(FetchError::Document(_))));
     }
 
@@ -589,7 +539,7 @@ mod tests {
         assert!(keys.current().as_ref().is_some_and(|set| set.get(key.kid()).is_some()));
 
         // max-age=60: no fetch for a minute.
-        *server.state.cache_control.lock().expect("lock") = "public, max-age=60";
+        *server.cache_control.lock().expect("lock") = "public, max-age=60";
         tokio::time::sleep(Duration::from_millis(300)).await;
         let before = server.hits();
         tokio::time::sleep(Duration::from_millis(800)).await;
@@ -632,7 +582,7 @@ mod tests {
         assert_eq!(server.hits(), 2);
 
         // A failing fetch keeps the keys in use.
-        *server.state.status.lock().expect("lock") = StatusCode::INTERNAL_SERVER_ERROR;
+        *server.status.lock().expect("lock") = StatusCode::INTERNAL_SERVER_ERROR;
         tokio::time::sleep(Duration::from_millis(300)).await;
         let mut failed = keys.request_refetch(Instant::now()).expect("taken");
         tokio::time::timeout(Duration::from_secs(5), failed.changed())

@@ -83,3 +83,70 @@ pub(crate) fn claims(sid: Uuid, sub: &str, now: DateTime<Utc>, ttl: i64) -> Valu
         "sct": now.timestamp_micros() - 60_000_000,
     })
 }
+
+/// A JWKS server on 127.0.0.1:0 whose document, status and Cache-Control the test changes, and
+/// that counts the requests it answers.
+pub(crate) struct JwksServer {
+    pub(crate) url: String,
+    state: std::sync::Arc<JwksState>,
+}
+
+pub(crate) struct JwksState {
+    pub(crate) document: std::sync::Mutex<String>,
+    pub(crate) cache_control: std::sync::Mutex<&'static str>,
+    pub(crate) status: std::sync::Mutex<http::StatusCode>,
+    hits: std::sync::atomic::AtomicUsize,
+}
+
+impl std::ops::Deref for JwksServer {
+    type Target = JwksState;
+
+    fn deref(&self) -> &JwksState {
+        &self.state
+    }
+}
+
+impl JwksServer {
+    pub(crate) async fn start(keys: &[&TestKey], cache_control: &'static str) -> Self {
+        use std::sync::{Arc, atomic::Ordering};
+
+        use axum::{Router, extract::State, response::IntoResponse, routing::get};
+
+        async fn serve(State(state): State<Arc<JwksState>>) -> impl IntoResponse {
+            state.hits.fetch_add(1, Ordering::SeqCst);
+            let status = *state.status.lock().expect("lock");
+            let cache_control = *state.cache_control.lock().expect("lock");
+            let document = state.document.lock().expect("lock").clone();
+            (status, [(http::header::CACHE_CONTROL, cache_control)], document)
+        }
+
+        let state = Arc::new(JwksState {
+            document: jwks(keys).to_string().into(),
+            cache_control: cache_control.into(),
+            status: http::StatusCode::OK.into(),
+            hits: 0.into(),
+        });
+        let app = Router::new()
+            .route("/.well-known/jwks.json", get(serve))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binds");
+        let url = format!(
+            "http://{}/.well-known/jwks.json",
+            listener.local_addr().expect("an address")
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self { url, state }
+    }
+
+    /// How many requests it answered.
+    pub(crate) fn hits(&self) -> usize {
+        self.state.hits.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Serves the JWKS of `keys` from now on.
+    pub(crate) fn serve_keys(&self, keys: &[&TestKey]) {
+        *self.state.document.lock().expect("lock") = jwks(keys).to_string();
+    }
+}
