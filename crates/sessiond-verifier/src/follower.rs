@@ -70,7 +70,9 @@ impl Freshness {
     /// How long ago the last proven instant is, at `now`; `None` before anything was proven.
     pub(crate) fn age(&self, now: Instant) -> Option<Duration> {
         let proven = self.proven.load(Ordering::Acquire).checked_sub(1)?;
-        Some(Duration::from_micros(self.micros(now).saturating_sub(proven)))
+        Some(Duration::from_micros(
+            self.micros(now).saturating_sub(proven),
+        ))
     }
 
     /// Whether the last proven instant is within the staleness bound of `now`.
@@ -169,7 +171,9 @@ impl RevocationState {
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Revocations> {
-        self.revocations.read().unwrap_or_else(PoisonError::into_inner)
+        self.revocations
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -214,7 +218,11 @@ pub(crate) struct Plan {
 /// The plan after a stream that ended as `end`, having received a message or not, after
 /// `failures` streams in a row that received none.
 pub(crate) fn plan(end: &End, received: bool, failures: u32) -> Plan {
-    let failures = if received { 1 } else { failures.saturating_add(1) };
+    let failures = if received {
+        1
+    } else {
+        failures.saturating_add(1)
+    };
     let code = match end {
         End::Failed(status) => Some(status.code()),
         End::Finished | End::Idle => None,
@@ -324,7 +332,9 @@ fn log_end(end: &End, next: &Plan, state: &RevocationState) {
             since_last_proof = ?age,
             "the revocation stream went silent: reconnecting"
         ),
-        End::Finished => tracing::info!(retry_in = ?next.wait, "sessiond closed the revocation stream"),
+        End::Finished => {
+            tracing::info!(retry_in = ?next.wait, "sessiond closed the revocation stream")
+        }
     }
 }
 
@@ -347,14 +357,20 @@ impl Stream {
                 .insert("authorization", authorization.clone());
         }
         let mut client = self.client.clone();
-        let mut messages =
-            match tokio::time::timeout(self.idle_timeout, client.watch_revocations(request)).await
-            {
-                Err(_) => return (false, End::Idle),
-                Ok(Err(status)) => return (false, End::Failed(status)),
-                Ok(Ok(response)) => response.into_inner(),
-            };
-        tracing::debug!(resuming = !cursor.is_empty(), "following sessiond's revocations");
+        let mut messages = match tokio::time::timeout(
+            self.idle_timeout,
+            client.watch_revocations(request),
+        )
+        .await
+        {
+            Err(_) => return (false, End::Idle),
+            Ok(Err(status)) => return (false, End::Failed(status)),
+            Ok(Ok(response)) => response.into_inner(),
+        };
+        tracing::debug!(
+            resuming = !cursor.is_empty(),
+            "following sessiond's revocations"
+        );
         let (mut received, mut caught_up) = (false, false);
         let mut deadline = Instant::now() + self.idle_timeout;
         loop {
@@ -446,7 +462,10 @@ mod tests {
         let state = RevocationState::new(Duration::from_secs(10));
         let (now, wall) = (Instant::now(), Utc::now());
         assert!(!state.freshness.is_fresh(now));
-        assert_eq!(state.receive(&heartbeat(""), false, now, wall), Received::Heartbeat);
+        assert_eq!(
+            state.receive(&heartbeat(""), false, now, wall),
+            Received::Heartbeat
+        );
         assert_eq!(state.freshness.age(now), Some(Duration::ZERO));
         // On a live stream, an event proves the instant it arrives, whatever its revoked_at.
         let later = now + Duration::from_secs(8);
@@ -460,15 +479,30 @@ mod tests {
         let state = RevocationState::new(Duration::from_secs(10));
         let (now, wall) = (Instant::now() + Duration::from_secs(3600), Utc::now());
         // A snapshot's old revocation: the verifier is as far behind as it is old.
-        state.receive(&session_event(wall - chrono::Duration::minutes(5)), false, now, wall);
+        state.receive(
+            &session_event(wall - chrono::Duration::minutes(5)),
+            false,
+            now,
+            wall,
+        );
         assert_eq!(state.freshness.age(now), Some(Duration::from_secs(300)));
         assert!(!state.freshness.is_fresh(now));
         // The replay reaches the recent past: fresh, with no heartbeat.
-        state.receive(&session_event(wall - chrono::Duration::seconds(2)), false, now, wall);
+        state.receive(
+            &session_event(wall - chrono::Duration::seconds(2)),
+            false,
+            now,
+            wall,
+        );
         assert_eq!(state.freshness.age(now), Some(Duration::from_secs(2)));
         assert!(state.freshness.is_fresh(now));
         // A revoked_at ahead of this clock proves no more than now.
-        state.receive(&session_event(wall + chrono::Duration::seconds(30)), false, now, wall);
+        state.receive(
+            &session_event(wall + chrono::Duration::seconds(30)),
+            false,
+            now,
+            wall,
+        );
         assert_eq!(state.freshness.age(now), Some(Duration::ZERO));
         assert_eq!(state.counts().sessions, 3);
     }
@@ -479,13 +513,19 @@ mod tests {
         let mut unknown = session_event(Utc::now());
         unknown.kind = 99;
         unknown.revoked_at = None;
-        assert_eq!(state.receive(&unknown, false, Instant::now(), Utc::now()), Received::Skipped);
+        assert_eq!(
+            state.receive(&unknown, false, Instant::now(), Utc::now()),
+            Received::Skipped
+        );
         assert_eq!(state.freshness.age(Instant::now()), None);
         assert_eq!(state.counts(), RevocationCounts::default());
         let mut removed = session_event(Utc::now());
         removed.kind = pb::RevocationKind::SigningKeyRemoved.into();
         removed.key_id = "k".into();
-        assert_eq!(state.receive(&removed, true, Instant::now(), Utc::now()), Received::KeyRemoved);
+        assert_eq!(
+            state.receive(&removed, true, Instant::now(), Utc::now()),
+            Received::KeyRemoved
+        );
     }
 
     #[test]
@@ -493,12 +533,20 @@ mod tests {
         let out_of_range = End::Failed(Status::out_of_range("cursor too old"));
         assert_eq!(
             plan(&out_of_range, true, 0),
-            Plan { restart: true, wait: Duration::ZERO, failures: 1 }
+            Plan {
+                restart: true,
+                wait: Duration::ZERO,
+                failures: 1
+            }
         );
         let aborted = End::Failed(Status::aborted("too slow"));
         assert_eq!(
             plan(&aborted, false, 0),
-            Plan { restart: false, wait: Duration::ZERO, failures: 1 }
+            Plan {
+                restart: false,
+                wait: Duration::ZERO,
+                failures: 1
+            }
         );
         // Repeated without any message in between: backs off like any failure.
         assert_eq!(plan(&aborted, false, 1).wait, MIN_BACKOFF * 2);
@@ -516,12 +564,20 @@ mod tests {
             failures = next.failures;
             waits.push(next.wait.as_millis());
         }
-        assert_eq!(waits, [100, 200, 400, 800, 1_600, 3_200, 6_400, 10_000, 10_000, 10_000]);
+        assert_eq!(
+            waits,
+            [
+                100, 200, 400, 800, 1_600, 3_200, 6_400, 10_000, 10_000, 10_000
+            ]
+        );
         assert_eq!(plan(&End::Idle, true, failures).wait, MIN_BACKOFF);
         assert_eq!(plan(&End::Finished, true, 7).failures, 1);
         for _ in 0..100 {
             let wait = jitter(Duration::from_secs(2));
-            assert!(wait >= Duration::from_secs(1) && wait <= Duration::from_secs(2), "{wait:?}");
+            assert!(
+                wait >= Duration::from_secs(1) && wait <= Duration::from_secs(2),
+                "{wait:?}"
+            );
         }
         assert_eq!(jitter(Duration::ZERO), Duration::ZERO);
     }

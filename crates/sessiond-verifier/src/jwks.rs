@@ -111,7 +111,10 @@ impl KeySet {
                 .and_then(|x| ed25519_dalek::VerifyingKey::from_bytes(&x).ok())
                 .filter(|key| !key.is_weak())
             else {
-                tracing::warn!(kid, "skipping a JWKS entry whose x is not an Ed25519 public key");
+                tracing::warn!(
+                    kid,
+                    "skipping a JWKS entry whose x is not an Ed25519 public key"
+                );
                 continue;
             };
             if kid.is_empty() || keys.contains_key(&kid) {
@@ -428,32 +431,74 @@ mod tests {
         let mut identity = [0u8; 32];
         identity[0] = 1;
         entries.push(json!({"kty": "OKP", "crv": "Ed25519", "kid": "weak", "x": URL_SAFE_NO_PAD.encode(identity)}));
-        entries.push(json!({"kty": "OKP", "crv": "Ed25519", "kid": one.kid(), "x": two.jwk()["x"]}));
+        entries
+            .push(json!({"kty": "OKP", "crv": "Ed25519", "kid": one.kid(), "x": two.jwk()["x"]}));
         entries.push(json!("not an object"));
         let set = KeySet::parse(document.to_string().as_bytes()).expect("parses");
         assert_eq!(set.len(), 2);
         assert!(set.get(one.kid()).is_some() && set.get(two.kid()).is_some());
         assert_eq!(
             set.get(one.kid()).map(|key| key.to_bytes()),
-            Some(one.jwk()["x"].as_str().map(|x| URL_SAFE_NO_PAD.decode(x)).expect("x").expect("b64").try_into().expect("32")),
+            Some(
+                one.jwk()["x"]
+                    .as_str()
+                    .map(|x| URL_SAFE_NO_PAD.decode(x))
+                    .expect("x")
+                    .expect("b64")
+                    .try_into()
+                    .expect("32")
+            ),
             "a repeated kid keeps its first key"
         );
         assert!(KeySet::parse(b"{}").is_err());
         assert!(KeySet::parse(b"not json").is_err());
-        assert_eq!(KeySet::parse(br#"{"keys": []}"#).map(|s| s.len()).ok(), Some(0));
+        assert_eq!(
+            KeySet::parse(br#"{"keys": []}"#).map(|s| s.len()).ok(),
+            Some(0)
+        );
     }
 
     #[test]
     fn the_lifetime_is_max_age_less_age() {
-        assert_eq!(lifetime(&headers(&[("cache-control", "public, max-age=60")])), Some(Duration::from_secs(60)));
-        assert_eq!(lifetime(&headers(&[("cache-control", "Max-Age=\"30\", public")])), Some(Duration::from_secs(30)));
-        assert_eq!(lifetime(&headers(&[("cache-control", "public"), ("cache-control", "max-age=10")])), Some(Duration::from_secs(10)));
-        assert_eq!(lifetime(&headers(&[("cache-control", "max-age=60"), ("age", "25")])), Some(Duration::from_secs(35)));
-        assert_eq!(lifetime(&headers(&[("cache-control", "max-age=60"), ("age", "99")])), Some(Duration::ZERO));
-        assert_eq!(lifetime(&headers(&[("cache-control", "max-age=60, no-cache")])), Some(Duration::ZERO));
-        assert_eq!(lifetime(&headers(&[("cache-control", "no-store")])), Some(Duration::ZERO));
-        assert_eq!(lifetime(&headers(&[("cache-control", "max-age=soon")])), None);
-        assert_eq!(lifetime(&headers(&[("cache-control", "s-maxage=60")])), None);
+        assert_eq!(
+            lifetime(&headers(&[("cache-control", "public, max-age=60")])),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(
+            lifetime(&headers(&[("cache-control", "Max-Age=\"30\", public")])),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            lifetime(&headers(&[
+                ("cache-control", "public"),
+                ("cache-control", "max-age=10")
+            ])),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(
+            lifetime(&headers(&[("cache-control", "max-age=60"), ("age", "25")])),
+            Some(Duration::from_secs(35))
+        );
+        assert_eq!(
+            lifetime(&headers(&[("cache-control", "max-age=60"), ("age", "99")])),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(
+            lifetime(&headers(&[("cache-control", "max-age=60, no-cache")])),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(
+            lifetime(&headers(&[("cache-control", "no-store")])),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(
+            lifetime(&headers(&[("cache-control", "max-age=soon")])),
+            None
+        );
+        assert_eq!(
+            lifetime(&headers(&[("cache-control", "s-maxage=60")])),
+            None
+        );
         assert_eq!(lifetime(&headers(&[])), None);
     }
 
@@ -464,9 +509,18 @@ mod tests {
             ceiling: Duration::from_secs(600),
             retry_ceiling: Duration::from_secs(30),
         };
-        assert_eq!(policy.after_success(Some(Duration::from_secs(60))), Duration::from_secs(60));
-        assert_eq!(policy.after_success(Some(Duration::ZERO)), Duration::from_secs(10));
-        assert_eq!(policy.after_success(Some(Duration::from_secs(86_400))), Duration::from_secs(600));
+        assert_eq!(
+            policy.after_success(Some(Duration::from_secs(60))),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            policy.after_success(Some(Duration::ZERO)),
+            Duration::from_secs(10)
+        );
+        assert_eq!(
+            policy.after_success(Some(Duration::from_secs(86_400))),
+            Duration::from_secs(600)
+        );
         assert_eq!(policy.after_success(None), DEFAULT_MAX_AGE);
         let retries: Vec<_> = (1..=7).map(|n| policy.after_failure(n).as_secs()).collect();
         assert_eq!(retries, [1, 2, 4, 8, 16, 30, 30]);
@@ -477,14 +531,34 @@ mod tests {
     fn an_unknown_kid_asks_for_a_fetch_at_most_once_per_interval() {
         let keys = Keys::new(Duration::from_secs(5));
         let start = keys.epoch;
-        assert!(keys.request_refetch(start).is_some(), "the first request is taken");
-        assert!(keys.request_refetch(start).is_some(), "pending: wait for the same fetch");
+        assert!(
+            keys.request_refetch(start).is_some(),
+            "the first request is taken"
+        );
+        assert!(
+            keys.request_refetch(start).is_some(),
+            "pending: wait for the same fetch"
+        );
         keys.attempted();
-        assert!(keys.request_refetch(start + Duration::from_secs(1)).is_none(), "too soon");
-        assert!(keys.request_refetch(start + Duration::from_millis(4_999)).is_none());
-        assert!(keys.request_refetch(start + Duration::from_secs(5)).is_some(), "the interval passed");
+        assert!(
+            keys.request_refetch(start + Duration::from_secs(1))
+                .is_none(),
+            "too soon"
+        );
+        assert!(
+            keys.request_refetch(start + Duration::from_millis(4_999))
+                .is_none()
+        );
+        assert!(
+            keys.request_refetch(start + Duration::from_secs(5))
+                .is_some(),
+            "the interval passed"
+        );
         keys.attempted();
-        assert!(keys.request_refetch(start + Duration::from_secs(6)).is_none());
+        assert!(
+            keys.request_refetch(start + Duration::from_secs(6))
+                .is_none()
+        );
     }
 
     fn policy(floor_ms: u64) -> RefreshPolicy {
@@ -505,17 +579,29 @@ mod tests {
         assert_eq!(lifetime, Some(Duration::from_secs(60)));
 
         *server.status.lock().expect("lock") = StatusCode::SERVICE_UNAVAILABLE;
-        assert!(matches!(fetcher.fetch().await, Err(FetchError::Status(StatusCode::SERVICE_UNAVAILABLE))));
+        assert!(matches!(
+            fetcher.fetch().await,
+            Err(FetchError::Status(StatusCode::SERVICE_UNAVAILABLE))
+        ));
         *server.status.lock().expect("lock") = StatusCode::OK;
         *server.document.lock().expect("lock") = "x".repeat(MAX_DOCUMENT_BYTES + 1);
         assert!(matches!(fetcher.fetch().await, Err(FetchError::Body(_))));
         *server.document.lock().expect("lock") = "<html>".into();
-        assert!(matches!(fetcher.fetch().await, Err(FetchError::Document(_))));
+        assert!(matches!(
+            fetcher.fetch().await,
+            Err(FetchError::Document(_))
+        ));
     }
 
     #[test]
     fn a_jwks_url_must_be_absolute_http_or_https() {
-        for url in ["", "jwks.json", "/jwks.json", "ftp://host/jwks.json", "http://"] {
+        for url in [
+            "",
+            "jwks.json",
+            "/jwks.json",
+            "ftp://host/jwks.json",
+            "http://",
+        ] {
             assert!(Fetcher::new(url, None).is_err(), "{url:?}");
         }
     }
@@ -535,8 +621,15 @@ mod tests {
         ));
         tokio::time::sleep(Duration::from_millis(1_100)).await;
         let hits = server.hits();
-        assert!((4..=7).contains(&hits), "{hits} fetches in 1.1 s with a 200 ms floor");
-        assert!(keys.current().as_ref().is_some_and(|set| set.get(key.kid()).is_some()));
+        assert!(
+            (4..=7).contains(&hits),
+            "{hits} fetches in 1.1 s with a 200 ms floor"
+        );
+        assert!(
+            keys.current()
+                .as_ref()
+                .is_some_and(|set| set.get(key.kid()).is_some())
+        );
 
         // max-age=60: no fetch for a minute.
         *server.cache_control.lock().expect("lock") = "public, max-age=60";
@@ -571,7 +664,11 @@ mod tests {
             .await
             .expect("fetched in time")
             .expect("the task runs");
-        assert!(keys.current().as_ref().is_some_and(|set| set.get(new.kid()).is_some()));
+        assert!(
+            keys.current()
+                .as_ref()
+                .is_some_and(|set| set.get(new.kid()).is_some())
+        );
         assert_eq!(server.hits(), 2);
 
         // A burst of requests within the interval costs no fetch.

@@ -207,10 +207,16 @@ mod tests {
         assert_eq!(bearer(&headers(&["bearer a.b.c"])), Ok("a.b.c"));
         assert_eq!(bearer(&headers(&["BEARER   a.b.c"])), Ok("a.b.c"));
         assert_eq!(bearer(&headers(&[])), Err(VerifyError::Missing));
-        assert_eq!(bearer(&headers(&["Basic dXNlcjpwdw=="])), Err(VerifyError::Missing));
+        assert_eq!(
+            bearer(&headers(&["Basic dXNlcjpwdw=="])),
+            Err(VerifyError::Missing)
+        );
         assert_eq!(bearer(&headers(&["Bearer"])), Err(VerifyError::Missing));
         assert_eq!(bearer(&headers(&["Bearer "])), Err(VerifyError::Malformed));
-        assert_eq!(bearer(&headers(&["Bearer a b"])), Err(VerifyError::Malformed));
+        assert_eq!(
+            bearer(&headers(&["Bearer a b"])),
+            Err(VerifyError::Malformed)
+        );
         assert_eq!(
             bearer(&headers(&["Bearer a.b.c", "Bearer d.e.f"])),
             Err(VerifyError::Malformed)
@@ -239,7 +245,13 @@ mod tests {
             assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
             assert!(!response.headers().contains_key(header::WWW_AUTHENTICATE));
         }
-        assert_eq!(grpc_status(VerifyError::Revoked).code(), tonic::Code::Unauthenticated);
-        assert_eq!(grpc_status(VerifyError::Stale).code(), tonic::Code::Unavailable);
+        assert_eq!(
+            grpc_status(VerifyError::Revoked).code(),
+            tonic::Code::Unauthenticated
+        );
+        assert_eq!(
+            grpc_status(VerifyError::Stale).code(),
+            tonic::Code::Unavailable
+        );
     }
 }

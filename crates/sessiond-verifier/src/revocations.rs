@@ -85,7 +85,9 @@ impl Revocation {
                     forget_after,
                 }))
             }
-            Ok(pb::RevocationKind::Unspecified) | Err(_) => Err(EventError::UnknownKind(event.kind)),
+            Ok(pb::RevocationKind::Unspecified) | Err(_) => {
+                Err(EventError::UnknownKind(event.kind))
+            }
         }
     }
 }
@@ -241,7 +243,11 @@ mod tests {
         let mut e = event(pb::RevocationKind::Session);
         e.session_id = revoked.to_string();
         e.user_id = "alice".into();
-        set.apply(Revocation::from_event(&e).expect("valid").expect("a revocation"));
+        set.apply(
+            Revocation::from_event(&e)
+                .expect("valid")
+                .expect("a revocation"),
+        );
         assert!(set.is_refused(&token("alice", revoked, at(-60), "k1")));
         // By sid alone: whoever the token says the user is.
         assert!(set.is_refused(&token("bob", revoked, at(-60), "k1")));
@@ -255,10 +261,22 @@ mod tests {
         let mut e = event(pb::RevocationKind::UserNotBefore);
         e.user_id = "alice".into();
         e.not_before = proto(not_before);
-        set.apply(Revocation::from_event(&e).expect("valid").expect("a revocation"));
+        set.apply(
+            Revocation::from_event(&e)
+                .expect("valid")
+                .expect("a revocation"),
+        );
         let sid = Uuid::now_v7();
-        assert!(set.is_refused(&token("alice", sid, not_before - Duration::microseconds(1), "k")));
-        assert!(!set.is_refused(&token("alice", sid, not_before, "k")), "started at it: kept");
+        assert!(set.is_refused(&token(
+            "alice",
+            sid,
+            not_before - Duration::microseconds(1),
+            "k"
+        )));
+        assert!(
+            !set.is_refused(&token("alice", sid, not_before, "k")),
+            "started at it: kept"
+        );
         assert!(!set.is_refused(&token("alice", sid, not_before + Duration::seconds(1), "k")));
         assert!(!set.is_refused(&token("bob", sid, at(-60), "k")));
         let mut older = token("alice", sid, at(-60), "k");
@@ -270,9 +288,18 @@ mod tests {
             seconds: at(10).timestamp(),
             nanos: 250,
         });
-        set.apply(Revocation::from_event(&e).expect("valid").expect("a revocation"));
+        set.apply(
+            Revocation::from_event(&e)
+                .expect("valid")
+                .expect("a revocation"),
+        );
         assert!(set.is_refused(&token("alice", sid, at(10), "k")));
-        assert!(!set.is_refused(&token("alice", sid, at(10) + Duration::microseconds(1), "k")));
+        assert!(!set.is_refused(&token(
+            "alice",
+            sid,
+            at(10) + Duration::microseconds(1),
+            "k"
+        )));
     }
 
     #[test]
@@ -290,7 +317,10 @@ mod tests {
         let sid = Uuid::now_v7();
         assert!(set.is_refused(&token("alice", sid, at(99), "k")));
         set.prune(at(600), Duration::zero());
-        assert!(set.is_refused(&token("alice", sid, at(99), "k")), "the later forget time holds");
+        assert!(
+            set.is_refused(&token("alice", sid, at(99), "k")),
+            "the later forget time holds"
+        );
         apply(&mut set, at(200), at(1_100));
         assert!(set.is_refused(&token("alice", sid, at(199), "k")));
     }
@@ -300,7 +330,11 @@ mod tests {
         let mut set = Revocations::default();
         let mut e = event(pb::RevocationKind::SigningKeyRemoved);
         e.key_id = "old-kid".into();
-        set.apply(Revocation::from_event(&e).expect("valid").expect("a revocation"));
+        set.apply(
+            Revocation::from_event(&e)
+                .expect("valid")
+                .expect("a revocation"),
+        );
         assert!(set.is_refused(&token("alice", Uuid::now_v7(), at(0), "old-kid")));
         assert!(!set.is_refused(&token("alice", Uuid::now_v7(), at(0), "new-kid")));
     }
@@ -327,7 +361,11 @@ mod tests {
             forget_after: DateTime::<Utc>::MAX_UTC,
         });
         assert_eq!(set.prune(at(299), Duration::zero()), 0);
-        assert_eq!(set.prune(at(300), Duration::zero()), 1, "the key went at its instant");
+        assert_eq!(
+            set.prune(at(300), Duration::zero()),
+            1,
+            "the key went at its instant"
+        );
         // With a 5 s leeway a token is taken until exp + 5 s: its revocation stays as long.
         assert_eq!(set.prune(at(604), Duration::seconds(5)), 0);
         assert_eq!(set.prune(at(605), Duration::seconds(5)), 1);
@@ -336,7 +374,11 @@ mod tests {
         assert!(!set.is_refused(&token("x", sid, at(0), "k2")));
         assert_eq!(
             set.counts(),
-            RevocationCounts { sessions: 1, users: 0, keys: 0 },
+            RevocationCounts {
+                sessions: 1,
+                users: 0,
+                keys: 0
+            },
             "one without token_expires_before is kept"
         );
         assert_eq!(set.prune(DateTime::<Utc>::MAX_UTC, Duration::days(1)), 0);
@@ -349,17 +391,27 @@ mod tests {
         let mut e = event(pb::RevocationKind::Session);
         e.session_id = sid.to_string();
         for _ in 0..3 {
-            set.apply(Revocation::from_event(&e).expect("valid").expect("a revocation"));
+            set.apply(
+                Revocation::from_event(&e)
+                    .expect("valid")
+                    .expect("a revocation"),
+            );
         }
         assert_eq!(set.counts().sessions, 1);
     }
 
     #[test]
     fn events_are_read_strictly() {
-        assert_eq!(Revocation::from_event(&event(pb::RevocationKind::Heartbeat)), Ok(None));
+        assert_eq!(
+            Revocation::from_event(&event(pb::RevocationKind::Heartbeat)),
+            Ok(None)
+        );
         let mut unknown = event(pb::RevocationKind::Session);
         unknown.kind = 42;
-        assert_eq!(Revocation::from_event(&unknown), Err(EventError::UnknownKind(42)));
+        assert_eq!(
+            Revocation::from_event(&unknown),
+            Err(EventError::UnknownKind(42))
+        );
         assert_eq!(
             Revocation::from_event(&event(pb::RevocationKind::Unspecified)),
             Err(EventError::UnknownKind(0))

@@ -117,7 +117,11 @@ impl JwksServer {
             let status = *state.status.lock().expect("lock");
             let cache_control = *state.cache_control.lock().expect("lock");
             let document = state.document.lock().expect("lock").clone();
-            (status, [(http::header::CACHE_CONTROL, cache_control)], document)
+            (
+                status,
+                [(http::header::CACHE_CONTROL, cache_control)],
+                document,
+            )
         }
 
         let state = Arc::new(JwksState {

@@ -209,7 +209,10 @@ mod tests {
         assert_eq!(verified.session_id, sid);
         assert_eq!(verified.kid, key.kid());
         assert_eq!(verified.expires_at, now() + Duration::seconds(900));
-        assert_eq!(verified.session_started_micros, now().timestamp_micros() - 60_000_000);
+        assert_eq!(
+            verified.session_started_micros,
+            now().timestamp_micros() - 60_000_000
+        );
 
         let at_exp = now() + Duration::seconds(900);
         assert_eq!(
@@ -237,7 +240,9 @@ mod tests {
         let key = TestKey::new(1);
         let keys = KeySet::of(&[&key]);
         let body = claims(Uuid::now_v7(), "u", now(), 900);
-        for alg in ["none", "HS256", "RS256", "ES256", "PS256", "EdDSA ", "eddsa", "ED25519"] {
+        for alg in [
+            "none", "HS256", "RS256", "ES256", "PS256", "EdDSA ", "eddsa", "ED25519",
+        ] {
             let token = key.sign(&json!({"alg": alg, "kid": key.kid()}), &body);
             assert_eq!(refusal(&token, &keys), VerifyError::BadSignature, "{alg}");
         }
@@ -275,9 +280,8 @@ mod tests {
         let keys = KeySet::of(&[&key]);
         let token = key.sign(&header(&key), &claims(Uuid::now_v7(), "alice", now(), 900));
         let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
-        parts[1] = URL_SAFE_NO_PAD.encode(
-            claims(Uuid::now_v7(), "mallory", now(), 900).to_string(),
-        );
+        parts[1] =
+            URL_SAFE_NO_PAD.encode(claims(Uuid::now_v7(), "mallory", now(), 900).to_string());
         assert_eq!(refusal(&parts.join("."), &keys), VerifyError::BadSignature);
         // A signature of the wrong length, and one that is not base64url.
         parts[1] = token.split('.').nth(1).expect("claims").to_owned();
@@ -315,8 +319,21 @@ mod tests {
     fn garbage_and_incomplete_tokens_are_malformed() {
         let key = TestKey::new(1);
         let keys = KeySet::of(&[&key]);
-        for garbage in ["", "abc", "a.b", "a.b.c", "a.b.c.d", "not a token", "..", "...."] {
-            assert_eq!(refusal(garbage, &keys), VerifyError::Malformed, "{garbage:?}");
+        for garbage in [
+            "",
+            "abc",
+            "a.b",
+            "a.b.c",
+            "a.b.c.d",
+            "not a token",
+            "..",
+            "....",
+        ] {
+            assert_eq!(
+                refusal(garbage, &keys),
+                VerifyError::Malformed,
+                "{garbage:?}"
+            );
         }
         let body = claims(Uuid::now_v7(), "u", now(), 900);
         for missing in ["iss", "aud", "sub", "sid", "exp"] {
@@ -364,8 +381,8 @@ mod tests {
         let keys = KeySet::of(&[&key]);
         let mut body = claims(Uuid::now_v7(), "u", now(), 900);
         body.as_object_mut().expect("object").remove("sct");
-        let verified = verify(&key.sign(&header(&key), &body), &keys, &expected(), now())
-            .expect("verifies");
+        let verified =
+            verify(&key.sign(&header(&key), &body), &keys, &expected(), now()).expect("verifies");
         assert_eq!(verified.session_started_micros, 0);
     }
 }

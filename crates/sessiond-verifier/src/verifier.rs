@@ -73,10 +73,10 @@ pub enum OnStale {
 /// (TLS, mutual TLS, timeouts).
 #[derive(Debug, Clone)]
 pub enum GrpcTarget {
-    /// `http://host:port` (h2c), or `https://` with an [`Endpoint`] that has a TLS config.
+    /// `http://host:port` (h2c). For TLS, pass an [`Endpoint`] with a TLS config instead.
     Url(String),
-    /// An endpoint, connected lazily.
-    Endpoint(Endpoint),
+    /// An endpoint, connected lazily (boxed: an `Endpoint` is large).
+    Endpoint(Box<Endpoint>),
     /// A channel, used as it is.
     Channel(Channel),
 }
@@ -95,7 +95,7 @@ impl From<String> for GrpcTarget {
 
 impl From<Endpoint> for GrpcTarget {
     fn from(endpoint: Endpoint) -> Self {
-        Self::Endpoint(endpoint)
+        Self::Endpoint(Box::new(endpoint))
     }
 }
 
@@ -227,10 +227,7 @@ impl Builder {
         }
         let leeway = chrono::Duration::from_std(self.leeway)
             .map_err(|_| BuildError::Setting("the leeway is out of range"))?;
-        let authorization = self
-            .api_key
-            .map(|key| authorization(&key))
-            .transpose()?;
+        let authorization = self.api_key.map(|key| authorization(&key)).transpose()?;
         let channel = match self.grpc {
             GrpcTarget::Url(url) => Endpoint::from_shared(url)
                 .map_err(|e| BuildError::GrpcUrl(e.to_string()))?
@@ -614,7 +611,9 @@ fn refusal_of(status: i32) -> VerifyError {
         Ok(TokenStatus::TokenExpired) => VerifyError::Expired,
         Ok(TokenStatus::WrongIssuerOrAudience) => VerifyError::WrongIssuerOrAudience,
         Ok(
-            TokenStatus::SessionRevoked | TokenStatus::SessionExpired | TokenStatus::SessionNotFound,
+            TokenStatus::SessionRevoked
+            | TokenStatus::SessionExpired
+            | TokenStatus::SessionNotFound,
         ) => VerifyError::Revoked,
         // VALID with valid=false, UNSPECIFIED or a newer status: not an answer to act on.
         Ok(TokenStatus::Valid | TokenStatus::Unspecified) | Err(_) => VerifyError::Unavailable,
@@ -632,9 +631,7 @@ pub fn __bench_verifier(
     revoked_sessions: impl IntoIterator<Item = Uuid>,
 ) -> Result<Verifier, BuildError> {
     let keys = Keys::new(Duration::from_secs(5));
-    keys.replace(
-        jwks::KeySet::parse(document).map_err(|e| BuildError::JwksUrl(e.to_string()))?,
-    );
+    keys.replace(jwks::KeySet::parse(document).map_err(|e| BuildError::JwksUrl(e.to_string()))?);
     let revocations = RevocationState::new(Duration::from_secs(86_400));
     let forever = Some(prost_types::Timestamp {
         seconds: 253_402_300_799,
