@@ -38,6 +38,7 @@ mod extract;
 mod follower;
 mod jwks;
 mod layer;
+mod memo;
 #[allow(dead_code, unreachable_pub)]
 mod pb;
 mod revocations;

@@ -501,6 +501,44 @@ async fn a_removed_signing_key_refuses_its_tokens_and_the_jwks_is_fetched_again(
 }
 
 #[tokio::test]
+async fn a_remembered_token_still_expires_and_leaves_with_its_key() {
+    let mut h = Harness::start(|b| b).await;
+    let stream = h.next_stream().await;
+    stream.send(heartbeat("")).await;
+    h.verifier
+        .wait_synced(Duration::from_secs(5))
+        .await
+        .expect("synced");
+
+    let short = h.key.sign(
+        &header(&h.key),
+        &claims(Uuid::now_v7(), "alice", Utc::now(), 1),
+    );
+    assert!(h.verifier.verify(&short).await.is_ok());
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    assert_eq!(h.verifier.verify(&short).await, Err(VerifyError::Expired));
+
+    // The key is rotated out of the JWKS: its remembered tokens go with it.
+    stream.send(heartbeat("")).await;
+    let token = h.token(Uuid::now_v7(), "alice");
+    eventually(&h.verifier, &token, Ok(())).await;
+    let rotated = TestKey::new(2);
+    h.jwks.serve_keys(&[&rotated]);
+    let new = rotated.sign(
+        &header(&rotated),
+        &claims(Uuid::now_v7(), "alice", Utc::now(), 900),
+    );
+    assert!(
+        h.verifier.verify(&new).await.is_ok(),
+        "the new key was fetched"
+    );
+    assert_eq!(
+        h.verifier.verify(&token).await,
+        Err(VerifyError::BadSignature)
+    );
+}
+
+#[tokio::test]
 async fn shutdown_stops_the_tasks_and_the_verifier_goes_stale() {
     let mut h = Harness::start(|b| b.staleness(Duration::from_millis(300))).await;
     let stream = h.next_stream().await;

@@ -130,11 +130,7 @@ pub(crate) fn verify(
         return Err(VerifyError::WrongIssuerOrAudience.into());
     }
     let expires_at = DateTime::from_timestamp(claims.exp, 0).ok_or(VerifyError::Malformed)?;
-    // Expired at `exp` itself, as sessiond judges it.
-    let deadline = expires_at
-        .checked_add_signed(expected.leeway)
-        .unwrap_or(DateTime::<Utc>::MAX_UTC);
-    if now >= deadline {
+    if is_expired(expires_at, expected, now) {
         return Err(VerifyError::Expired.into());
     }
     if claims.sub.is_empty() {
@@ -151,6 +147,19 @@ pub(crate) fn verify(
         session_started_micros: claims.sct,
         kid,
     })
+}
+
+/// Whether a token of `expires_at` is expired at `now`: at `exp` itself, as sessiond judges it,
+/// or past the leeway.
+pub(crate) fn is_expired(
+    expires_at: DateTime<Utc>,
+    expected: &Expected,
+    now: DateTime<Utc>,
+) -> bool {
+    let deadline = expires_at
+        .checked_add_signed(expected.leeway)
+        .unwrap_or(DateTime::<Utc>::MAX_UTC);
+    now >= deadline
 }
 
 /// The `exp` a token states, read without any check: only for a token sessiond itself has just

@@ -25,9 +25,10 @@ use crate::{
     follower::{self, RevocationState},
     jwks::{self, Keys, RefreshPolicy},
     layer::{AuthInterceptor, AuthLayer, Protocol},
+    memo::Memo,
     pb::{self, session_service_client::SessionServiceClient},
     revocations::{RevocationCounts, timestamp},
-    token::{self, Expected, Refusal, Verified},
+    token::{self, Expected, Refusal},
 };
 
 /// How long `verify` waits for the JWKS fetch that a token's unknown `kid` asked for.
@@ -45,16 +46,6 @@ pub struct Session {
     pub session_id: Uuid,
     /// The token's expiry (`exp`); the session itself may last longer.
     pub expires_at: DateTime<Utc>,
-}
-
-impl From<Verified> for Session {
-    fn from(token: Verified) -> Self {
-        Self {
-            user_id: token.user_id,
-            session_id: token.session_id,
-            expires_at: token.expires_at,
-        }
-    }
 }
 
 /// What verification does while the revocation list is stale (the stream down or silent
@@ -123,6 +114,7 @@ pub struct Builder {
     jwks_tls: Option<rustls::ClientConfig>,
     stream_idle_timeout: Duration,
     validate_timeout: Duration,
+    memo_capacity: u64,
 }
 
 impl Builder {
@@ -200,6 +192,14 @@ impl Builder {
         self
     }
 
+    /// How many verified tokens are remembered, so that a token seen before skips the Ed25519
+    /// verification (expiry, revocations and staleness are still judged every time). Default
+    /// 10 000 (a few MB); 0 turns the memo off.
+    pub fn memo_capacity(mut self, tokens: u64) -> Self {
+        self.memo_capacity = tokens;
+        self
+    }
+
     /// Checks the configuration and starts the verifier's two tasks: the JWKS refresher and
     /// the revocation follower. Returns at once, before anything is fetched: until the first
     /// JWKS and the first snapshot arrive every token is refused ([`Verifier::wait_synced`]
@@ -247,6 +247,7 @@ impl Builder {
                 leeway,
             },
             keys: Arc::new(Keys::new(self.jwks_refetch_interval)),
+            memo: Memo::new(self.memo_capacity, leeway),
             revocations: Arc::new(RevocationState::new(self.staleness)),
             on_stale: self.on_stale,
             validate: Some(Validate {
@@ -308,6 +309,7 @@ struct Validate {
 struct Shared {
     expected: Expected,
     keys: Arc<Keys>,
+    memo: Memo,
     revocations: Arc<RevocationState>,
     on_stale: OnStale,
     validate: Option<Validate>,
@@ -405,6 +407,7 @@ impl Verifier {
             jwks_tls: None,
             stream_idle_timeout: Duration::from_secs(15),
             validate_timeout: Duration::from_secs(2),
+            memo_capacity: 10_000,
         }
     }
 
@@ -445,18 +448,31 @@ impl Verifier {
         let Some(keys) = keys.as_deref() else {
             return Local::NoKeys;
         };
-        let verified = match token::verify(token, keys, &shared.expected, Utc::now()) {
-            Ok(verified) => verified,
-            Err(refusal) => return Local::Refused(refusal),
+        let now = Utc::now();
+        let entry = match shared.memo.get(token, keys) {
+            Some(entry) if token::is_expired(entry.verified.expires_at, &shared.expected, now) => {
+                return Local::Refused(VerifyError::Expired.into());
+            }
+            Some(entry) => entry,
+            None => match token::verify(token, keys, &shared.expected, now) {
+                Ok(verified) => shared.memo.remember(token, verified, keys),
+                Err(refusal) => return Local::Refused(refusal),
+            },
         };
+        let verified = &entry.verified;
         // A known revocation refuses even when stale: stale means "may not know all of them".
-        if shared.revocations.is_refused(&verified) {
+        if shared.revocations.is_refused(verified) {
             return Local::Refused(VerifyError::Revoked.into());
         }
+        let session = Session {
+            user_id: verified.user_id.clone(),
+            session_id: verified.session_id,
+            expires_at: verified.expires_at,
+        };
         if shared.revocations.freshness.is_fresh(Instant::now()) {
-            Local::Accepted(verified.into())
+            Local::Accepted(session)
         } else {
-            Local::Stale(verified.into())
+            Local::Stale(session)
         }
     }
 
@@ -621,14 +637,15 @@ fn refusal_of(status: i32) -> VerifyError {
 }
 
 /// For the benchmark only: a verifier of `issuer`/`audience` tokens with the JWKS `document`,
-/// holding `revoked_sessions`, synced for a day, with no sessiond behind it. Not part of the
-/// API.
+/// holding `revoked_sessions`, synced for a day, with no sessiond behind it, and a memo of
+/// `memo_capacity` tokens. Not part of the API.
 #[doc(hidden)]
 pub fn __bench_verifier(
     issuer: &str,
     audience: &str,
     document: &[u8],
     revoked_sessions: impl IntoIterator<Item = Uuid>,
+    memo_capacity: u64,
 ) -> Result<Verifier, BuildError> {
     let keys = Keys::new(Duration::from_secs(5));
     keys.replace(jwks::KeySet::parse(document).map_err(|e| BuildError::JwksUrl(e.to_string()))?);
@@ -655,6 +672,7 @@ pub fn __bench_verifier(
                 leeway: chrono::Duration::zero(),
             },
             keys: Arc::new(keys),
+            memo: Memo::new(memo_capacity, chrono::Duration::zero()),
             revocations: Arc::new(revocations),
             on_stale: OnStale::FailClosed,
             validate: None,
