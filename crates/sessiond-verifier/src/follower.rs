@@ -5,12 +5,15 @@
 //! freshness, which the verification path compares with the staleness bound.
 //!
 //! What a message proves:
-//! - a heartbeat: the stream is caught up now, and every later message on that stream is live;
-//! - an event before that (a replay, in cursor order): every revocation up to its `revoked_at`
-//!   (never later than now) is known. Replays of a busy deployment may never pause long enough
-//!   for a heartbeat; this lets the verifier catch up through them. It assumes that cursor
-//!   order follows `revoked_at` to within the clock skew of sessiond's replicas, which is small
-//!   next to the staleness bound.
+//! - a heartbeat: sessiond has nothing newer, as of a read of its log just now (it sends one as
+//!   soon as a stream has caught up, then after 5 s of quiet, and none while it cannot read its
+//!   log, so that a stalled sessiond looks like a silent one);
+//! - an event: every revocation up to its `revoked_at` (never later than now) is known. Events
+//!   come in cursor order, which is commit order, so a replay proves only as much as it has
+//!   replayed, and a live event about as much as "now". This also keeps a busy stream, which
+//!   may never be quiet long enough for a heartbeat, fresh; and a feed that lags behind its
+//!   log, however many events it sends, goes stale. It assumes `revoked_at` follows commit order
+//!   to within the clock skew of sessiond's replicas, small next to the staleness bound.
 
 use std::{
     sync::{
@@ -122,13 +125,12 @@ impl RevocationState {
         self.read().counts()
     }
 
-    /// Applies `event`, received at `now` (`wall_now` on the wall clock) on a stream that has
-    /// (`caught_up`) or has not yet had a heartbeat, and records what it proves. The event is
-    /// applied before its proof is recorded, so that a fresh verifier never lacks it.
+    /// Applies `event`, received at `now` (`wall_now` on the wall clock), and records what it
+    /// proves. The event is applied before its proof is recorded, so that a fresh verifier never
+    /// lacks it.
     pub(crate) fn receive(
         &self,
         event: &pb::RevocationEvent,
-        caught_up: bool,
         now: Instant,
         wall_now: DateTime<Utc>,
     ) -> Received {
@@ -155,8 +157,8 @@ impl RevocationState {
                 Received::Skipped
             }
         };
-        let live = caught_up || received == Received::Heartbeat;
-        if let Some(until) = proven_until(live, event, now, wall_now) {
+        let heartbeat = received == Received::Heartbeat;
+        if let Some(until) = proven_until(heartbeat, event, now, wall_now) {
             self.freshness.prove(until);
         }
         received
@@ -177,15 +179,15 @@ impl RevocationState {
     }
 }
 
-/// The instant up to which a message received at `now` proves every revocation known: `now` on
-/// a live stream, else the event's `revoked_at` (capped at `now`); `None` when it proves nothing.
+/// The instant up to which a message received at `now` proves every revocation known: `now` for
+/// a heartbeat, else the event's `revoked_at` (capped at `now`); `None` when it proves nothing.
 fn proven_until(
-    live: bool,
+    heartbeat: bool,
     event: &pb::RevocationEvent,
     now: Instant,
     wall_now: DateTime<Utc>,
 ) -> Option<Instant> {
-    if live {
+    if heartbeat {
         return Some(now);
     }
     let revoked_at = event.revoked_at.as_ref().and_then(timestamp)?;
@@ -390,7 +392,7 @@ impl Stream {
             let now = Instant::now();
             received = true;
             deadline = now + self.idle_timeout;
-            match state.receive(&event, caught_up, now, Utc::now()) {
+            match state.receive(&event, now, Utc::now()) {
                 Received::Heartbeat => {
                     if !caught_up {
                         tracing::debug!("the revocation stream is caught up");
@@ -458,53 +460,44 @@ mod tests {
     }
 
     #[test]
-    fn a_heartbeat_proves_now_and_makes_the_stream_live() {
+    fn a_heartbeat_proves_now() {
         let state = RevocationState::new(Duration::from_secs(10));
         let (now, wall) = (Instant::now(), Utc::now());
         assert!(!state.freshness.is_fresh(now));
         assert_eq!(
-            state.receive(&heartbeat(""), false, now, wall),
+            state.receive(&heartbeat(""), now, wall),
             Received::Heartbeat
         );
         assert_eq!(state.freshness.age(now), Some(Duration::ZERO));
-        // On a live stream, an event proves the instant it arrives, whatever its revoked_at.
-        let later = now + Duration::from_secs(8);
-        let old = session_event(wall - chrono::Duration::minutes(5));
-        assert_eq!(state.receive(&old, true, later, wall), Received::Applied);
-        assert_eq!(state.freshness.age(later), Some(Duration::ZERO));
+        assert!(state.freshness.is_fresh(now + Duration::from_secs(10)));
+        assert!(!state.freshness.is_fresh(now + Duration::from_secs(11)));
     }
 
     #[test]
-    fn a_replayed_event_proves_only_its_revoked_at() {
+    fn an_event_proves_only_its_revoked_at() {
         let state = RevocationState::new(Duration::from_secs(10));
         let (now, wall) = (Instant::now() + Duration::from_secs(3600), Utc::now());
+        let minutes = chrono::Duration::minutes;
+        let seconds = chrono::Duration::seconds;
         // A snapshot's old revocation: the verifier is as far behind as it is old.
-        state.receive(
-            &session_event(wall - chrono::Duration::minutes(5)),
-            false,
-            now,
-            wall,
-        );
+        state.receive(&session_event(wall - minutes(5)), now, wall);
         assert_eq!(state.freshness.age(now), Some(Duration::from_secs(300)));
         assert!(!state.freshness.is_fresh(now));
-        // The replay reaches the recent past: fresh, with no heartbeat.
-        state.receive(
-            &session_event(wall - chrono::Duration::seconds(2)),
-            false,
-            now,
-            wall,
-        );
+        // The replay reaches the recent past: fresh, with no heartbeat (a busy stream).
+        state.receive(&session_event(wall - seconds(2)), now, wall);
         assert_eq!(state.freshness.age(now), Some(Duration::from_secs(2)));
         assert!(state.freshness.is_fresh(now));
         // A revoked_at ahead of this clock proves no more than now.
-        state.receive(
-            &session_event(wall + chrono::Duration::seconds(30)),
-            false,
-            now,
-            wall,
-        );
+        state.receive(&session_event(wall + seconds(30)), now, wall);
         assert_eq!(state.freshness.age(now), Some(Duration::ZERO));
-        assert_eq!(state.counts().sessions, 3);
+        // A lagging feed's old events, however many, do not keep the verifier fresh.
+        let (later, wall_later) = (now + Duration::from_secs(60), wall + seconds(60));
+        for _ in 0..10 {
+            state.receive(&session_event(wall_later - seconds(30)), later, wall_later);
+        }
+        assert_eq!(state.freshness.age(later), Some(Duration::from_secs(30)));
+        assert!(!state.freshness.is_fresh(later));
+        assert_eq!(state.counts().sessions, 13);
     }
 
     #[test]
@@ -514,7 +507,7 @@ mod tests {
         unknown.kind = 99;
         unknown.revoked_at = None;
         assert_eq!(
-            state.receive(&unknown, false, Instant::now(), Utc::now()),
+            state.receive(&unknown, Instant::now(), Utc::now()),
             Received::Skipped
         );
         assert_eq!(state.freshness.age(Instant::now()), None);
@@ -523,7 +516,7 @@ mod tests {
         removed.kind = pb::RevocationKind::SigningKeyRemoved.into();
         removed.key_id = "k".into();
         assert_eq!(
-            state.receive(&removed, true, Instant::now(), Utc::now()),
+            state.receive(&removed, Instant::now(), Utc::now()),
             Received::KeyRemoved
         );
     }

@@ -655,6 +655,14 @@ pub fn __bench_verifier(
         nanos: 0,
     });
     let now = Instant::now();
+    revocations.receive(
+        &pb::RevocationEvent {
+            kind: pb::RevocationKind::Heartbeat.into(),
+            ..Default::default()
+        },
+        now,
+        Utc::now(),
+    );
     for session_id in revoked_sessions {
         let event = pb::RevocationEvent {
             kind: pb::RevocationKind::Session.into(),
@@ -662,7 +670,7 @@ pub fn __bench_verifier(
             token_expires_before: forever,
             ..Default::default()
         };
-        revocations.receive(&event, true, now, Utc::now());
+        revocations.receive(&event, now, Utc::now());
     }
     Ok(Verifier {
         shared: Arc::new(Shared {
