@@ -11,7 +11,7 @@
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::time::Duration;
-//! use sessiond_verifier::Verifier;
+//! use sessiond_verifier::{Authenticated, Verifier};
 //!
 //! let verifier = Verifier::builder(
 //!     "http://sessiond:50051",
@@ -19,18 +19,27 @@
 //! )
 //! .issuer("sessiond")
 //! .audience("sessiond")
-//! .api_key("the caller's key")
+//! .api_key(std::env::var("SESSIOND_API_KEY")?)
 //! .start()
 //! .await?;
 //! verifier.wait_synced(Duration::from_secs(10)).await?;
+//!
+//! // One token, by hand...
 //! let session = verifier.verify("eyJ...").await?;
-//! # let _ = session; Ok(()) }
+//! // ...or every request of an axum router.
+//! let app: axum::Router = axum::Router::new()
+//!     .route(
+//!         "/me",
+//!         axum::routing::get(|Authenticated(s): Authenticated| async move { axum::Json(s) }),
+//!     )
+//!     .with_state(verifier);
+//! # let _ = (session, app); Ok(()) }
 //! ```
 //!
-//! Modules follow the data: [`token`](crate) checks (`token.rs`), the keys (`jwks.rs`), the
-//! revocation set (`revocations.rs`) and the stream that fills it (`follower.rs`), the
-//! verifier that joins them (`verifier.rs`), and where requests come in (`layer.rs`,
-//! `extract.rs`).
+//! Modules follow the data: the token checks (`token.rs`), the keys (`jwks.rs`), the memo of
+//! verified tokens (`memo.rs`), the revocation set (`revocations.rs`) and the stream that fills
+//! it (`follower.rs`), the verifier that joins them (`verifier.rs`), and where requests come in
+//! (`layer.rs`, `extract.rs`). The crate's README says what is refused when.
 
 mod error;
 #[cfg(feature = "axum")]
