@@ -47,6 +47,8 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_MAX_AGE: Duration = Duration::from_secs(60);
 /// The first retry after a failed fetch; it doubles up to `RefreshPolicy::retry_ceiling`.
 const FIRST_RETRY: Duration = Duration::from_secs(1);
+/// The longest wait between two retries while no fetch has succeeded yet.
+const FIRST_FETCH_RETRY_CEILING: Duration = Duration::from_secs(5);
 
 /// The Ed25519 verification keys by `kid`.
 #[derive(Debug, Default)]
@@ -381,7 +383,11 @@ pub(crate) async fn refresh(
             }
             Err(error) => {
                 failures += 1;
-                let wait = policy.after_failure(failures);
+                let mut wait = policy.after_failure(failures);
+                if keys.current().is_none() {
+                    // Every token is refused until a first fetch succeeds: keep trying often.
+                    wait = wait.min(FIRST_FETCH_RETRY_CEILING);
+                }
                 tracing::warn!(
                     url = %fetcher.url(),
                     %error,

@@ -80,8 +80,17 @@ impl Harness {
     /// A fake sessiond and a JWKS server with one key, and a verifier of both configured by
     /// `configure` (with a 1 s staleness bound, and an API key).
     async fn start(configure: impl FnOnce(crate::Builder) -> crate::Builder) -> Self {
+        Self::start_with(|_| {}, configure).await
+    }
+
+    /// The same, with `prepare` done to the JWKS server before the verifier starts.
+    async fn start_with(
+        prepare: impl FnOnce(&JwksServer),
+        configure: impl FnOnce(crate::Builder) -> crate::Builder,
+    ) -> Self {
         let key = TestKey::new(1);
         let jwks = JwksServer::start(&[&key], "public, max-age=60").await;
+        prepare(&jwks);
         let (opened_tx, opened) = mpsc::unbounded_channel();
         let fake = Arc::new(Fake {
             opened: opened_tx,
@@ -418,6 +427,33 @@ async fn a_stale_verifier_can_ask_validate_instead() {
     );
     assert_eq!(*h.fake.validate_calls.lock().expect("lock"), calls);
     assert_eq!(calls, 3);
+}
+
+#[tokio::test]
+async fn without_a_jwks_every_token_is_unavailable_until_one_is_fetched() {
+    let mut h = Harness::start_with(
+        |jwks| *jwks.status.lock().expect("lock") = http::StatusCode::SERVICE_UNAVAILABLE,
+        |b| b,
+    )
+    .await;
+    let stream = h.next_stream().await;
+    stream.send(heartbeat("")).await;
+    let token = h.token(Uuid::now_v7(), "alice");
+    assert_eq!(
+        h.verifier.wait_synced(Duration::from_millis(300)).await,
+        Err(VerifyError::Unavailable)
+    );
+    assert_eq!(
+        h.verifier.verify_local(&token),
+        Err(VerifyError::Unavailable)
+    );
+    assert_eq!(h.verifier.stats().keys, None);
+
+    // The JWKS answers again: the next token asks for it rather than waiting for the retry.
+    *h.jwks.status.lock().expect("lock") = http::StatusCode::OK;
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    stream.send(heartbeat("")).await;
+    assert!(h.verifier.verify(&token).await.is_ok());
 }
 
 #[tokio::test]

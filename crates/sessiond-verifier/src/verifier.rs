@@ -412,11 +412,12 @@ impl Verifier {
     }
 
     /// Verifies `token` (the JWT alone, without `Bearer `). Locally, with no network call,
-    /// except: a `kid` the JWKS does not hold waits (up to 1 s) for a refetch, at most one per
-    /// refetch interval; and with [`OnStale::CallValidate`], a stale verifier asks sessiond.
+    /// except: a `kid` the JWKS does not hold (or no JWKS yet) waits up to 1 s for a refetch, at
+    /// most one per refetch interval; and with [`OnStale::CallValidate`], a stale verifier asks
+    /// sessiond.
     pub async fn verify(&self, token: &str) -> Result<Session, VerifyError> {
         let mut local = self.check(token);
-        if let Local::Refused(Refusal::UnknownKey) = local
+        if let Local::Refused(Refusal::UnknownKey) | Local::NoKeys = local
             && let Some(mut fetched) = self.shared.keys.request_refetch(Instant::now())
         {
             // Err: the fetch did not end in time, or the task is gone; the check says which.
@@ -436,7 +437,7 @@ impl Verifier {
     /// [`OnStale`] says, and an unknown `kid` is refused (while a JWKS refetch is asked for).
     pub fn verify_local(&self, token: &str) -> Result<Session, VerifyError> {
         let local = self.check(token);
-        if let Local::Refused(Refusal::UnknownKey) = local {
+        if let Local::Refused(Refusal::UnknownKey) | Local::NoKeys = local {
             self.shared.keys.request_refetch(Instant::now());
         }
         local.into_result()
@@ -539,7 +540,10 @@ impl Verifier {
             match missing {
                 None => return Ok(()),
                 Some(error) if Instant::now() >= deadline => return Err(error),
-                Some(_) => tokio::time::sleep(SYNC_POLL.min(deadline - Instant::now())).await,
+                Some(_) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    tokio::time::sleep(SYNC_POLL.min(left)).await;
+                }
             }
         }
     }
