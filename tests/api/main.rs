@@ -49,3 +49,4 @@ mod support;
 mod sweeper;
 mod tls;
 mod validate;
+mod verifier;

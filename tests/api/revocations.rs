@@ -513,3 +513,70 @@ on_every_store!(
     the_stream_replays_what_is_in_force_then_follows_and_resumes,
     a_cursor_the_log_does_not_hold_is_out_of_range_and_a_bad_one_invalid,
 );
+
+/// A subscriber that does not read while 10 000 revocations go by is ended with ABORTED (it
+/// resumes from its cursor), rather than held in memory without bound.
+#[tokio::test]
+async fn a_subscriber_too_slow_to_keep_up_is_cut_off_and_resumes() {
+    let app = spawn_app(Store::Postgres).await;
+    let direct = Direct::of(&app, Store::Postgres);
+    direct
+        .execute(
+            "INSERT INTO session (session_id, user_id, created_at, last_seen_at, expires_at, \
+                                  idle_expires_at) \
+             SELECT gen_random_uuid(), 'slow', now(), now(), now() + interval '1 day', \
+                    now() + interval '1 day' FROM generate_series(1, 10000)",
+        )
+        .await;
+    let mut stream = watch(&app, "").await;
+    assert_eq!(
+        next_any(&mut stream).await.unwrap().kind(),
+        RevocationKind::Heartbeat
+    );
+
+    let filter = pb::SessionFilter {
+        user_id: "slow".into(),
+        ..Default::default()
+    };
+    let revoked = app
+        .client
+        .clone()
+        .revoke_sessions(pb::RevokeSessionsRequest {
+            filter: Some(filter),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(revoked.revoked_count, 10_000);
+    // Not reading for a moment, then reading: what was buffered, then the end.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut received = 0;
+    let mut last_cursor = String::new();
+    let ended = loop {
+        match next_any(&mut stream).await {
+            Ok(event) => {
+                if event.kind() != RevocationKind::Heartbeat {
+                    received += 1;
+                }
+                last_cursor = event.cursor;
+            }
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(ended.code(), Code::Aborted, "{ended:?}");
+    assert!(received < 10_000, "cut off before the end: {received}");
+    // Resumed from its last cursor, it gets the rest, and nothing twice.
+    let rest = watch_until_quiet(&app, &last_cursor).await;
+    assert_eq!(received + rest.len(), 10_000, "{received} + {}", rest.len());
+}
+
+/// The stream's next message or the status it ended with.
+async fn next_any(
+    stream: &mut Streaming<pb::RevocationEvent>,
+) -> Result<pb::RevocationEvent, tonic::Status> {
+    tokio::time::timeout(NEXT_EVENT, stream.next())
+        .await
+        .expect("a message in time")
+        .expect("the stream ends with a status")
+}
