@@ -138,12 +138,8 @@ impl Application {
 
         let tasks = Arc::new(Tasks::default());
         let (store, cache) = build_storage(&settings)?;
-        let revocations = RevocationFeed::start(
-            store.clone(),
-            clock.clone(),
-            policy.access_token_ttl,
-            &tasks,
-        );
+        let revocations =
+            RevocationFeed::new(store.clone(), clock.clone(), policy.access_token_ttl);
         let woken = revocations.clone();
         cache.listen_for_invalidations(&tasks, move || woken.wake())?;
         let verified = VerifiedTokens::new(
@@ -173,6 +169,8 @@ impl Application {
             Some(_) => Some(bind("SESSIOND_PROBE_ADDR", settings.probe_addr).await?),
             None => None,
         };
+        let store_ready = migrate(store.as_ref()).await;
+        revocations.follow_in(&tasks);
         Ok(Self {
             local_addr: listener.local_addr()?,
             ops_addr: ops_listener.local_addr()?,
@@ -182,7 +180,7 @@ impl Application {
             ops_listener,
             authority: Arc::new(authority),
             callers,
-            store_ready: migrate(store.as_ref()).await,
+            store_ready,
             sweep: SweepSettings::from_settings(&settings, revocations.retention()),
             revocations,
             store,

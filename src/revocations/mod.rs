@@ -11,7 +11,10 @@
 mod ledger;
 
 use std::{
-    sync::{Arc, Mutex, PoisonError, RwLock},
+    sync::{
+        Arc, Mutex, PoisonError, RwLock,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -84,20 +87,22 @@ pub struct RevocationFeed {
     wake: Notify,
     /// Held while the log is read: the follower and [`RevocationFeed::catch_up`] take turns.
     reading: tokio::sync::Mutex<()>,
+    /// Whether the last read failed (so an outage is logged once).
+    failing: AtomicBool,
     position: Mutex<Option<Position>>,
     watchers: Arc<Semaphore>,
     closing: CancellationToken,
 }
 
 impl RevocationFeed {
-    /// Starts following the log in `tasks`. Tokens live at most `access_token_ttl`.
-    pub fn start(
+    /// A feed of `store`'s log, not yet following it (see [`RevocationFeed::follow_in`]). Tokens
+    /// live at most `access_token_ttl`.
+    pub fn new(
         store: Arc<dyn SessionStore>,
         clock: Arc<dyn Clock>,
         access_token_ttl: TimeDelta,
-        tasks: &Tasks,
     ) -> Arc<Self> {
-        let feed = Arc::new(Self {
+        Arc::new(Self {
             store,
             clock,
             keep_for: access_token_ttl + CLOCK_MARGIN,
@@ -105,12 +110,17 @@ impl RevocationFeed {
             events: broadcast::channel(BACKLOG).0,
             wake: Notify::new(),
             reading: tokio::sync::Mutex::new(()),
+            failing: AtomicBool::new(false),
             position: Mutex::new(None),
             watchers: Arc::new(Semaphore::new(MAX_WATCHERS)),
             closing: CancellationToken::new(),
-        });
-        tasks.spawn_until_stopped("revocation feed", Stage::Serving, feed.clone().follow());
-        feed
+        })
+    }
+
+    /// Follows the log in `tasks`, from once the store has been migrated (or tried to be): a
+    /// read of a log the migrations have not made yet would only fail.
+    pub fn follow_in(self: &Arc<Self>, tasks: &Tasks) {
+        tasks.spawn_until_stopped("revocation feed", Stage::Serving, self.clone().follow());
     }
 
     /// How long revocation events are kept: as long as a token they refuse may live.
@@ -139,9 +149,19 @@ impl RevocationFeed {
     /// its tokens before the caller is answered. A failure is logged (the follower retries).
     pub async fn catch_up(&self) {
         let _turn = self.reading.lock().await;
-        if let Err(error) = self.read_log().await {
-            metrics::store_error(&error);
-            tracing::warn!(error = %error.cause_chain(), "cannot read the revocation log; retrying");
+        match self.read_log().await {
+            Ok(()) => {
+                if self.failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!("reading the revocation log again");
+                }
+            }
+            Err(error) => {
+                metrics::store_error(&error);
+                // Once per outage, not once per poll.
+                if !self.failing.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(error = %error.cause_chain(), "cannot read the revocation log; retrying every poll");
+                }
+            }
         }
     }
 

@@ -91,6 +91,12 @@ pub async fn spawn_app_with(store: Store, configure: impl FnOnce(&mut Settings))
 /// sessiond with exactly these settings, plus fresh keys, a manual clock and (for the embedded
 /// store) a fresh data folder.
 pub async fn spawn(mut settings: Settings, pool: Option<PgPool>) -> TestApp {
+    // sessiond's warnings and errors, in the output of the test that met them (shown when it
+    // fails): the cause of an INTERNAL answer is logged, never sent.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("warn")
+        .with_test_writer()
+        .try_init();
     let files = TempDir::new().unwrap();
     settings.data_dir = files.path().join("data");
     let data_dir = settings.data_dir.clone();
