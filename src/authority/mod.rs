@@ -392,7 +392,9 @@ impl Authority {
         }
     }
 
-    /// Revokes every session of a user but `except`; returns how many were revoked.
+    /// Revokes every session of a user but `except`; returns how many live sessions it revoked.
+    /// Without `except`, in O(1) of their number (see [`Authority::sign_out_everywhere`]); with
+    /// it, row by row.
     #[tracing::instrument(name = "authority.revoke_user", skip_all, fields(user_id = %user_id))]
     pub async fn revoke_user_sessions(
         &self,
@@ -401,22 +403,32 @@ impl Authority {
         reason: RevokeReason,
     ) -> Result<usize> {
         let now = self.now();
-        if except.is_some() {
-            let revoked = self
-                .revoke_user_in_batches(user_id, except, &reason, now)
-                .await?;
-            self.revocations.catch_up().await;
-            return Ok(revoked);
+        if except.is_none() {
+            return self.sign_out_everywhere(user_id, &reason, now).await;
         }
-        let sign_out = self.store.sign_out_user(user_id, now, &reason).await?;
+        let revoked = self
+            .revoke_user_in_batches(user_id, except, &reason, now)
+            .await?;
+        self.revocations.wake();
+        Ok(revoked)
+    }
+
+    /// Signs the user out everywhere by a not-before instant (see
+    /// [`SessionStore::sign_out_user`]): this replica refuses their sessions before it answers,
+    /// the others once they read the log (at the announcement, or their next poll). The rows are
+    /// marked afterwards, batch by batch; a replica stopped part way leaves the rest to the
+    /// sweeper, and until then the store's reads apply the instant.
+    async fn sign_out_everywhere(
+        &self,
+        user_id: &UserId,
+        reason: &RevokeReason,
+        now: DateTime<Utc>,
+    ) -> Result<usize> {
+        let sign_out = self.store.sign_out_user(user_id, now, reason).await?;
         let revoked = usize::try_from(sign_out.revoked_count).unwrap_or(usize::MAX);
         metrics::sessions_revoked(reason.as_str(), revoked);
-        // This replica refuses the user's sessions before it answers; the others read the log
-        // when they hear of it, or at their next poll.
         self.revocations.catch_up().await;
         self.cache.announce_logged().await;
-        // The rows are marked afterwards, batch by batch; a replica stopped part way leaves the
-        // rest to the sweeper. Until then the store's reads apply the not-before instant.
         tracing::info!(user_id = %user_id, revoked, not_before = %sign_out.not_before, "user signed out everywhere");
         let (store, user_id) = (self.store.clone(), user_id.clone());
         tokio::spawn(async move {

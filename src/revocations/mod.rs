@@ -198,7 +198,7 @@ impl RevocationFeed {
                 let mut ledger = self.ledger.write().unwrap_or_else(PoisonError::into_inner);
                 ledger.prune(now);
                 for revocation in &page {
-                    ledger.apply(revocation, self.forget_at(revocation));
+                    ledger.apply(revocation, self.tokens_expire_before(revocation));
                 }
                 metrics::revocations_in_ledger(ledger.len());
             }
@@ -217,14 +217,10 @@ impl RevocationFeed {
         }
     }
 
-    /// When a token `revocation` refuses can no longer be live.
-    fn forget_at(&self, revocation: &Revocation) -> DateTime<Utc> {
-        revocation.revoked_at + self.keep_for
-    }
-
-    /// The last instant a token `revocation` refuses may still be presented (for subscribers).
+    /// When no token `revocation` refuses can be live any more: the ledger forgets it then, and
+    /// subscribers are told they may.
     pub fn tokens_expire_before(&self, revocation: &Revocation) -> DateTime<Utc> {
-        self.forget_at(revocation)
+        revocation.revoked_at + self.keep_for
     }
 
     fn position(&self) -> Option<Position> {

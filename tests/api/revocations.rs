@@ -554,7 +554,10 @@ async fn a_subscriber_too_slow_to_keep_up_is_cut_off_and_resumes() {
         .await
         .unwrap()
         .into_inner();
-    println!("RevokeSessions of 40 000 sessions took {:?}", started.elapsed());
+    println!(
+        "RevokeSessions of 40 000 sessions took {:?}",
+        started.elapsed()
+    );
     assert_eq!(revoked.revoked_count, 40_000);
     // Not reading for a moment, then reading: what was buffered, then the end.
     tokio::time::sleep(Duration::from_secs(2)).await;
