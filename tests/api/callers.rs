@@ -80,6 +80,26 @@ async fn every_method_but_validate(client: &mut KeyedClient) -> Vec<(&'static st
                 .expect_err("denied"),
         ),
         (
+            "RevokeSessions",
+            client
+                .revoke_sessions(pb::RevokeSessionsRequest {
+                    filter: Some(pb::SessionFilter {
+                        user_id: "u".into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+                .await
+                .expect_err("denied"),
+        ),
+        (
+            "WatchRevocations",
+            client
+                .watch_revocations(pb::WatchRevocationsRequest::default())
+                .await
+                .expect_err("denied"),
+        ),
+        (
             "DeleteUserSessions",
             client
                 .delete_user_sessions(pb::DeleteUserSessionsRequest {
@@ -145,7 +165,7 @@ async fn a_validate_only_caller_is_denied_every_other_method_by_name() {
         &[("caller", "edge"), ("code", "PermissionDenied")],
     );
     assert!(
-        denied >= 7.0,
+        denied >= 9.0,
         "denied calls are counted under the caller: {denied}"
     );
 }
