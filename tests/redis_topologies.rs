@@ -421,7 +421,11 @@ async fn a_three_master_cluster_caches_each_user_in_one_slot_keeps_revocations_a
     // Revoking ada's sessions row by row writes the three revoked copies (one EVALSHA, one slot).
     // (Without an exception, a sign-out everywhere writes no copy: each replica's ledger refuses
     // them; an exception that is none of ada's sessions takes the row-by-row path.)
-    let not_adas = &sessions.iter().find(|s| s.user_id != "ada").unwrap().session_id;
+    let not_adas = &sessions
+        .iter()
+        .find(|s| s.user_id != "ada")
+        .unwrap()
+        .session_id;
     assert_eq!(app.revoke_user("ada", not_adas).await.unwrap(), 3);
     let ada: Vec<&Created> = sessions.iter().filter(|s| s.user_id == "ada").collect();
     for session in &ada {
@@ -509,7 +513,11 @@ async fn a_master_behind_sentinel_caches_sessions_and_keeps_revocations() {
     }
 
     // Row by row, as above, so the revoked copies are written.
-    let not_adas = &sessions.iter().find(|s| s.user_id != "ada").unwrap().session_id;
+    let not_adas = &sessions
+        .iter()
+        .find(|s| s.user_id != "ada")
+        .unwrap()
+        .session_id;
     assert_eq!(app.revoke_user("ada", not_adas).await.unwrap(), 3);
     let ada: Vec<&Created> = sessions.iter().filter(|s| s.user_id == "ada").collect();
     for session in &ada {
