@@ -133,6 +133,48 @@ pub struct Settings {
     #[arg(long, env = "SESSIOND_OPS_CONNECTION_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub ops_connection_timeout: Duration,
 
+    /// Address of the HTTP forward-auth port (`/auth/verify`, for nginx `auth_request`, Caddy
+    /// `forward_auth`, Traefik `ForwardAuth`), and nothing else. It needs no caller identity:
+    /// bind it where only the proxy reaches it. Unset: off.
+    #[arg(long, env = "SESSIOND_FORWARD_AUTH_ADDR")]
+    pub forward_auth_addr: Option<SocketAddr>,
+
+    /// Most connections the forward-auth port holds at once (each proxy keeps a pool); one more
+    /// is closed as soon as accepted. Its header-read and connection timeouts are the ops port's.
+    #[arg(long, env = "SESSIOND_FORWARD_AUTH_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub forward_auth_max_connections: u32,
+
+    /// A cookie the gateways (Envoy's Check, forward-auth) read the access token from when the
+    /// request has no `authorization: Bearer` header. Unset: the header only.
+    #[arg(long, env = "SESSIOND_EXT_AUTHZ_COOKIE")]
+    pub ext_authz_cookie: Option<String>,
+
+    /// The header the gateways pass the session's user id upstream in.
+    #[arg(
+        long,
+        env = "SESSIOND_EXT_AUTHZ_USER_HEADER",
+        default_value = "x-sessiond-user-id"
+    )]
+    pub ext_authz_user_header: String,
+
+    /// The header the gateways pass the session id upstream in.
+    #[arg(
+        long,
+        env = "SESSIOND_EXT_AUTHZ_SESSION_HEADER",
+        default_value = "x-sessiond-session-id"
+    )]
+    pub ext_authz_session_header: String,
+
+    /// Whether Envoy's Check removes the credential (the `authorization` header, or the session
+    /// cookie) from the request it lets through, so the upstream never sees the token.
+    #[arg(long, env = "SESSIOND_EXT_AUTHZ_STRIP_CREDENTIAL", default_value = "false", value_parser = BoolishValueParser::new(), action = ArgAction::Set)]
+    pub ext_authz_strip_credential: bool,
+
+    /// Largest `Check` request, in bytes: it carries the client request's headers (Envoy's own
+    /// default cap on them is 60 KiB), so it has a bound of its own.
+    #[arg(long, env = "SESSIOND_EXT_AUTHZ_MAX_REQUEST_BYTES", default_value_t = 96 * 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub ext_authz_max_request_bytes: u32,
+
     /// Postgres URL, the shared source of truth. Unset: the embedded single-node store (SQLite)
     /// in `SESSIOND_DATA_DIR`.
     #[arg(long, env = "SESSIOND_DATABASE_URL", hide_env_values = true, value_parser = secret)]

@@ -64,12 +64,12 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
 fn describe() {
     describe_counter!(
         RPC_REQUESTS,
-        "SessionService calls, by method, gRPC code and caller (its name in the callers file)."
+        "Calls, by method (SessionService's, Check, ForwardAuth), gRPC code and caller (its name in the callers file). A gateway call is counted with the code its decision stands for: OK allowed, UNAUTHENTICATED refused, UNAVAILABLE unknown."
     );
     describe_histogram!(
         RPC_DURATION,
         metrics::Unit::Seconds,
-        "SessionService call latency, by method."
+        "Call latency, by method."
     );
     describe_counter!(
         CACHE_LOOKUPS,
@@ -136,7 +136,7 @@ fn describe() {
     );
 }
 
-/// The SessionService methods, a fixed label set.
+/// The methods sessiond serves, a fixed label set: SessionService's, then the gateways'.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rpc {
     CreateSession,
@@ -149,12 +149,17 @@ pub enum Rpc {
     DeleteUserSessions,
     ListUserSessions,
     GetSession,
+    /// `envoy.service.auth.v3.Authorization/Check`.
+    Check,
+    /// `/auth/verify` on the forward-auth port.
+    ForwardAuth,
 }
 
 impl Rpc {
-    const COUNT: usize = 10;
+    pub const COUNT: usize = 12;
 
-    pub const ALL: [Self; Self::COUNT] = [
+    /// The `sessiond.v1.SessionService` methods.
+    pub const SESSION_SERVICE: [Self; 10] = [
         Self::CreateSession,
         Self::Validate,
         Self::Refresh,
@@ -167,9 +172,11 @@ impl Rpc {
         Self::GetSession,
     ];
 
-    /// The method called `name` (as in the request path).
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|rpc| rpc.name() == name)
+    /// The SessionService method called `name` (as in the request path).
+    pub fn session_method(name: &str) -> Option<Self> {
+        Self::SESSION_SERVICE
+            .into_iter()
+            .find(|rpc| rpc.name() == name)
     }
 
     pub fn name(self) -> &'static str {
@@ -184,6 +191,8 @@ impl Rpc {
             Self::DeleteUserSessions => "DeleteUserSessions",
             Self::ListUserSessions => "ListUserSessions",
             Self::GetSession => "GetSession",
+            Self::Check => "Check",
+            Self::ForwardAuth => "ForwardAuth",
         }
     }
 }
@@ -243,7 +252,7 @@ impl std::fmt::Debug for RpcCalls {
     }
 }
 
-/// One SessionService call by the caller counted in `calls` ended with `code` after `elapsed`.
+/// One call by the caller counted in `calls` ended with `code` after `elapsed`.
 pub fn rpc(calls: &RpcCalls, method: Rpc, code: tonic::Code, elapsed: Duration) {
     let by_code = &calls.counters[method as usize];
     let counter = by_code[(code as usize).min(GRPC_CODES - 1)].get_or_init(|| {

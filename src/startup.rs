@@ -1,12 +1,13 @@
 //! Builds the whole service from settings, and runs it until stopped. `main` and the tests both
 //! go through `Application`.
 //!
-//! Two listeners: gRPC (the session API, health, reflection; over TLS when configured) and the ops
-//! HTTP port (`/metrics`, `/.well-known/jwks.json`). With TLS, a third serves health alone in
-//! plaintext, for probes that cannot speak TLS.
+//! Two listeners: gRPC (the session API, Envoy's Check, health, reflection; over TLS when
+//! configured) and the ops HTTP port (`/metrics`, `/.well-known/jwks.json`). With TLS, a third
+//! serves health alone in plaintext, for probes that cannot speak TLS; with
+//! `SESSIOND_FORWARD_AUTH_ADDR`, another serves HTTP forward-auth alone.
 //!
 //! Health: `liveness` reports SERVING from start until exit (is the process serving?);
-//! `sessiond.v1.SessionService` and `""` report readiness: SERVING once the store has answered
+//! `sessiond.v1.SessionService`, `envoy.service.auth.v3.Authorization` and `""` report readiness: SERVING once the store has answered
 //! and been migrated, NOT_SERVING again from the moment shutdown begins.
 
 use std::{future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Duration};
@@ -26,6 +27,11 @@ use crate::{
     callers::{CallersLayer, PolicySource},
     clock::{Clock, SystemClock},
     config::{self, LimitPolicy, Settings},
+    gateway::{
+        Gateway, GatewaySettings,
+        envoy::{AuthorizationServer, ExtAuthzApi},
+        forward_auth,
+    },
     limits::{CallBounds, Rates, http::HttpBounds},
     metrics,
     revocations::RevocationFeed,
@@ -58,7 +64,11 @@ pub struct Application {
     local_addr: SocketAddr,
     ops_listener: TcpListener,
     ops_addr: SocketAddr,
+    /// With `SESSIOND_FORWARD_AUTH_ADDR`, the forward-auth listener.
+    forward_auth_listener: Option<TcpListener>,
     authority: Arc<Authority>,
+    /// What Envoy's Check and forward-auth share.
+    gateway: Arc<Gateway>,
     /// Ended at shutdown, so that WatchRevocations streams do not hold the graceful stop.
     revocations: Arc<RevocationFeed>,
     callers: PolicySource,
@@ -76,6 +86,7 @@ pub struct Application {
     shutdown_grace: Duration,
     transport: Transport,
     ops_bounds: HttpBounds,
+    forward_auth_bounds: HttpBounds,
 }
 
 /// The gRPC transport's bounds, from the settings.
@@ -86,6 +97,7 @@ struct Transport {
     keepalive_timeout: Duration,
     max_connection_age: Duration,
     max_request_bytes: u32,
+    max_check_bytes: u32,
     request_timeout: Duration,
     max_calls_in_flight: u32,
     max_store_calls_in_flight: u32,
@@ -99,6 +111,7 @@ impl Transport {
             keepalive_timeout: settings.http2_keepalive_timeout,
             max_connection_age: settings.max_connection_age,
             max_request_bytes: settings.max_request_bytes,
+            max_check_bytes: settings.ext_authz_max_request_bytes,
             request_timeout: settings.request_timeout,
             max_calls_in_flight: settings.max_calls_in_flight,
             max_store_calls_in_flight: settings.max_store_calls_in_flight,
@@ -119,6 +132,8 @@ impl Application {
     ) -> anyhow::Result<Self> {
         settings.validate().map_err(anyhow::Error::msg)?;
         let policy = policy(&settings).map_err(anyhow::Error::msg)?;
+        let gateway_settings =
+            GatewaySettings::from_settings(&settings).map_err(anyhow::Error::msg)?;
         let callers = PolicySource::load(settings.callers_file.clone())?;
         if callers.is_open() {
             tracing::warn!(
@@ -169,6 +184,16 @@ impl Application {
             Some(_) => Some(bind("SESSIOND_PROBE_ADDR", settings.probe_addr).await?),
             None => None,
         };
+        let forward_auth_listener = match settings.forward_auth_addr {
+            Some(addr) => Some(bind("SESSIOND_FORWARD_AUTH_ADDR", addr).await?),
+            None => None,
+        };
+        let authority = Arc::new(authority);
+        let gateway = Arc::new(Gateway::new(
+            authority.clone(),
+            gateway_settings,
+            settings.request_timeout,
+        ));
         let store_ready = migrate(store.as_ref()).await;
         revocations.follow_in(&tasks);
         Ok(Self {
@@ -178,7 +203,9 @@ impl Application {
             tls,
             probe_listener,
             ops_listener,
-            authority: Arc::new(authority),
+            forward_auth_listener,
+            authority,
+            gateway,
             callers,
             store_ready,
             sweep: SweepSettings::from_settings(&settings, revocations.retention()),
@@ -192,7 +219,16 @@ impl Application {
             shutdown_grace: settings.shutdown_grace,
             transport: Transport::from_settings(&settings),
             ops_bounds: HttpBounds {
+                port: "ops",
+                max_connections_setting: "SESSIOND_OPS_MAX_CONNECTIONS",
                 max_connections: settings.ops_max_connections,
+                header_read_timeout: settings.ops_header_read_timeout,
+                connection_timeout: settings.ops_connection_timeout,
+            },
+            forward_auth_bounds: HttpBounds {
+                port: "forward-auth",
+                max_connections_setting: "SESSIOND_FORWARD_AUTH_MAX_CONNECTIONS",
+                max_connections: settings.forward_auth_max_connections,
                 header_read_timeout: settings.ops_header_read_timeout,
                 connection_timeout: settings.ops_connection_timeout,
             },
@@ -207,6 +243,13 @@ impl Application {
     /// The ops HTTP address actually bound.
     pub fn ops_addr(&self) -> SocketAddr {
         self.ops_addr
+    }
+
+    /// The forward-auth address actually bound, when `SESSIOND_FORWARD_AUTH_ADDR` is set.
+    pub fn forward_auth_addr(&self) -> Option<SocketAddr> {
+        self.forward_auth_listener
+            .as_ref()
+            .and_then(|listener| listener.local_addr().ok())
     }
 
     /// The plaintext health address actually bound, when TLS is on.
@@ -291,6 +334,19 @@ impl Application {
                 stopped(stopping.clone()),
             ),
         );
+        if let Some(listener) = self.forward_auth_listener {
+            tracing::info!(addr = %listener.local_addr()?, "serving HTTP forward-auth on {}", forward_auth::VERIFY_PATH);
+            self.tasks.spawn_until_stopped(
+                "forward-auth server",
+                Stage::Serving,
+                forward_auth::serve(
+                    listener,
+                    self.gateway.clone(),
+                    self.forward_auth_bounds,
+                    stopped(stopping.clone()),
+                ),
+            );
+        }
         let max_request = self.transport.max_request_bytes as usize;
         if let Some(listener) = self.probe_listener {
             let probe_addr = listener.local_addr()?;
@@ -325,6 +381,7 @@ impl Application {
                 self.transport.max_calls_in_flight,
                 self.transport.max_store_calls_in_flight,
                 self.transport.max_request_bytes,
+                self.transport.max_check_bytes,
             ))
             .add_service(health_service.max_decoding_message_size(max_request))
             .add_service(
@@ -340,6 +397,10 @@ impl Application {
             .add_service(
                 SessionServiceServer::from_arc(Arc::new(SessionApi::new(self.authority)))
                     .max_decoding_message_size(max_request),
+            )
+            .add_service(
+                AuthorizationServer::new(ExtAuthzApi::new(self.gateway))
+                    .max_decoding_message_size(self.transport.max_check_bytes as usize),
             );
         // Without TCP_NODELAY, a response written while the previous one is still unacked waits
         // for the client's delayed ACK: up to 40 ms.
@@ -618,20 +679,21 @@ async fn serve_ops(
     crate::limits::http::serve(listener, app, bounds, stop).await;
 }
 
-/// Reflection over sessiond's and health's protos, so grpcurl needs no proto files.
+/// Reflection over sessiond's, Envoy's Check and health's protos, so grpcurl needs no proto files.
 fn reflection() -> tonic_reflection::server::Builder<'static> {
     tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(crate::gateway::envoy::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
 }
 
-/// Sets readiness: the whole server ("") and the session service.
+/// Sets readiness: the whole server (""), the session service and Envoy's Check.
 async fn set_readiness(health: &HealthReporter, status: ServingStatus) {
     health.set_service_status("", status).await;
-    health
-        .set_service_status(
-            <SessionServiceServer<SessionApi> as tonic::server::NamedService>::NAME,
-            status,
-        )
-        .await;
+    for service in [
+        <SessionServiceServer<SessionApi> as tonic::server::NamedService>::NAME,
+        <AuthorizationServer<ExtAuthzApi> as tonic::server::NamedService>::NAME,
+    ] {
+        health.set_service_status(service, status).await;
+    }
 }

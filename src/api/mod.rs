@@ -5,6 +5,8 @@ mod convert;
 pub mod pb;
 mod status;
 
+pub use status::note_failure;
+
 use std::{
     future::Future,
     pin::Pin,
@@ -290,7 +292,7 @@ async fn observed<T>(
 }
 
 /// The caller the callers layer found for `request`.
-fn caller_of<R>(request: &Request<R>) -> Arc<Caller> {
+pub fn caller_of<R>(request: &Request<R>) -> Arc<Caller> {
     // The layer always puts one; a server built without it serves in open mode.
     request
         .extensions()

@@ -56,14 +56,19 @@ impl From<Error> for Status {
 /// The answer to a call of `rpc` that failed with `error`; a failure of sessiond or of the store
 /// is logged.
 pub fn answer(rpc: Rpc, error: Error) -> Status {
-    metrics::store_error(&error);
+    note_failure(rpc, &error);
+    Status::from(error)
+}
+
+/// Counts `error` if the store failed, and logs it if sessiond or the store did.
+pub fn note_failure(rpc: Rpc, error: &Error) {
+    metrics::store_error(error);
     if matches!(
         error,
         Error::StoreUnavailable(_) | Error::StoreFailed(_) | Error::Internal(_)
     ) {
         tracing::error!(rpc = rpc.name(), error.code = error.code(), error.cause_chain = %error.cause_chain(), "request failed");
     }
-    Status::from(error)
 }
 
 #[cfg(test)]

@@ -2,8 +2,9 @@
 //!
 //! A caller is recognised by the SPIFFE id (URI SAN) or DNS SAN of its client certificate, or by
 //! an API key sent as `authorization: Bearer <key>` and matched by its SHA-256. Each caller may
-//! call the `sessiond.v1.SessionService` methods its `allow` names (`"*"` for all of them), and
-//! reflection only if `allow` holds `"reflection"`. `grpc.health.v1.Health` needs no identity.
+//! call the `sessiond.v1.SessionService` methods its `allow` names (`"*"` for all of them),
+//! Envoy's `envoy.service.auth.v3.Authorization/Check` only if `allow` holds `"ExtAuthz"`, and
+//! reflection only if it holds `"reflection"`. `grpc.health.v1.Health` needs no identity.
 //!
 //! Without the file every call is allowed (open mode), as the `anonymous` caller.
 
@@ -65,7 +66,7 @@ impl Caller {
                     ANONYMOUS,
                     Allow {
                         every_method: true,
-                        methods: [true; Rpc::ALL.len()],
+                        methods: [true; Rpc::COUNT],
                         reflection: true,
                     },
                     None,
@@ -96,7 +97,10 @@ impl Caller {
         match target {
             Target::Health => true,
             Target::Reflection => self.allow.reflection,
-            Target::Method(rpc) => self.allow.every_method || self.allow.methods[rpc as usize],
+            Target::Method(rpc) => {
+                (self.allow.every_method && Rpc::SESSION_SERVICE.contains(&rpc))
+                    || self.allow.methods[rpc as usize]
+            }
             Target::UnknownMethod => self.allow.every_method,
             Target::Other => false,
         }
@@ -106,9 +110,9 @@ impl Caller {
 /// What a caller may call.
 #[derive(Debug, Default)]
 struct Allow {
-    /// `"*"`: every SessionService method, present and future (not reflection).
+    /// `"*"`: every SessionService method, present and future (not Check, not reflection).
     every_method: bool,
-    methods: [bool; Rpc::ALL.len()],
+    methods: [bool; Rpc::COUNT],
     reflection: bool,
 }
 
@@ -124,6 +128,9 @@ enum Target {
 }
 
 const SESSION_SERVICE: &str = "sessiond.v1.SessionService";
+const EXT_AUTHZ_SERVICE: &str = "envoy.service.auth.v3.Authorization";
+/// The `allow` entry for Envoy's Check.
+const EXT_AUTHZ: &str = "ExtAuthz";
 
 impl Target {
     fn of(path: &str) -> Self {
@@ -136,7 +143,10 @@ impl Target {
             "grpc.reflection.v1.ServerReflection" | "grpc.reflection.v1alpha.ServerReflection" => {
                 Self::Reflection
             }
-            SESSION_SERVICE => Rpc::from_name(method).map_or(Self::UnknownMethod, Self::Method),
+            SESSION_SERVICE => {
+                Rpc::session_method(method).map_or(Self::UnknownMethod, Self::Method)
+            }
+            EXT_AUTHZ_SERVICE if method == Rpc::Check.name() => Self::Method(Rpc::Check),
             _ => Self::Other,
         }
     }
@@ -398,11 +408,12 @@ fn allow(entries: &[String]) -> anyhow::Result<Allow> {
         match entry.as_str() {
             "*" => allow.every_method = true,
             "reflection" => allow.reflection = true,
-            method => match Rpc::from_name(method) {
+            EXT_AUTHZ => allow.methods[Rpc::Check as usize] = true,
+            method => match Rpc::session_method(method) {
                 Some(rpc) => allow.methods[rpc as usize] = true,
                 None => anyhow::bail!(
-                    "allow: unknown method {method:?}; expected one of {}, \"*\" or \"reflection\"",
-                    Rpc::ALL.map(Rpc::name).join(", ")
+                    "allow: unknown method {method:?}; expected one of {}, \"{EXT_AUTHZ}\", \"*\" or \"reflection\"",
+                    Rpc::SESSION_SERVICE.map(Rpc::name).join(", ")
                 ),
             },
         }
@@ -478,6 +489,25 @@ mod tests {
         assert!(caller.may(Target::Method(Rpc::RevokeUserSessions)));
         assert!(caller.may(Target::Method(Rpc::DeleteUserSessions)));
         assert!(!caller.may(Target::Reflection), "* is not reflection");
+        assert!(!caller.may(Target::Method(Rpc::Check)), "* is not ExtAuthz");
+    }
+
+    #[test]
+    fn ext_authz_allows_check_alone() {
+        let callers = parse(
+            "[[caller]]\nname = \"envoy\"\ndns_name = \"envoy.mesh\"\nallow = [\"ExtAuthz\"]",
+        )
+        .expect("parses");
+        let peer = PeerIdentity::from_names(vec![], vec!["envoy.mesh".into()]);
+        let envoy = callers
+            .identify(Credentials {
+                authorization: None,
+                peer: Some(&peer),
+            })
+            .expect("recognised");
+        assert!(envoy.may(Target::Method(Rpc::Check)));
+        assert!(!envoy.may(Target::Method(Rpc::Validate)));
+        assert!(Caller::anonymous().may(Target::Method(Rpc::Check)));
     }
 
     #[test]
@@ -531,6 +561,19 @@ mod tests {
         assert_eq!(
             Target::of("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"),
             Target::Reflection
+        );
+        assert_eq!(
+            Target::of("/envoy.service.auth.v3.Authorization/Check"),
+            Target::Method(Rpc::Check)
+        );
+        assert_eq!(
+            Target::of("/sessiond.v1.SessionService/Check"),
+            Target::UnknownMethod,
+            "Check is Envoy's, not a SessionService method"
+        );
+        assert_eq!(
+            Target::of("/envoy.service.auth.v3.Authorization/Other"),
+            Target::Other
         );
         assert_eq!(Target::of("/other.Service/Call"), Target::Other);
     }

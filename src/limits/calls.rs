@@ -1,10 +1,10 @@
 //! The tower layer in front of every gRPC service: bounds on the SessionService calls in flight,
 //! and the answer to an oversized request.
 //!
-//! Calls in flight: every SessionService call holds a permit of `SESSIOND_MAX_CALLS_IN_FLIGHT`
-//! until its answer is ready, and every one but Validate also one of
-//! `SESSIOND_MAX_STORE_CALLS_IN_FLIGHT`, so calls that wait for the store cannot take the room
-//! Validate needs. A call that finds no permit is refused at once, unstarted, with
+//! Calls in flight: every SessionService call and Envoy's Check holds a permit of
+//! `SESSIOND_MAX_CALLS_IN_FLIGHT` until its answer is ready, and every one but Validate and Check
+//! also one of `SESSIOND_MAX_STORE_CALLS_IN_FLIGHT`, so calls that wait for the store cannot take
+//! the room Validate needs. A call that finds no permit is refused at once, unstarted, with
 //! RESOURCE_EXHAUSTED (`OVERLOADED`): queueing would only turn overload into timeouts for
 //! everyone. Health and reflection are not bounded: an overloaded replica must still answer its
 //! probes.
@@ -12,7 +12,8 @@
 //! Oversize: tonic's decoder refuses a message over the size limit with OUT_OF_RANGE, where gRPC
 //! says RESOURCE_EXHAUSTED (the code clients and proxies treat as "too much", and do not retry
 //! blindly). So this layer turns a trailers-only OUT_OF_RANGE answer, which is what the decoder's
-//! refusal is, into RESOURCE_EXHAUSTED; sessiond's own OUT_OF_RANGE (a WatchRevocations cursor the
+//! refusal is, into RESOURCE_EXHAUSTED, naming the setting of the method's limit
+//! (`SESSIOND_EXT_AUTHZ_MAX_REQUEST_BYTES` for Check); sessiond's own OUT_OF_RANGE (a WatchRevocations cursor the
 //! log no longer holds) is told apart by the error details every sessiond error carries.
 
 use std::{
@@ -35,6 +36,7 @@ const GRPC_MESSAGE: &str = "grpc-message";
 const GRPC_STATUS_DETAILS: &str = "grpc-status-details-bin";
 const SESSION_SERVICE: &str = "/sessiond.v1.SessionService/";
 const VALIDATE: &str = "/sessiond.v1.SessionService/Validate";
+const CHECK: &str = "/envoy.service.auth.v3.Authorization/Check";
 
 /// The layer; see the module doc.
 #[derive(Debug, Clone)]
@@ -42,6 +44,7 @@ pub struct CallBounds {
     all: Arc<Semaphore>,
     store: Arc<Semaphore>,
     max_request_bytes: u32,
+    max_check_bytes: u32,
 }
 
 /// The permits one call holds until its answer is ready.
@@ -51,22 +54,23 @@ struct Admitted {
 }
 
 impl CallBounds {
-    /// At most `all` SessionService calls in flight, `store` of them store-bound; requests of at
-    /// most `max_request_bytes`.
-    pub fn new(all: u32, store: u32, max_request_bytes: u32) -> Self {
+    /// At most `all` calls in flight, `store` of them store-bound; requests of at most
+    /// `max_request_bytes`, a Check of at most `max_check_bytes`.
+    pub fn new(all: u32, store: u32, max_request_bytes: u32, max_check_bytes: u32) -> Self {
         Self {
             all: Arc::new(Semaphore::new(all as usize)),
             store: Arc::new(Semaphore::new(store.min(all) as usize)),
             max_request_bytes,
+            max_check_bytes,
         }
     }
 
     /// The permits a call of `path` needs, or its refusal. `Ok(None)` for what is not bounded.
     fn admit(&self, path: &str) -> Result<Option<Admitted>, Error> {
-        if !path.starts_with(SESSION_SERVICE) {
+        if !path.starts_with(SESSION_SERVICE) && path != CHECK {
             return Ok(None);
         }
-        let store = if path == VALIDATE {
+        let store = if path == VALIDATE || path == CHECK {
             None
         } else {
             Some(take(&self.store, "SESSIOND_MAX_STORE_CALLS_IN_FLIGHT")?)
@@ -133,7 +137,14 @@ where
         // The clone is the one that was not polled ready: keep the ready one for this call.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let limit = self.bounds.max_request_bytes;
+        let limit = if request.uri().path() == CHECK {
+            (
+                "SESSIOND_EXT_AUTHZ_MAX_REQUEST_BYTES",
+                self.bounds.max_check_bytes,
+            )
+        } else {
+            ("SESSIOND_MAX_REQUEST_BYTES", self.bounds.max_request_bytes)
+        };
         Box::pin(async move {
             let mut response = inner.call(request).await?;
             drop(admitted);
@@ -145,7 +156,7 @@ where
 
 /// Turns the decoder's OUT_OF_RANGE (a trailers-only answer: the status is in the headers) into
 /// RESOURCE_EXHAUSTED, with a message that names the setting.
-fn answer_oversize<R>(response: &mut Response<R>, limit: u32) {
+fn answer_oversize<R>(response: &mut Response<R>, (setting, limit): (&str, u32)) {
     let headers = response.headers_mut();
     let out_of_range = (Code::OutOfRange as i32).to_string();
     if headers
@@ -160,7 +171,7 @@ fn answer_oversize<R>(response: &mut Response<R>, limit: u32) {
         HeaderValue::from(Code::ResourceExhausted as i32),
     );
     // Percent-encoding (as grpc-message requires) leaves this ASCII text unchanged but for spaces.
-    let message = format!("request larger than SESSIOND_MAX_REQUEST_BYTES ({limit} bytes)");
+    let message = format!("request larger than {setting} ({limit} bytes)");
     if let Ok(value) = HeaderValue::from_str(&message.replace(' ', "%20")) {
         headers.insert(GRPC_MESSAGE, value);
     }
@@ -172,7 +183,7 @@ mod tests {
 
     #[test]
     fn validate_takes_no_store_permit_and_health_takes_none() {
-        let bounds = CallBounds::new(2, 1, 1024);
+        let bounds = CallBounds::new(2, 1, 1024, 1024);
         let write = bounds.admit("/sessiond.v1.SessionService/CreateSession");
         assert!(matches!(write, Ok(Some(_))));
         // The store bound is full: another write is refused, Validate is not.
@@ -186,6 +197,9 @@ mod tests {
         }
         let validate = bounds.admit(VALIDATE);
         assert!(matches!(validate, Ok(Some(_))));
+        let check = bounds.admit(CHECK);
+        assert!(matches!(check, Ok(Some(_))), "Check takes no store permit");
+        drop(check);
         // Both permits of the whole bound are held.
         assert!(matches!(
             bounds.admit(VALIDATE),

@@ -1,5 +1,6 @@
-//! The ops HTTP port's bounds, against slowloris and connection floods: `axum::serve` has no
-//! knobs for them, so this is its accept loop on hyper's own HTTP/1 connection builder.
+//! The HTTP ports' bounds (ops, forward-auth), against slowloris and connection floods:
+//! `axum::serve` has no knobs for them, so this is its accept loop on hyper's own HTTP/1
+//! connection builder.
 //!
 //! - at most `max_connections` at once: one more is closed as soon as it is accepted;
 //! - a request's headers must arrive within `header_read_timeout`; hyper's timer also runs
@@ -24,6 +25,10 @@ const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// The bounds; see the module doc.
 #[derive(Debug, Clone, Copy)]
 pub struct HttpBounds {
+    /// The port's name in log lines (`ops`, `forward-auth`).
+    pub port: &'static str,
+    /// The setting of `max_connections`, named when it is reached.
+    pub max_connections_setting: &'static str,
     pub max_connections: u32,
     pub header_read_timeout: Duration,
     pub connection_timeout: Duration,
@@ -49,13 +54,17 @@ pub async fn serve(
             Ok((socket, _)) => socket,
             Err(error) => {
                 // Out of file descriptors, say: wait rather than spin.
-                tracing::warn!(%error, "the ops server cannot accept a connection");
+                tracing::warn!(%error, port = bounds.port, "an HTTP port cannot accept a connection");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
         let Ok(permit) = connections.clone().try_acquire_owned() else {
-            tracing::debug!("ops connection refused: SESSIOND_OPS_MAX_CONNECTIONS reached");
+            tracing::debug!(
+                port = bounds.port,
+                "connection refused: {} reached",
+                bounds.max_connections_setting
+            );
             continue;
         };
         let service = TowerToHyperService::new(app.clone());

@@ -33,6 +33,7 @@ mod bounds;
 mod callers;
 mod create;
 mod erase;
+mod gateway;
 mod helpers;
 mod limits;
 mod list;

@@ -101,6 +101,10 @@ async fn reflection_v1_lists_the_services(store: Store) {
         names.contains(&"grpc.health.v1.Health".to_owned()),
         "{names:?}"
     );
+    assert!(
+        names.contains(&"envoy.service.auth.v3.Authorization".to_owned()),
+        "grpcurl can call Envoy's Check: {names:?}"
+    );
 }
 
 async fn reflection_v1alpha_describes_the_session_service(store: Store) {

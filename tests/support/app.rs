@@ -35,6 +35,8 @@ pub struct TestApp {
     pub ops_addr: SocketAddr,
     /// With TLS on, the plaintext health-only port.
     pub probe_addr: Option<SocketAddr>,
+    /// With `forward_auth_addr` set, the forward-auth port.
+    pub forward_auth_addr: Option<SocketAddr>,
     pub clock: ManualClock,
     /// A pool to the test's own database, when it has one.
     pub pool: Option<PgPool>,
@@ -119,6 +121,7 @@ pub async fn spawn(mut settings: Settings, pool: Option<PgPool>) -> TestApp {
     let addr = app.local_addr();
     let ops_addr = app.ops_addr();
     let probe_addr = app.probe_addr();
+    let forward_auth_addr = app.forward_auth_addr();
     tokio::spawn(app.run_until_stopped(std::future::pending()));
     // Over TLS a test makes its own channels (`support::tls`); this plaintext one is never used.
     let channel = match probe_addr {
@@ -132,6 +135,7 @@ pub async fn spawn(mut settings: Settings, pool: Option<PgPool>) -> TestApp {
         addr,
         ops_addr,
         probe_addr,
+        forward_auth_addr,
         clock,
         pool,
         signing_key: keys.signing.clone(),

@@ -17,7 +17,7 @@ pub type KeyedClient = SessionServiceClient<InterceptedService<Channel, Bearer>>
 
 /// Adds `authorization: Bearer <key>` to each request.
 #[derive(Clone)]
-pub struct Bearer(MetadataValue<tonic::metadata::Ascii>);
+pub struct Bearer(pub MetadataValue<tonic::metadata::Ascii>);
 
 impl Interceptor for Bearer {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {

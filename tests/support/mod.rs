@@ -9,8 +9,8 @@
 //! - `keys`: signing and refresh key files; `postgres`: a fresh database on the shared Postgres;
 //!   `postgres_server`: a Postgres server a test owns (to stop, freeze, or serve over TLS);
 //!   `redis`: the shared Redis, and `redis-server` children a test owns.
-//! - Here: a channel to an address, a free loopback address, the ops port over HTTP (`http_get`,
-//!   `metrics`, `sum_samples`), and latency percentiles.
+//! - Here: a channel to an address, a free loopback address, HTTP/1.1 requests (`http`, and the
+//!   ops port's `http_get`, `metrics`, `sum_samples`), and latency percentiles.
 
 #![allow(dead_code)] // Each test binary uses a different part of this harness.
 
@@ -51,16 +51,66 @@ fn read_or_empty(path: &Path) -> String {
 /// GETs `path` over HTTP/1.1 (the ops port: `/metrics`, `/.well-known/jwks.json`): its status
 /// code and body.
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let answer = http(addr, "GET", path, &[]).await;
+    (answer.status, answer.body)
+}
+
+/// An HTTP/1.1 answer.
+#[derive(Debug)]
+pub struct HttpAnswer {
+    pub status: u16,
+    /// Its headers, names in lower case, in order.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpAnswer {
+    /// The value of header `name` (lower case), if it came once or more (the first).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    }
+}
+
+/// Sends `method path` with `headers` over HTTP/1.1 to `addr` on a connection of its own.
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> HttpAnswer {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).await.unwrap();
     let (head, body) = response.split_once("\r\n\r\n").unwrap();
     assert!(head.starts_with("HTTP/1.1 "), "{head}");
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (status, body.to_owned())
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
+        .collect();
+    HttpAnswer {
+        status,
+        headers,
+        body: body.to_owned(),
+    }
 }
 
 /// The Prometheus text of the ops server at `addr` (panics unless `/metrics` answers 200).
