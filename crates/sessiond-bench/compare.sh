@@ -13,7 +13,7 @@
 # gRPC can beat the no-op, so that is the ceiling of the Redis ratio on this machine.
 #
 # It builds release, starts its own sessiond servers on free loopback ports against a fresh
-# database sessiond_bench_<pid> on the local Postgres and the local Redis under a unique key
+# database sessiond_compare_<pid> on the local Postgres and the local Redis under a unique key
 # prefix, with generated keys; runs sessiond-bench, redis-benchmark and pgbench at the same
 # concurrency; prints every raw result and then the ratios. On exit it stops its servers, drops its
 # database and deletes its Redis keys. It never stops Postgres or Redis.
@@ -30,14 +30,13 @@
 # BIN_DIR (unset: build release and use target/release), OUT (a temp dir: where the JSON and logs
 # are kept).
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 concurrency="${CONCURRENCY:-32}"
 connections="${CONNECTIONS:-2}"
 duration="${DURATION:-10s}"
 warmup="${WARMUP:-2s}"
 sessions="${SESSIONS:-1000}"
-redis_host="${REDIS_HOST:-127.0.0.1}"
-redis_port="${REDIS_PORT:-6379}"
 redis_requests="${REDIS_REQUESTS:-200000}"
 cold_db="${COLD_DB:-sessiond_bench_10m}"
 cold_sample="${COLD_SAMPLE:-50000}"
@@ -45,97 +44,23 @@ cold_rate="${COLD_RATE:-500}"
 redis_dead_rate="${REDIS_DEAD_RATE:-1000}"
 pairs="${CREATE_PAIRS:-3}"
 pair_secs="${CREATE_PAIR_SECS:-5}"
-export PGHOST="${PGHOST:-127.0.0.1}" PGPORT="${PGPORT:-5432}" PGUSER="${PGUSER:-postgres}"
 
-# The workspace root, two levels up: cargo builds there, and target/ is there.
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-cd "$root"
-
-work="$(mktemp -d -t sessiond-bench.XXXXXX)"
-out="${OUT:-$work}"
-mkdir -p "$out"
-db="sessiond_bench_$$"
-prefix="sessiond-bench:$$:"
-pids=()
-
-cleanup() {
-  local status=$?
-  for pid in "${pids[@]}"; do
-    kill "$pid" 2>/dev/null || true
-  done
-  for pid in "${pids[@]}"; do
-    wait "$pid" 2>/dev/null || true
-  done
-  dropdb --if-exists --force "$db" 2>/dev/null || true
-  redis-cli -h "$redis_host" -p "$redis_port" --scan --pattern "${prefix}*" 2>/dev/null |
-    xargs -r -n 500 redis-cli -h "$redis_host" -p "$redis_port" unlink >/dev/null 2>&1 || true
-  if [[ "$out" == "$work" ]]; then
-    rm -rf "$work"
-  else
-    rm -f "$work/signing.pem" "$work/refresh.key"
-    rmdir "$work" 2>/dev/null || true
-  fi
-  exit "$status"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-echo "== sessiond crates/sessiond-bench/compare.sh on $(hostname), $(nproc) cores, $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-echo "== git $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo ' (with uncommitted changes)')"
+bench_begin compare sessiond sessiond-bench
 echo "== concurrency=$concurrency connections=$connections duration=$duration warmup=$warmup"
 
-# BIN_DIR: bench the sessiond and sessiond-bench already built there instead of building release.
-if [[ -z "${BIN_DIR:-}" ]]; then
-  echo "== building release"
-  cargo build --release --quiet -p sessiond --bin sessiond -p sessiond-bench --bin sessiond-bench
-fi
-bin="${BIN_DIR:-target/release}"
-bench="$bin/sessiond-bench"
-
-openssl genpkey -algorithm ed25519 -out "$work/signing.pem" 2>/dev/null
-head -c 32 /dev/urandom >"$work/refresh.key"
-createdb "$db"
-
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-# start_server NAME DATABASE [VAR=VALUE...]: starts a sessiond, sets $addr to its URL and $ops to
-# its ops (metrics) URL. Later VAR=VALUE override the defaults.
-# The rate limits are off: a load tool rotates one chain, and creates, far faster than any client,
-# and the figures are of the operations, not of their refusals. The per-user session limit stays
-# at its default (100): it decides how a create is written.
+# start_server NAME DATABASE [VAR=VALUE...]: a sessiond over DATABASE with a Redis key prefix of
+# its own (lib.sh's start_sessiond). The per-user session limit stays at its default (100): it
+# decides how a create is written.
 start_server() {
   local name="$1" database="$2"
   shift 2
-  local port ops_port
-  port="$(free_port)"
-  ops_port="$(free_port)"
-  env SESSIOND_LISTEN_ADDR="127.0.0.1:$port" \
-    SESSIOND_OPS_ADDR="127.0.0.1:$ops_port" \
+  start_sessiond "$name" "$out/sessiond-$name.log" \
     SESSIOND_DATABASE_URL="postgres://$PGUSER@$PGHOST:$PGPORT/$database" \
-    SESSIOND_REDIS_URL="redis://$redis_host:$redis_port" \
-    SESSIOND_REDIS_KEY_PREFIX="$prefix$name:" \
-    SESSIOND_SIGNING_KEY_FILE="$work/signing.pem" \
-    SESSIOND_REFRESH_KEY_FILE="$work/refresh.key" \
-    SESSIOND_CREATE_RATE_PER_USER=off SESSIOND_REFRESH_RATE_PER_SESSION=off \
-    "$@" "$bin/sessiond" >"$out/sessiond-$name.log" 2>&1 &
-  pids+=("$!")
-  addr="http://127.0.0.1:$port"
-  ops="http://127.0.0.1:$ops_port"
-  "$bench" --addr "$addr" --ready-only --wait-ready 60s >/dev/null
-  echo "== sessiond '$name' serving at $addr (database $database${*:+, $*})"
+    SESSIOND_REDIS_KEY_PREFIX="$prefix$name:" "$@"
 }
 
 row() { # row FILE JQ-FILTER-ON-NAME FIELD
   jq -r --arg field "$3" "[.results[] | select(.failed == null) | select(.name | $2)][0][\$field] // empty" "$1"
-}
-
-stop_last_server() {
-  local pid="${pids[-1]}"
-  kill "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-  unset 'pids[-1]'
 }
 
 common=(--concurrency "$concurrency" --connections "$connections" --duration "$duration" --warmup "$warmup")

@@ -3,6 +3,7 @@
 //!
 //! - `app`: sessiond in-process on port 0 (`TestApp`, `spawn_app`), over a fresh store.
 //! - `process`: the real sessiond binary as a child process (`SessiondProcess`): signals, crashes.
+//! - `proxies`: real nginx and Caddy in front of forward-auth, and the upstream they protect.
 //! - `replicas`: two such processes over one database and one Redis.
 //! - `callers`: callers files and API-key clients; `tls`: a test CA, certificates, TLS channels.
 //! - `rpc`: the SessionService calls the tests make (CreateSession, Validate, Revoke, ...).
@@ -20,6 +21,7 @@ pub mod keys;
 pub mod postgres;
 pub mod postgres_server;
 pub mod process;
+pub mod proxies;
 pub mod redis;
 pub mod replicas;
 pub mod rpc;

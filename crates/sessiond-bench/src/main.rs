@@ -37,6 +37,9 @@ use crate::{
 enum Scenario {
     /// Validate of one warm token, over and over.
     ValidateWarm,
+    /// Envoy's Check (`envoy.service.auth.v3.Authorization/Check`) of a request bearing one warm
+    /// token: the gateway's path, to set beside validate-warm.
+    CheckWarm,
     /// Validate spread over `--sessions` sessions.
     ValidateSpread,
     /// validate-spread, labelled for a server started with SESSIOND_LOCAL_CACHE=off.
@@ -61,6 +64,7 @@ impl Scenario {
     fn name(self) -> &'static str {
         match self {
             Self::ValidateWarm => "validate-warm",
+            Self::CheckWarm => "check-warm",
             Self::ValidateSpread => "validate-spread",
             Self::ValidateNoLocalCache => "validate-no-local-cache",
             Self::ValidateCold => "validate-cold",
@@ -150,6 +154,11 @@ struct Args {
     #[arg(long)]
     ready_only: bool,
 
+    /// Create one session, print its access token, and exit (for HTTP load tools such as wrk,
+    /// which send it through a proxy: `crates/sessiond-bench/gateways.sh`).
+    #[arg(long, conflicts_with = "ready_only")]
+    print_token: bool,
+
     /// Worker threads of the client's runtime (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
@@ -207,6 +216,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let clients = Clients::connect(&args.addr, args.connections, args.wait_ready).await?;
     if args.ready_only {
         println!("{} is SERVING", args.addr);
+        return Ok(());
+    }
+    if args.print_token {
+        let prefix = format!("bench-token-{}", std::process::id());
+        for token in work::create_tokens(&clients, &prefix, 1, 1).await? {
+            println!("{token}");
+        }
         return Ok(());
     }
     let scenarios = expand(&args)?;
@@ -319,6 +335,9 @@ async fn run_scenario(
             work::create_tokens(clients, &prefix, 1, args.concurrency).await?,
             Pick::RoundRobin,
         ),
+        Scenario::CheckWarm => Work::Check {
+            tokens: Arc::new(work::create_tokens(clients, &prefix, 1, args.concurrency).await?),
+        },
         Scenario::ValidateSpread | Scenario::ValidateNoLocalCache => Work::validate(
             work::create_tokens(clients, &prefix, args.sessions, args.concurrency).await?,
             args.pick,

@@ -10,6 +10,7 @@ use std::{
 use anyhow::{Context, bail};
 use hdrhistogram::Histogram;
 use sessiond::api::pb::session_service_client::SessionServiceClient;
+use sessiond::gateway::envoy::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use tokio::sync::{Mutex, mpsc};
 use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::{
@@ -26,6 +27,7 @@ const MAX_LATENCY_US: u64 = 120_000_000;
 pub struct Clients {
     sessions: Vec<SessionServiceClient<Channel>>,
     health: Vec<HealthClient<Channel>>,
+    authorization: Vec<AuthorizationClient<Channel>>,
 }
 
 impl Clients {
@@ -56,6 +58,11 @@ impl Clients {
                 .cloned()
                 .map(SessionServiceClient::new)
                 .collect(),
+            authorization: channels
+                .iter()
+                .cloned()
+                .map(AuthorizationClient::new)
+                .collect(),
             health: channels.into_iter().map(HealthClient::new).collect(),
         };
         loop {
@@ -84,6 +91,11 @@ impl Clients {
 
     pub fn health(&self, worker: usize) -> HealthClient<Channel> {
         self.health[worker % self.health.len()].clone()
+    }
+
+    /// Envoy's `Authorization` service, on the same channels.
+    pub fn authorization(&self, worker: usize) -> AuthorizationClient<Channel> {
+        self.authorization[worker % self.authorization.len()].clone()
     }
 }
 

@@ -99,6 +99,8 @@ pub enum Work {
         tokens: Arc<Vec<String>>,
         pick: Pick,
     },
+    /// Envoy's Check of a request bearing one of these tokens, round-robin.
+    Check { tokens: Arc<Vec<String>> },
     /// Validate of each token once, then exhausted (cold sessions).
     ValidateOnce {
         tokens: Vec<String>,
@@ -191,6 +193,7 @@ impl Work {
         match self {
             Self::Health => &["health"],
             Self::Validate { .. } | Self::ValidateOnce { .. } => &["validate"],
+            Self::Check { .. } => &["check"],
             Self::Create { .. } => &["create"],
             Self::Refresh => &["refresh"],
             Self::RevokeUsers { .. } => &["revoke-user"],
@@ -232,6 +235,16 @@ impl Work {
                     Some(token) => Step::Done {
                         kind: 0,
                         result: validate(clients, worker, token).await,
+                    },
+                    None => Step::Exhausted,
+                }
+            }
+            Self::Check { tokens } => {
+                state.cursor = state.cursor.wrapping_add(1);
+                match tokens.get(state.cursor % tokens.len().max(1)) {
+                    Some(token) => Step::Done {
+                        kind: 0,
+                        result: check(clients, worker, token).await,
                     },
                     None => Step::Exhausted,
                 }
@@ -321,6 +334,52 @@ async fn validate(clients: &Clients, worker: usize, token: &str) -> Result<(), S
         Ok(())
     } else {
         Err(format!("valid=false, {:?}", response.status()))
+    }
+}
+
+/// Envoy's Check of a request bearing `token`, shaped as Envoy sends one for a browser's request.
+async fn check(clients: &Clients, worker: usize, token: &str) -> Result<(), String> {
+    use sessiond::gateway::envoy::pb::envoy::service::auth::v3::{
+        AttributeContext, CheckRequest, attribute_context, check_response::HttpResponse,
+    };
+    let headers = [
+        (":authority", "shop.example"),
+        (":method", "GET"),
+        (":path", "/orders?page=2"),
+        ("accept", "text/html"),
+        (
+            "user-agent",
+            "Mozilla/5.0 (X11; Linux x86_64) sessiond-bench",
+        ),
+    ]
+    .into_iter()
+    .map(|(name, value)| (name.to_owned(), value.to_owned()))
+    .chain([("authorization".to_owned(), format!("Bearer {token}"))])
+    .collect();
+    let request = CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(attribute_context::Request {
+                http: Some(attribute_context::HttpRequest {
+                    method: "GET".into(),
+                    path: "/orders?page=2".into(),
+                    host: "shop.example".into(),
+                    headers,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    };
+    let response = clients
+        .authorization(worker)
+        .check(request)
+        .await
+        .map_err(|status| status_text(&status))?
+        .into_inner();
+    match response.http_response {
+        Some(HttpResponse::OkResponse(_)) => Ok(()),
+        other => Err(format!("not allowed: {other:?}")),
     }
 }
 
