@@ -334,6 +334,39 @@ mod tests {
     }
 
     #[test]
+    fn settings_that_would_open_a_hole_are_refused_by_name() {
+        use clap::Parser;
+        let parse = |args: &[&str]| {
+            let settings =
+                Settings::try_parse_from(std::iter::once("sessiond").chain(args.iter().copied()))
+                    .expect("parses");
+            GatewaySettings::from_settings(&settings)
+        };
+        assert!(parse(&[]).is_ok());
+        for (args, named) in [
+            (
+                &["--ext-authz-user-header", "Authorization"][..],
+                "SESSIOND_EXT_AUTHZ_USER_HEADER",
+            ),
+            (
+                &["--ext-authz-session-header", "x-sessiond-user-id"][..],
+                "must differ",
+            ),
+            (
+                &["--ext-authz-user-header", "not a header"][..],
+                "not an HTTP header name",
+            ),
+            (
+                &["--ext-authz-cookie", "sid;x"][..],
+                "SESSIOND_EXT_AUTHZ_COOKIE",
+            ),
+        ] {
+            let error = parse(args).expect_err("refused");
+            assert!(error.contains(named), "{args:?}: {error}");
+        }
+    }
+
+    #[test]
     fn reserved_header_names_are_refused() {
         for name in ["authorization", "cookie", "host"] {
             assert!(is_reserved(&HeaderName::from_static(name)), "{name}");

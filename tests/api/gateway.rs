@@ -357,3 +357,38 @@ async fn forward_auth_answers_verify_alone() {
         "{text}"
     );
 }
+
+/// A Check carries the client's headers, so it has a bound of its own, above SessionService's.
+#[tokio::test]
+async fn a_check_has_its_own_size_bound() {
+    let app = spawn_app(Store::Sqlite).await;
+    let (token, _) = token_and_id(&app.create("gus", "phone").await);
+    let bearer = format!("Bearer {token}");
+    let cookies_20k = "c=".to_owned() + &"x".repeat(20 * 1024);
+    let within = check(
+        &app,
+        &[("authorization", &bearer), ("cookie", &cookies_20k)],
+    )
+    .await;
+    assert!(
+        matches!(within.http_response, Some(HttpResponse::OkResponse(_))),
+        "20 KB of headers is over SESSIOND_MAX_REQUEST_BYTES but within Check's bound"
+    );
+
+    let cookies_100k = "c=".to_owned() + &"x".repeat(100 * 1024);
+    let refused = AuthorizationClient::new(channel(app.addr).await)
+        .check(check_request(&[
+            ("authorization", &bearer),
+            ("cookie", &cookies_100k),
+        ]))
+        .await
+        .expect_err("over the bound");
+    assert_eq!(refused.code(), Code::ResourceExhausted);
+    assert!(
+        refused
+            .message()
+            .contains("SESSIOND_EXT_AUTHZ_MAX_REQUEST_BYTES"),
+        "{}",
+        refused.message()
+    );
+}
