@@ -22,11 +22,13 @@ use std::{
 use sessiond::api::pb::TokenStatus;
 use support::{
     app::{Store, TestApp, spawn_app_with},
+    metrics,
     redis::{
         REVOKED_RANK, redis_cli, redis_cli_tls_try, redis_cli_try, spawn_redis_server,
         throwaway_args,
     },
     rpc::token_and_id,
+    sum_samples,
     tls::Ca,
 };
 use tempfile::TempDir;
@@ -308,7 +310,9 @@ impl TestApp {
     }
 
     /// Waits until sessiond's Redis client has connected: a session's Validate (a cache miss,
-    /// so a write-back) leaves its key in Redis, as `exists` (a redis-cli call) sees it.
+    /// so a write-back) leaves its key in Redis, as `exists` (a redis-cli call) sees it; and
+    /// until sessiond trusts Redis again, should a write have failed while it connected (a slow
+    /// sentinel, say), so that what follows reads Redis's copies.
     async fn wait_for_redis(&self, exists: impl Fn(&str) -> bool) {
         let warm = self.create_tracked("warm-up", "").await;
         let key = warm.key(&self.redis_key_prefix);
@@ -319,6 +323,13 @@ impl TestApp {
                 "sessiond never wrote to this Redis"
             );
             assert_eq!(self.status_of(&warm.access_token).await, TokenStatus::Valid);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        while sum_samples(&metrics(self.ops_addr).await, "sessiond_redis_trusted", &[]) != 1.0 {
+            assert!(
+                Instant::now() < deadline,
+                "sessiond never trusted this Redis"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }

@@ -158,7 +158,7 @@ impl Denial {
     }
 }
 
-/// The headers sent with a `503`: a retry after a second is the store's usual recovery.
+/// The `Retry-After` of a `503`, in seconds: the store is retried at every request anyway.
 pub const RETRY_AFTER_SECONDS: &str = "1";
 
 /// What both gateways share: how to read a credential, and the authority that decides.

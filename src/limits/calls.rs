@@ -182,7 +182,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn validate_takes_no_store_permit_and_health_takes_none() {
+    fn validate_and_check_take_no_store_permit_and_health_takes_none() {
         let bounds = CallBounds::new(2, 1, 1024, 1024);
         let write = bounds.admit("/sessiond.v1.SessionService/CreateSession");
         assert!(matches!(write, Ok(Some(_))));
@@ -195,11 +195,11 @@ mod tests {
                 })
             ));
         }
-        let validate = bounds.admit(VALIDATE);
-        assert!(matches!(validate, Ok(Some(_))));
         let check = bounds.admit(CHECK);
         assert!(matches!(check, Ok(Some(_))), "Check takes no store permit");
         drop(check);
+        let validate = bounds.admit(VALIDATE);
+        assert!(matches!(validate, Ok(Some(_))));
         // Both permits of the whole bound are held.
         assert!(matches!(
             bounds.admit(VALIDATE),
